@@ -1,0 +1,75 @@
+/*
+ * balancer: smooth weighted round robin and least_conn.
+ *
+ * Owns its small array of per-server running weights, allocated once in
+ * balancer_new() and freed in balancer_free(). Touched by one worker thread.
+ */
+#include "balancer.h"
+
+#include <stdlib.h>
+
+struct balancer {
+    enum config_balance policy; /* copied from the config */
+    unsigned count;             /* servers */
+    unsigned next;              /* least_conn: where the tie-break scan starts */
+    int weight[CONFIG_MAX_SERVERS];  /* configured weight */
+    int current[CONFIG_MAX_SERVERS]; /* smooth round robin running weight */
+};
+
+struct balancer *balancer_new(const struct config *cfg)
+{
+    struct balancer *b = calloc(1, sizeof(*b)); /* freed by balancer_free() */
+    if (!b)
+        return NULL;
+    b->policy = cfg->balance;
+    b->count = cfg->server_count;
+    for (unsigned i = 0; i < b->count; i++)
+        b->weight[i] = (int)cfg->servers[i].weight;
+    return b;
+}
+
+void balancer_free(struct balancer *b)
+{
+    free(b);
+}
+
+static int pick_round_robin(struct balancer *b, uint64_t skip)
+{
+    int best = -1, total = 0;
+    for (unsigned i = 0; i < b->count; i++) {
+        if (skip & (UINT64_C(1) << i))
+            continue;
+        b->current[i] += b->weight[i];
+        total += b->weight[i];
+        if (best == -1 || b->current[i] > b->current[best])
+            best = (int)i;
+    }
+    if (best != -1)
+        b->current[best] -= total;
+    return best;
+}
+
+static int pick_least_conn(struct balancer *b, uint64_t skip, const unsigned *active)
+{
+    int best = -1;
+    for (unsigned k = 0; k < b->count; k++) {
+        unsigned i = (b->next + k) % b->count;
+        if (skip & (UINT64_C(1) << i))
+            continue;
+        /* compare active/weight without division */
+        if (best == -1 ||
+            (uint64_t)active[i] * (uint64_t)b->weight[best] <
+                (uint64_t)active[best] * (uint64_t)b->weight[i])
+            best = (int)i;
+    }
+    if (best != -1)
+        b->next = ((unsigned)best + 1) % b->count;
+    return best;
+}
+
+int balancer_pick(struct balancer *b, uint64_t skip, const unsigned *active)
+{
+    if (b->policy == CONFIG_BALANCE_LEAST_CONN && active)
+        return pick_least_conn(b, skip, active);
+    return pick_round_robin(b, skip);
+}

@@ -1,0 +1,953 @@
+/*
+ * conn: a client connection and the exchange it drives with a clone.
+ *
+ * Owns its bufferevent, its timer, both parsed heads (request and the
+ * current response) and, during an exchange, the upstream connection it
+ * acquired (given back with upstream_release() when the exchange ends).
+ * Borrows its worker, the worker's config and pool (read afresh per use,
+ * since a reload swaps them between callbacks). Lives in one worker thread;
+ * freed only by conn_close(), after which no callback can reach it.
+ *
+ * Bytes move, they are not copied: body bytes go from one bufferevent's
+ * input to the other's output with evbuffer_remove_buffer(); only heads are
+ * rewritten. Memory is bounded by watermarks: a side that is not reading
+ * stops the other side from reading.
+ */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "http.h"
+#include "log.h"
+#include "upstream.h"
+#include "worker.h"
+
+#define CONN_BUF_HIGH      (256 * 1024) /* stop reading a side past this many buffered bytes */
+#define CONN_BUF_LOW       (64 * 1024)  /* resume when the other side drained below this */
+#define CONN_RESP_HEAD_MAX (64 * 1024)  /* a clone's response head larger than this: 502 */
+#define CONN_PEEK_VECS     16           /* evbuffer chains framed per parser pass */
+#define CONN_LOG_TARGET    512          /* request target bytes kept for the access log */
+#define CONN_LOG_FIELD     128          /* referer / user agent bytes kept for the log */
+
+enum conn_state {
+    CONN_IDLE = 0,         /* between requests: waiting for a first byte (idle timer) */
+    CONN_READING_HEAD = 1, /* part of a request head is here (header timer) */
+    CONN_FORWARDING = 2,   /* an exchange with a clone is under way */
+    CONN_TUNNEL = 3,       /* upgraded: bytes relayed both ways until one side closes */
+    CONN_CLOSING = 4,      /* the last bytes are being flushed, then close */
+};
+
+static const char *const state_names[] = {"idle", "reading-head", "forwarding", "tunnel",
+                                          "closing"};
+
+/* The access log's copy of the request, taken when the head is parsed. */
+struct conn_log_fields {
+    char method[16];
+    size_t method_len;
+    char target[CONN_LOG_TARGET];
+    size_t target_len;
+    char referer[CONN_LOG_FIELD];
+    size_t referer_len; /* 0 with has_referer false: absent */
+    char user_agent[CONN_LOG_FIELD];
+    size_t user_agent_len;
+    bool has_referer;
+    bool has_user_agent;
+    uint8_t version_minor;
+};
+
+struct conn {
+    struct worker *w;            /* borrowed; outlives the conn */
+    struct bufferevent *bev;     /* owned; freed in conn_close() */
+    struct event timer;          /* header / idle timer; deleted in conn_close() */
+    enum conn_state state;       /* see conn_set_state() */
+    char client_ip[INET6_ADDRSTRLEN]; /* peer address text */
+    TAILQ_ENTRY(conn) link;      /* in w->conns */
+
+    /* the exchange in progress */
+    struct upstream_conn *up;    /* owned while set; upstream_release() gives it back */
+    int server;                  /* index of the clone in the worker's pool, -1 none */
+    uint64_t tried;              /* bit i: clone i was tried for this request */
+    unsigned attempts;           /* connections tried for this request */
+    bool req_done;               /* the request, body included, went to the clone */
+    bool head_kept;              /* request head still at the front of the input (no body) */
+    bool resp_started;           /* the response head went to the client */
+    bool resp_bytes;             /* the clone sent at least one byte */
+    bool keep_alive;             /* the connection goes on after this response */
+    bool decode_body;            /* chunked response de-chunked for an HTTP/1.0 client */
+    bool client_eof;             /* the client closed its side */
+    bool client_read_paused;     /* client reading stopped for backpressure */
+    bool up_read_paused;         /* clone reading stopped for backpressure */
+    unsigned status;             /* status sent to the client, for the log */
+    uint64_t bytes_sent;         /* response body bytes sent, for the log */
+    struct timeval t_start;      /* first byte of the request */
+    struct timeval t_upstream;   /* request sent to the clone */
+    double upstream_time;        /* seconds, -1 when no clone answered */
+    const char *upstream_name;   /* borrowed from the config; NULL when none */
+    struct conn_log_fields log;  /* filled only while the access log is on */
+    struct http_head req;        /* current request head; reset per request */
+    struct http_head resp;       /* current response head; reset per response */
+};
+
+static void conn_close(struct conn *c, const char *why);
+static void process_input(struct conn *c);
+static void dispatch(struct conn *c);
+static void pump_response_body(struct conn *c);
+static void conn_on_read(struct bufferevent *bev, void *arg);
+
+/* ------------------------------------------------------------ small helpers */
+
+static void conn_set_state(struct conn *c, enum conn_state next)
+{
+    assert(next >= CONN_IDLE && next <= CONN_CLOSING);
+    log_debug("%s: %s %s -> %s", __func__, c->client_ip, state_names[c->state],
+              state_names[next]);
+    c->state = next;
+}
+
+static const struct config *cfg_of(const struct conn *c)
+{
+    return c->w->cfg;
+}
+
+static double seconds_since(const struct conn *c, const struct timeval *since)
+{
+    struct timeval now;
+    event_base_gettimeofday_cached(c->w->base, &now);
+    return (double)(now.tv_sec - since->tv_sec) + (double)(now.tv_usec - since->tv_usec) / 1e6;
+}
+
+static void copy_field(char *dst, size_t room, size_t *dst_len, const char *src, size_t len)
+{
+    if (len > room)
+        len = room;
+    memcpy(dst, src, len);
+    *dst_len = len;
+}
+
+/* Keeps what the access log needs of the request before its head goes. */
+static void keep_log_fields(struct conn *c, const char *buf)
+{
+    struct conn_log_fields *l = &c->log;
+    const struct http_head *h = &c->req;
+    size_t len;
+    const char *v;
+
+    copy_field(l->method, sizeof(l->method), &l->method_len, buf + h->method.off,
+               h->method.len);
+    copy_field(l->target, sizeof(l->target), &l->target_len, buf + h->target.off,
+               h->target.len);
+    v = http_header_value(h, buf, HTTP_H_REFERER, &len);
+    l->has_referer = v != NULL;
+    if (v)
+        copy_field(l->referer, sizeof(l->referer), &l->referer_len, v, len);
+    v = http_header_value(h, buf, HTTP_H_USER_AGENT, &len);
+    l->has_user_agent = v != NULL;
+    if (v)
+        copy_field(l->user_agent, sizeof(l->user_agent), &l->user_agent_len, v, len);
+    l->version_minor = h->version_minor;
+}
+
+static void write_access_log(struct conn *c)
+{
+    if (!log_access_enabled() || c->status == 0)
+        return;
+    const struct conn_log_fields *l = &c->log;
+    struct log_access_entry e = {
+        .client = c->client_ip,
+        .method = l->method_len ? l->method : "-",
+        .method_len = l->method_len ? l->method_len : 1,
+        .target = l->target_len ? l->target : "-",
+        .target_len = l->target_len ? l->target_len : 1,
+        .protocol = l->version_minor ? "HTTP/1.1" : "HTTP/1.0",
+        .status = c->status,
+        .bytes_sent = c->bytes_sent,
+        .referer = l->has_referer ? l->referer : NULL,
+        .referer_len = l->referer_len,
+        .user_agent = l->has_user_agent ? l->user_agent : NULL,
+        .user_agent_len = l->user_agent_len,
+        .upstream = c->upstream_name,
+        .upstream_time = c->upstream_time,
+        .total_time = seconds_since(c, &c->t_start),
+    };
+    log_access(&c->w->access, &e);
+}
+
+static void timer_arm(struct conn *c, const struct timeval *tv)
+{
+    event_add(&c->timer, tv);
+}
+
+static void timer_stop(struct conn *c)
+{
+    event_del(&c->timer);
+}
+
+/* ------------------------------------------------------------ teardown */
+
+/* Gives the clone connection back; <reusable> when its exchange ended cleanly. */
+static void drop_upstream(struct conn *c, bool reusable)
+{
+    if (!c->up)
+        return;
+    upstream_release(c->up, reusable);
+    c->up = NULL;
+}
+
+static void conn_close(struct conn *c, const char *why)
+{
+    log_debug("%s: %s closed: %s", __func__, c->client_ip, why);
+    drop_upstream(c, false);
+    if (event_initialized(&c->timer))
+        event_del(&c->timer);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    c->bev = NULL;
+    TAILQ_REMOVE(&c->w->conns, c, link);
+    worker_conn_closed(c->w, c);
+    free(c);
+}
+
+/* Stops reading and closes once the output is flushed. */
+static void close_after_flush(struct conn *c, const char *why)
+{
+    conn_set_state(c, CONN_CLOSING);
+    timer_stop(c);
+    drop_upstream(c, false);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_close(c, why);
+        return;
+    }
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_enable(c->bev, EV_WRITE);
+    /* a client that never reads its last bytes is bounded by the write timeout */
+}
+
+/* Sends a short error response of our own. The connection closes after it
+ * unless <keep> and the request was read whole. */
+static void send_error(struct conn *c, unsigned status, bool keep, const char *why)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    keep = keep && c->keep_alive && !c->w->draining;
+    const char *extra = status == 503 ? "Retry-After: 1\r\n" : NULL;
+    if (http_error_response(status, keep, extra, out) == -1) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    c->status = status;
+    c->bytes_sent = strlen(http_reason(status)) + 5;
+    if (status >= 500 || status == 408)
+        log_info("%s: %u %s", c->client_ip, status, why);
+    write_access_log(c);
+    drop_upstream(c, false);
+    if (!keep) {
+        close_after_flush(c, why);
+        return;
+    }
+    if (c->head_kept) {
+        evbuffer_drain(bufferevent_get_input(c->bev), c->req.head_len);
+        c->head_kept = false;
+    }
+    http_head_reset(&c->req);
+    conn_set_state(c, CONN_IDLE);
+    process_input(c);
+}
+
+/* ------------------------------------------------------------ moving bytes */
+
+/*
+ * Frames the body bytes at the front of <from> with <h>'s parser and moves
+ * those that belong to the message to <to> (or, with <decode>, appends
+ * only the payload to <to> and drops the framing). Sets *<moved> to the
+ * bytes taken from <from>. Returns the parser's verdict.
+ */
+static enum http_parse frame_and_move(struct http_head *h, struct evbuffer *from,
+                                      struct evbuffer *to, bool decode, size_t *moved)
+{
+    struct evbuffer_iovec vec[CONN_PEEK_VECS];
+    enum http_parse r = HTTP_PARSE_AGAIN;
+    size_t total = 0;
+
+    *moved = 0;
+    for (;;) {
+        struct evbuffer_ptr pos;
+        if (evbuffer_ptr_set(from, &pos, total, EVBUFFER_PTR_SET) == -1)
+            break;
+        int n = evbuffer_peek(from, -1, &pos, vec, CONN_PEEK_VECS);
+        if (n <= 0) {
+            /* no bytes: still let the parser end a message without a body */
+            size_t used;
+            r = http_body_parse(h, "", 0, &used, decode ? to : NULL);
+            break;
+        }
+        if (n > CONN_PEEK_VECS)
+            n = CONN_PEEK_VECS;
+        for (int i = 0; i < n; i++) {
+            size_t used;
+            r = http_body_parse(h, vec[i].iov_base, vec[i].iov_len, &used, decode ? to : NULL);
+            total += used;
+            if (r != HTTP_PARSE_AGAIN)
+                goto out;
+        }
+        if (total >= evbuffer_get_length(from))
+            break;
+    }
+out:
+    if (total > 0) {
+        if (decode)
+            evbuffer_drain(from, total);
+        else if (evbuffer_remove_buffer(from, to, total) != (int)total)
+            return HTTP_PARSE_ERROR;
+    }
+    *moved = total;
+    return r;
+}
+
+/* The clone's output is full: stop reading the client until it drains. */
+static void pause_client_read(struct conn *c)
+{
+    c->client_read_paused = true;
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_setwatermark(c->up->bev, EV_WRITE, CONN_BUF_LOW, 0);
+}
+
+static void pause_up_read(struct conn *c)
+{
+    c->up_read_paused = true;
+    bufferevent_disable(c->up->bev, EV_READ);
+}
+
+/* ------------------------------------------------------------ request side */
+
+static void pump_request_body(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    size_t moved;
+
+    enum http_parse r = frame_and_move(&c->req, in, out, false, &moved);
+    if (r == HTTP_PARSE_ERROR) {
+        unsigned status = http_error_status(c->req.error);
+        log_info("%s: request body refused: %s", c->client_ip, c->req.error_text);
+        drop_upstream(c, false);
+        if (c->resp_started) {
+            conn_close(c, "bad request body after the response began");
+            return;
+        }
+        c->keep_alive = false;
+        send_error(c, status, false, c->req.error_text);
+        return;
+    }
+    if (r != HTTP_PARSE_AGAIN) {
+        c->req_done = true;
+        bufferevent_set_timeouts(c->bev, NULL, c->w->idle_tv);
+        return;
+    }
+    if (evbuffer_get_length(out) >= CONN_BUF_HIGH)
+        pause_client_read(c);
+}
+
+/* Moves tunnel bytes from <from> to <to>; pauses <from> when <to> is full. */
+static void tunnel_move(struct bufferevent *from, struct bufferevent *to)
+{
+    evbuffer_add_buffer(bufferevent_get_output(to), bufferevent_get_input(from));
+    if (evbuffer_get_length(bufferevent_get_output(to)) >= CONN_BUF_HIGH) {
+        bufferevent_disable(from, EV_READ);
+        bufferevent_setwatermark(to, EV_WRITE, CONN_BUF_LOW, 0);
+    }
+}
+
+static void conn_on_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    (void)bev;
+    switch (c->state) {
+    case CONN_IDLE:
+    case CONN_READING_HEAD:
+        process_input(c);
+        break;
+    case CONN_FORWARDING:
+        if (!c->req_done && !c->head_kept && c->up)
+            pump_request_body(c);
+        /* else: a pipelined request waits in the input (bounded by the watermark) */
+        break;
+    case CONN_TUNNEL:
+        tunnel_move(c->bev, c->up->bev);
+        break;
+    case CONN_CLOSING:
+        evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+        break;
+    }
+}
+
+static void start_exchange(struct conn *c, const char *buf)
+{
+    timer_stop(c);
+    conn_set_state(c, CONN_FORWARDING);
+    c->server = -1;
+    c->tried = 0;
+    c->attempts = 0;
+    c->req_done = false;
+    c->resp_started = false;
+    c->resp_bytes = false;
+    c->decode_body = false;
+    c->status = 0;
+    c->bytes_sent = 0;
+    c->upstream_time = -1;
+    c->upstream_name = NULL;
+    c->keep_alive = c->req.keep_alive && !c->w->draining && !c->client_eof;
+    if (log_access_enabled())
+        keep_log_fields(c, buf);
+    /* Without a body the head stays in the input until the clone answers,
+     * so that a failed attempt can be sent again to another clone. */
+    c->head_kept = !c->req.has_body;
+    if (c->req.has_body)
+        bufferevent_set_timeouts(c->bev, c->w->idle_tv, c->w->idle_tv);
+    dispatch(c);
+}
+
+static void process_input(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    const struct config *cfg = cfg_of(c);
+
+    if (c->client_read_paused) {
+        c->client_read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
+    if (len == 0) {
+        if (c->client_eof) {
+            conn_close(c, "client closed");
+            return;
+        }
+        if (c->state != CONN_IDLE)
+            conn_set_state(c, CONN_IDLE);
+        if (c->w->draining) {
+            conn_close(c, "draining");
+            return;
+        }
+        timer_arm(c, c->w->idle_tv);
+        return;
+    }
+    if (c->state == CONN_IDLE) {
+        conn_set_state(c, CONN_READING_HEAD);
+        event_base_gettimeofday_cached(c->w->base, &c->t_start);
+        memset(&c->log, 0, sizeof(c->log));
+        timer_arm(c, c->w->header_tv);
+    }
+    size_t n = len < cfg->max_header_size + 1 ? len : cfg->max_header_size + 1;
+    const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (!p) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    c->req.max_head = cfg->max_header_size;
+    c->req.max_target = cfg->max_uri_size;
+    c->req.max_body = cfg->max_body_size;
+    switch (http_head_parse(&c->req, p, n)) {
+    case HTTP_PARSE_AGAIN:
+        if (n > cfg->max_header_size) {
+            c->keep_alive = false;
+            send_error(c, 431, false, "request head too large");
+        } else if (c->client_eof) {
+            conn_close(c, "client closed mid-head");
+        }
+        return;
+    case HTTP_PARSE_ERROR:
+        log_info("%s: request refused: %s", c->client_ip,
+                 c->req.error_text ? c->req.error_text : "malformed");
+        c->keep_alive = false;
+        send_error(c, http_error_status(c->req.error), false,
+                   c->req.error_text ? c->req.error_text : "malformed request");
+        return;
+    case HTTP_PARSE_DONE:
+    case HTTP_PARSE_UPGRADE:
+        start_exchange(c, p);
+        return;
+    }
+}
+
+/* ------------------------------------------------------------ upstream side */
+
+static bool may_retry(const struct conn *c)
+{
+    /* Only while nothing of the request is lost: a request without a body
+     * whose head is still in our input, and before any answer byte. */
+    return c->head_kept && !c->resp_bytes && http_method_idempotent(&c->req);
+}
+
+/* The clone failed before the response began: try another clone or answer
+ * with <status>. */
+static void upstream_failed(struct conn *c, unsigned status, const char *why, bool retryable)
+{
+    const char *name = c->server >= 0 ? upstream_server_name(c->w->pool, (unsigned)c->server)
+                                      : "-";
+    bool reused = c->up && c->up->requests > 0;
+    log_warnx("upstream %s failed: %s, client %s", name, why, c->client_ip);
+    drop_upstream(c, false);
+
+    if (c->resp_started) {
+        conn_close(c, "clone failed mid-response");
+        return;
+    }
+    /* A reused keep-alive connection that the clone had closed is not the
+     * clone's failure: try again without spending a retry. */
+    unsigned budget = cfg_of(c)->retries + (reused ? 1 : 0);
+    if (retryable && may_retry(c) && c->attempts <= budget) {
+        if (reused)
+            c->tried &= ~(UINT64_C(1) << c->server);
+        dispatch(c);
+        return;
+    }
+    c->upstream_time = seconds_since(c, &c->t_upstream);
+    send_error(c, status, c->req_done, why);
+}
+
+static void finish_exchange(struct conn *c)
+{
+    bool reusable = c->resp.keep_alive && c->req_done && !c->decode_body &&
+                    !http_body_until_close(&c->resp);
+    c->upstream_time = seconds_since(c, &c->t_upstream);
+    drop_upstream(c, reusable);
+    write_access_log(c);
+    if (c->up_read_paused)
+        c->up_read_paused = false;
+    if (!c->keep_alive || !c->req_done) {
+        close_after_flush(c, "response sent, connection not kept");
+        return;
+    }
+    http_head_reset(&c->req);
+    conn_set_state(c, CONN_IDLE);
+    process_input(c);
+}
+
+static void start_tunnel(struct conn *c)
+{
+    conn_set_state(c, CONN_TUNNEL);
+    write_access_log(c);
+    c->status = 0; /* logged once, at the switch */
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    bufferevent_set_timeouts(c->up->bev, NULL, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+    bufferevent_enable(c->up->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->up->bev)))
+        tunnel_move(c->up->bev, c->bev);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)))
+        tunnel_move(c->bev, c->up->bev);
+}
+
+/* Parses response heads in the clone's input; returns false when the
+ * connection was closed or the exchange ended. */
+static bool read_response_head(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    struct evbuffer *client_out = bufferevent_get_output(c->bev);
+
+    while (!c->resp.head_done) {
+        size_t len = evbuffer_get_length(in);
+        if (len == 0)
+            return false;
+        size_t n = len < CONN_RESP_HEAD_MAX ? len : CONN_RESP_HEAD_MAX;
+        const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        if (!p) {
+            conn_close(c, "out of memory");
+            return false;
+        }
+        enum http_parse r = http_head_parse(&c->resp, p, n);
+        if (r == HTTP_PARSE_AGAIN) {
+            if (n >= CONN_RESP_HEAD_MAX) {
+                upstream_failed(c, 502, "response head too large", false);
+                return false;
+            }
+            return false;
+        }
+        if (r == HTTP_PARSE_ERROR) {
+            upstream_failed(c, 502, c->resp.error_text ? c->resp.error_text : "invalid response",
+                            false);
+            return false;
+        }
+        unsigned status = c->resp.status;
+        if (status == 101 && !c->req.upgrade) {
+            upstream_failed(c, 502, "101 to a request that did not ask to upgrade", false);
+            return false;
+        }
+        if (status < 200 && status != 101) {
+            /* interim response: pass it on (HTTP/1.1 clients only) and read the next */
+            if (c->req.version_minor >= 1 &&
+                http_response_serialize(&c->resp, p, true, false, false, client_out) == -1) {
+                conn_close(c, "out of memory");
+                return false;
+            }
+            evbuffer_drain(in, c->resp.head_len);
+            uint8_t skip = c->resp.skip_body;
+            http_head_reset(&c->resp);
+            c->resp.skip_body = skip;
+            continue;
+        }
+        /* the final response: the request can no longer be retried */
+        if (c->head_kept) {
+            evbuffer_drain(bufferevent_get_input(c->bev), c->req.head_len);
+            c->head_kept = false;
+        }
+        if (!c->req_done || c->w->draining || http_body_until_close(&c->resp))
+            c->keep_alive = false;
+        c->decode_body = c->req.version_minor == 0 && c->resp.chunked;
+        if (c->decode_body)
+            c->keep_alive = false;
+        c->status = status;
+        if (http_response_serialize(&c->resp, p, c->keep_alive, c->req.version_minor == 0,
+                                    c->decode_body, client_out) == -1) {
+            conn_close(c, "out of memory");
+            return false;
+        }
+        evbuffer_drain(in, c->resp.head_len);
+        c->resp_started = true;
+        if (status == 101) {
+            start_tunnel(c);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void pump_response_body(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out), moved;
+
+    enum http_parse r = frame_and_move(&c->resp, in, out, c->decode_body, &moved);
+    c->bytes_sent += evbuffer_get_length(out) - before;
+    if (r == HTTP_PARSE_ERROR) {
+        log_warnx("upstream %s sent a broken body: %s, client %s", c->upstream_name,
+                  c->resp.error_text ? c->resp.error_text : "invalid", c->client_ip);
+        conn_close(c, "broken response body");
+        return;
+    }
+    if (r != HTTP_PARSE_AGAIN) {
+        finish_exchange(c);
+        return;
+    }
+    if (evbuffer_get_length(out) >= CONN_BUF_HIGH)
+        pause_up_read(c);
+}
+
+/* The clone closed after the response head: frame what came with the close,
+ * then end the message (a close-delimited body) or give up (truncated). */
+static void finish_on_eof(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out), moved;
+    enum http_parse r = frame_and_move(&c->resp, bufferevent_get_input(c->up->bev), out,
+                                       c->decode_body, &moved);
+    c->bytes_sent += evbuffer_get_length(out) - before;
+    if (r == HTTP_PARSE_AGAIN)
+        r = http_body_eof(&c->resp);
+    if (r == HTTP_PARSE_DONE) {
+        finish_exchange(c);
+        return;
+    }
+    log_warnx("upstream %s closed mid-response, client %s", c->upstream_name, c->client_ip);
+    conn_close(c, "clone closed mid-response");
+}
+
+static void conn_on_up_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    (void)bev;
+    if (c->state == CONN_TUNNEL) {
+        tunnel_move(c->up->bev, c->bev);
+        return;
+    }
+    c->resp_bytes = true;
+    if (!c->resp.head_done && !read_response_head(c))
+        return;
+    pump_response_body(c);
+}
+
+/* The clone's output drained below the low watermark. */
+static void conn_on_up_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    if (c->state == CONN_TUNNEL) {
+        bufferevent_enable(c->bev, EV_READ);
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        return;
+    }
+    if (c->client_read_paused && !c->req_done) {
+        c->client_read_paused = false;
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        bufferevent_enable(c->bev, EV_READ);
+        pump_request_body(c);
+    }
+}
+
+static void conn_on_up_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    const struct config *cfg = cfg_of(c);
+
+    if (what & BEV_EVENT_CONNECTED) {
+        struct timeval tv = {cfg->response_timeout_ms / 1000,
+                             (cfg->response_timeout_ms % 1000) * 1000};
+        c->up->connected = true;
+        bufferevent_set_timeouts(bev, &tv, &tv);
+        return;
+    }
+    if (c->state == CONN_TUNNEL) {
+        /* one side closed: pass on what it said, then close both */
+        if (evbuffer_get_length(bufferevent_get_input(bev)))
+            evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(bev));
+        close_after_flush(c, "tunnel closed by the clone");
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (!c->up->connected)
+            upstream_failed(c, 504, "connect timeout", true);
+        else
+            upstream_failed(c, 504, "response timeout", false);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        if (c->resp.head_done) {
+            finish_on_eof(c);
+            return;
+        }
+        if (c->resp_bytes) {
+            upstream_failed(c, 502, "clone closed mid-head", false);
+            return;
+        }
+        upstream_failed(c, 502, "clone closed without answering", true);
+        return;
+    }
+    upstream_failed(c, 502, c->up->connected ? "connection error" : "connect failed", true);
+}
+
+static void dispatch(struct conn *c)
+{
+    struct worker *w = c->w;
+    const struct config *cfg = cfg_of(c);
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+
+    for (;;) {
+        int server = upstream_pick(w->pool, c->tried);
+        if (server < 0) {
+            if (c->attempts == 0)
+                send_error(c, 503, c->req_done || c->head_kept, "no server available");
+            else
+                send_error(c, 502, c->req_done || c->head_kept, "every attempt failed");
+            return;
+        }
+        c->server = server;
+        c->tried |= UINT64_C(1) << server;
+        c->attempts++;
+        c->up = upstream_acquire(w->pool, (unsigned)server);
+        if (c->up)
+            break;
+        log_warn("upstream %s: cannot connect", upstream_server_name(w->pool, (unsigned)server));
+        if (c->attempts > cfg->retries || !may_retry(c)) {
+            send_error(c, 502, c->head_kept, "cannot connect to a clone");
+            return;
+        }
+    }
+    c->upstream_name = upstream_server_name(w->pool, (unsigned)c->server);
+    struct bufferevent *ub = c->up->bev;
+    bufferevent_setcb(ub, conn_on_up_read, conn_on_up_write, conn_on_up_event, c);
+    bufferevent_setwatermark(ub, EV_READ, 0, CONN_BUF_HIGH);
+    bufferevent_setwatermark(ub, EV_WRITE, 0, 0);
+    if (c->up->connected) {
+        struct timeval tv = {cfg->response_timeout_ms / 1000,
+                             (cfg->response_timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(ub, &tv, &tv);
+    } else {
+        struct timeval tv = {cfg->connect_timeout_ms / 1000,
+                             (cfg->connect_timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(ub, &tv, &tv);
+    }
+
+    const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->req.head_len);
+    struct http_forward_info info = {
+        .client_ip = c->client_ip,
+        .proto = "http",
+        .default_host = c->upstream_name,
+    };
+    if (!head || http_request_serialize(&c->req, head, &info, bufferevent_get_output(ub)) == -1) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    http_head_reset(&c->resp);
+    c->resp.skip_body = c->req.method.len == 4 && memcmp(head + c->req.method.off, "HEAD", 4) == 0;
+    c->resp_bytes = false;
+    event_base_gettimeofday_cached(w->base, &c->t_upstream);
+    bufferevent_enable(ub, EV_READ | EV_WRITE);
+
+    if (c->head_kept) {
+        c->req_done = true;
+        return;
+    }
+    if (c->attempts == 1 && !c->req_done) {
+        evbuffer_drain(in, c->req.head_len);
+        pump_request_body(c);
+    }
+}
+
+/* ------------------------------------------------------------ client events */
+
+static void conn_on_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *out = bufferevent_get_output(bev);
+
+    if (c->state == CONN_CLOSING) {
+        if (evbuffer_get_length(out) == 0)
+            conn_close(c, "flushed");
+        return;
+    }
+    if (c->state == CONN_TUNNEL && c->up) {
+        bufferevent_enable(c->up->bev, EV_READ);
+        return;
+    }
+    if (c->up_read_paused && c->up && evbuffer_get_length(out) <= CONN_BUF_LOW) {
+        c->up_read_paused = false;
+        bufferevent_enable(c->up->bev, EV_READ);
+        pump_response_body(c);
+    }
+}
+
+static void conn_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)bev;
+
+    if (what & BEV_EVENT_TIMEOUT) {
+        if ((what & BEV_EVENT_READING) && c->state == CONN_FORWARDING && !c->req_done) {
+            conn_close(c, "request body stalled");
+            return;
+        }
+        conn_close(c, "client not reading");
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        c->client_eof = true;
+        switch (c->state) {
+        case CONN_IDLE:
+        case CONN_CLOSING:
+            conn_close(c, "client closed");
+            return;
+        case CONN_READING_HEAD:
+            /* the rest of a pipelined batch may already be here */
+            process_input(c);
+            return;
+        case CONN_FORWARDING:
+            if (!c->req_done && !c->head_kept) {
+                conn_close(c, "client closed mid-body");
+                return;
+            }
+            /* a half-close after the request: answer it, then close */
+            c->keep_alive = false;
+            return;
+        case CONN_TUNNEL:
+            if (c->up && evbuffer_get_length(bufferevent_get_input(c->bev)))
+                evbuffer_add_buffer(bufferevent_get_output(c->up->bev),
+                                    bufferevent_get_input(c->bev));
+            conn_close(c, "tunnel closed by the client");
+            return;
+        }
+        return;
+    }
+    conn_close(c, "client connection error");
+}
+
+static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->state == CONN_READING_HEAD) {
+        c->keep_alive = false;
+        send_error(c, 408, false, "request head not received in time");
+        return;
+    }
+    if (c->state == CONN_IDLE)
+        conn_close(c, "idle timeout");
+}
+
+/* ------------------------------------------------------------ public */
+
+void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
+{
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1 && errno != EOPNOTSUPP)
+        log_debug("%s: TCP_NODELAY: %s", __func__, strerror(errno));
+
+    struct conn *c = calloc(1, sizeof(*c)); /* freed in conn_close() */
+    if (!c) {
+        log_warn("accept: cannot allocate a connection");
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->server = -1;
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], c->client_ip, sizeof(c->client_ip));
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, c->client_ip, sizeof(c->client_ip));
+    } else {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip,
+                  sizeof(c->client_ip));
+    }
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        log_warn("accept: cannot make a bufferevent");
+        close(fd);
+        free(c);
+        return;
+    }
+    const struct config *cfg = w->cfg;
+    http_head_init(&c->req, false, cfg->max_header_size, cfg->max_uri_size, cfg->max_body_size);
+    http_head_init(&c->resp, true, CONN_RESP_HEAD_MAX, 0, 0);
+    event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
+    TAILQ_INSERT_TAIL(&w->conns, c, link);
+    w->conn_count++;
+
+    bufferevent_setcb(c->bev, conn_on_read, conn_on_write, conn_on_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_BUF_HIGH);
+    bufferevent_setwatermark(c->bev, EV_WRITE, CONN_BUF_LOW, 0);
+    bufferevent_set_timeouts(c->bev, NULL, w->idle_tv);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    conn_set_state(c, CONN_IDLE);
+    timer_arm(c, w->idle_tv);
+}
+
+void conn_drain_all(struct worker *w)
+{
+    struct conn *c, *next;
+    for (c = TAILQ_FIRST(&w->conns); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->state == CONN_IDLE)
+            conn_close(c, "draining");
+        else
+            c->keep_alive = false;
+    }
+}
+
+void conn_close_all(struct worker *w)
+{
+    struct conn *c;
+    while ((c = TAILQ_FIRST(&w->conns)) != NULL)
+        conn_close(c, "shutting down");
+}

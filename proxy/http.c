@@ -1,0 +1,676 @@
+/*
+ * http: llhttp glue, header classification, hop-by-hop rules, serialising.
+ *
+ * Owns nothing on the heap: a struct http_head lives inside its connection
+ * and the spans it records point into bytes the caller owns. The parser
+ * settings are one static, read-only table shared by every thread.
+ * llhttp runs in strict mode with no lenient flag; what it lets through
+ * that could still smuggle a request (obs-fold, a missing or repeated Host,
+ * control bytes in a value) is refused here.
+ */
+#include "http.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+
+#define VIA_TOKEN         "clonegate"
+#define SERIALIZE_EXTRA   768 /* room for the headers we add, beyond the head itself */
+#define MAX_CONN_TOKENS   16  /* Connection: tokens we honour */
+
+/* ------------------------------------------------------------ header names */
+
+struct known_header {
+    const char *name;
+    size_t len;
+    enum http_header_id id;
+    uint8_t hop;
+};
+
+#define KH(s, id, hop) {s, sizeof(s) - 1, id, hop}
+static const struct known_header known_headers[] = {
+    KH("connection", HTTP_H_CONNECTION, 1),
+    KH("keep-alive", HTTP_H_KEEP_ALIVE, 1),
+    KH("proxy-connection", HTTP_H_PROXY_CONNECTION, 1),
+    KH("proxy-authenticate", HTTP_H_PROXY_AUTHENTICATE, 1),
+    KH("proxy-authorization", HTTP_H_PROXY_AUTHORIZATION, 1),
+    KH("te", HTTP_H_TE, 1),
+    KH("trailer", HTTP_H_TRAILER, 1),
+    /* The body is forwarded with its framing unchanged, so the framing
+     * header goes with it (except to HTTP/1.0 clients, see serialize). */
+    KH("transfer-encoding", HTTP_H_TRANSFER_ENCODING, 0),
+    KH("upgrade", HTTP_H_UPGRADE, 1),
+    KH("host", HTTP_H_HOST, 0),
+    KH("content-length", HTTP_H_CONTENT_LENGTH, 0),
+    KH("expect", HTTP_H_EXPECT, 0),
+    KH("x-forwarded-for", HTTP_H_X_FORWARDED_FOR, 1),
+    KH("x-forwarded-proto", HTTP_H_X_FORWARDED_PROTO, 1),
+    KH("forwarded", HTTP_H_FORWARDED, 1),
+    KH("via", HTTP_H_VIA, 1),
+    KH("referer", HTTP_H_REFERER, 0),
+    KH("user-agent", HTTP_H_USER_AGENT, 0),
+    KH("date", HTTP_H_DATE, 0),
+    KH("server", HTTP_H_SERVER, 0),
+};
+#undef KH
+
+static void classify(struct http_header *hd, const char *name, size_t len)
+{
+    hd->id = HTTP_H_OTHER;
+    hd->hop = 0;
+    for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
+        const struct known_header *k = &known_headers[i];
+        if (k->len == len && strncasecmp(k->name, name, len) == 0) {
+            hd->id = (uint8_t)k->id;
+            hd->hop = k->hop;
+            return;
+        }
+    }
+    if (len > 6 && strncasecmp(name, "proxy-", 6) == 0)
+        hd->hop = 1;
+}
+
+/* ------------------------------------------------------------ llhttp glue */
+
+static struct http_head *head_of(llhttp_t *p)
+{
+    return (struct http_head *)p->data;
+}
+
+static int fail(llhttp_t *p, enum http_error err, const char *why)
+{
+    struct http_head *h = head_of(p);
+    h->error = err;
+    h->error_text = why;
+    llhttp_set_error_reason(p, why);
+    return HPE_USER;
+}
+
+/* Grows <s> to end at at+len: llhttp may hand one element over in pieces. */
+static void extend(struct http_head *h, struct http_span *s, const char *at, size_t len)
+{
+    uint32_t off = (uint32_t)(at - h->base);
+    if (s->len == 0)
+        s->off = off;
+    s->len = (uint32_t)(off + len - s->off);
+}
+
+static int on_method(llhttp_t *p, const char *at, size_t len)
+{
+    extend(head_of(p), &head_of(p)->method, at, len);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_head *h = head_of(p);
+    extend(h, &h->target, at, len);
+    if (h->max_target && h->target.len > h->max_target)
+        return fail(p, HTTP_ERR_URI_TOO_LONG, "request target too long");
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len)
+{
+    extend(head_of(p), &head_of(p)->reason, at, len);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_head *h = head_of(p);
+    if (h->value_open || h->header_count == 0 ||
+        h->headers[h->header_count - 1].value.len != 0) {
+        /* a new field starts */
+        if (h->header_count == HTTP_MAX_HEADERS)
+            return fail(p, HTTP_ERR_HEAD_TOO_LARGE, "too many header fields");
+        struct http_header *hd = &h->headers[h->header_count++];
+        memset(hd, 0, sizeof(*hd));
+        h->value_open = 0;
+    }
+    extend(h, &h->headers[h->header_count - 1].name, at, len);
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct http_head *h = head_of(p);
+    /* a value that is empty still closes the field: mark it open */
+    h->value_open = 1;
+    struct http_header *hd = &h->headers[h->header_count - 1];
+    hd->value.off = hd->name.off + hd->name.len;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_head *h = head_of(p);
+    /* obs-fold and stray CR/LF reach us inside the value: refuse them */
+    if (memchr(at, '\r', len) || memchr(at, '\n', len))
+        return fail(p, h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST,
+                    "line folding or bare CR/LF in a header value");
+    struct http_header *hd = &h->headers[h->header_count - 1];
+    uint32_t off = (uint32_t)(at - h->base);
+    if (hd->value.len == 0)
+        hd->value.off = off;
+    hd->value.len = (uint32_t)(off + len - hd->value.off);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    head_of(p)->value_open = 1;
+    return 0;
+}
+
+static bool token_eq(const char *a, size_t alen, const char *lit)
+{
+    return strlen(lit) == alen && strncasecmp(a, lit, alen) == 0;
+}
+
+/* Marks the headers that a Connection header names as hop-by-hop. The
+ * framing headers and Host are never dropped that way: the body goes out
+ * framed as it came in. */
+static void apply_connection_tokens(struct http_head *h)
+{
+    for (unsigned i = 0; i < h->header_count; i++) {
+        const struct http_header *c = &h->headers[i];
+        if (c->id != HTTP_H_CONNECTION)
+            continue;
+        const char *v = h->base + c->value.off;
+        size_t vlen = c->value.len, pos = 0;
+        for (unsigned n = 0; pos < vlen && n < MAX_CONN_TOKENS; n++) {
+            while (pos < vlen && (v[pos] == ' ' || v[pos] == '\t' || v[pos] == ','))
+                pos++;
+            size_t start = pos;
+            while (pos < vlen && v[pos] != ',' && v[pos] != ' ' && v[pos] != '\t')
+                pos++;
+            size_t tlen = pos - start;
+            if (tlen == 0)
+                break;
+            if (token_eq(v + start, tlen, "close"))
+                h->conn_close = 1;
+            for (unsigned j = 0; j < h->header_count; j++) {
+                struct http_header *o = &h->headers[j];
+                if (o->id == HTTP_H_CONTENT_LENGTH || o->id == HTTP_H_TRANSFER_ENCODING ||
+                    o->id == HTTP_H_HOST)
+                    continue;
+                if (o->name.len == tlen &&
+                    strncasecmp(h->base + o->name.off, v + start, tlen) == 0)
+                    o->hop = 1;
+            }
+        }
+    }
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct http_head *h = head_of(p);
+    unsigned hosts = 0;
+
+    for (int i = 0; i < HTTP_H_COUNT_; i++)
+        h->index[i] = -1;
+    for (unsigned i = 0; i < h->header_count; i++) {
+        struct http_header *hd = &h->headers[i];
+        const char *v = h->base + hd->value.off;
+        classify(hd, h->base + hd->name.off, hd->name.len);
+        if (h->index[hd->id] == -1)
+            h->index[hd->id] = (int16_t)i;
+        /* trailing whitespace is not part of a value (RFC 9110 5.5) */
+        while (hd->value.len > 0 && (v[hd->value.len - 1] == ' ' || v[hd->value.len - 1] == '\t'))
+            hd->value.len--;
+        if (hd->id == HTTP_H_HOST)
+            hosts++;
+        if (hd->id == HTTP_H_EXPECT && token_eq(v, hd->value.len, "100-continue"))
+            h->expect_continue = 1;
+    }
+    apply_connection_tokens(h);
+
+    h->version_minor = llhttp_get_http_minor(p);
+    if (llhttp_get_http_major(p) != 1)
+        return fail(p, h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST,
+                    "unsupported HTTP version");
+    h->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
+    h->upgrade = p->upgrade;
+    h->chunked = (p->flags & F_CHUNKED) != 0;
+    h->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
+
+    if (h->is_response) {
+        h->status = (unsigned)llhttp_get_status_code(p);
+        if (h->status < 100 || h->status > 999)
+            return fail(p, HTTP_ERR_BAD_RESPONSE, "invalid status code");
+        /* responses that never have a body, whatever their headers say */
+        if (h->skip_body || h->status < 200 || h->status == 204 || h->status == 304)
+            p->flags |= F_SKIPBODY;
+        if (h->status == 101)
+            h->upgrade = 1;
+    } else {
+        if (llhttp_get_method(p) == HTTP_CONNECT)
+            return fail(p, HTTP_ERR_METHOD, "CONNECT is not served");
+        if (hosts > 1 || (hosts == 0 && h->version_minor >= 1))
+            return fail(p, HTTP_ERR_BAD_REQUEST, hosts ? "more than one Host" : "missing Host");
+        if (h->max_body && h->content_length > h->max_body)
+            return fail(p, HTTP_ERR_BODY_TOO_LARGE, "request body over max_body_size");
+    }
+    if (p->flags & F_SKIPBODY)
+        h->has_body = 0;
+    else
+        h->has_body = h->chunked || h->content_length > 0 || http_body_until_close(h);
+    h->head_done = 1;
+    return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_head *h = head_of(p);
+    h->body_seen += len;
+    if (!h->is_response && h->max_body && h->body_seen > h->max_body)
+        return fail(p, HTTP_ERR_BODY_TOO_LARGE, "request body over max_body_size");
+    if (h->decoded && evbuffer_add(h->decoded, at, len) == -1)
+        return fail(p, HTTP_ERR_BAD_RESPONSE, "out of memory");
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    head_of(p)->message_done = 1;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_method = on_method,
+    .on_url = on_url,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_head_init(struct http_head *h, bool is_response, size_t max_head, size_t max_target,
+                    uint64_t max_body)
+{
+    memset(h, 0, offsetof(struct http_head, headers));
+    llhttp_init(&h->parser, is_response ? HTTP_RESPONSE : HTTP_REQUEST, &parser_settings);
+    h->parser.data = h;
+    h->is_response = is_response;
+    h->max_head = max_head;
+    h->max_target = max_target;
+    h->max_body = max_body;
+}
+
+void http_head_reset(struct http_head *h)
+{
+    llhttp_t parser = h->parser;
+    bool is_response = h->is_response;
+    size_t max_head = h->max_head, max_target = h->max_target;
+    uint64_t max_body = h->max_body;
+
+    memset(h, 0, offsetof(struct http_head, headers));
+    h->parser = parser;
+    h->parser.data = h;
+    h->is_response = is_response;
+    h->max_head = max_head;
+    h->max_target = max_target;
+    h->max_body = max_body;
+    /* a message ended with a pause: clear it, then start afresh */
+    llhttp_reset(&h->parser);
+}
+
+static enum http_error parser_error(const struct http_head *h)
+{
+    if (h->error != HTTP_ERR_NONE)
+        return h->error;
+    return h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST;
+}
+
+enum http_parse http_head_parse(struct http_head *h, const char *buf, size_t len)
+{
+    h->base = buf;
+    if (len <= h->parsed)
+        return HTTP_PARSE_AGAIN;
+    const char *from = buf + h->parsed;
+    llhttp_errno_t err = llhttp_execute(&h->parser, from, len - h->parsed);
+
+    if (err == HPE_PAUSED && h->head_done) {
+        h->head_len = (size_t)(llhttp_get_error_pos(&h->parser) - buf);
+        h->parsed = h->head_len;
+        llhttp_resume(&h->parser);
+        if (h->max_head && h->head_len > h->max_head) {
+            h->error = HTTP_ERR_HEAD_TOO_LARGE;
+            h->error_text = "request head too large";
+            return HTTP_PARSE_ERROR;
+        }
+        return HTTP_PARSE_DONE;
+    }
+    if (err != HPE_OK) {
+        h->error = parser_error(h);
+        if (!h->error_text)
+            h->error_text = llhttp_get_error_reason(&h->parser);
+        return HTTP_PARSE_ERROR;
+    }
+    h->parsed = len;
+    if (h->max_head && len > h->max_head) {
+        h->error = HTTP_ERR_HEAD_TOO_LARGE;
+        h->error_text = h->is_response ? "response head too large" : "request head too large";
+        if (h->is_response)
+            h->error = HTTP_ERR_BAD_RESPONSE;
+        return HTTP_PARSE_ERROR;
+    }
+    return HTTP_PARSE_AGAIN;
+}
+
+enum http_parse http_body_parse(struct http_head *h, const char *buf, size_t len, size_t *used,
+                                struct evbuffer *decoded)
+{
+    h->decoded = decoded;
+    *used = 0;
+    if (h->message_done)
+        return HTTP_PARSE_DONE;
+    llhttp_errno_t err = llhttp_execute(&h->parser, buf, len);
+    h->decoded = NULL;
+    if (err == HPE_OK) {
+        *used = len;
+        return HTTP_PARSE_AGAIN;
+    }
+    if (err == HPE_PAUSED && h->message_done) {
+        *used = (size_t)(llhttp_get_error_pos(&h->parser) - buf);
+        return h->upgrade ? HTTP_PARSE_UPGRADE : HTTP_PARSE_DONE;
+    }
+    h->error = parser_error(h);
+    if (!h->error_text)
+        h->error_text = llhttp_get_error_reason(&h->parser);
+    return HTTP_PARSE_ERROR;
+}
+
+enum http_parse http_body_eof(struct http_head *h)
+{
+    if (h->message_done)
+        return HTTP_PARSE_DONE;
+    llhttp_errno_t err = llhttp_finish(&h->parser);
+    if ((err == HPE_OK || err == HPE_PAUSED) && h->message_done)
+        return HTTP_PARSE_DONE;
+    h->error = parser_error(h);
+    h->error_text = "connection closed before the message ended";
+    return HTTP_PARSE_ERROR;
+}
+
+bool http_body_until_close(const struct http_head *h)
+{
+    return h->is_response && !h->chunked && !(h->parser.flags & F_CONTENT_LENGTH) &&
+           !(h->parser.flags & F_SKIPBODY) && h->status != 101;
+}
+
+/* ------------------------------------------------------------ small helpers */
+
+unsigned http_error_status(enum http_error err)
+{
+    switch (err) {
+    case HTTP_ERR_HEAD_TOO_LARGE:
+        return 431;
+    case HTTP_ERR_URI_TOO_LONG:
+        return 414;
+    case HTTP_ERR_BODY_TOO_LARGE:
+        return 413;
+    case HTTP_ERR_METHOD:
+        return 405;
+    case HTTP_ERR_BAD_RESPONSE:
+        return 502;
+    case HTTP_ERR_NONE:
+    case HTTP_ERR_BAD_REQUEST:
+        break;
+    }
+    return 400;
+}
+
+const char *http_reason(unsigned status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
+    }
+}
+
+const char *http_header_value(const struct http_head *h, const char *buf,
+                              enum http_header_id id, size_t *len)
+{
+    int i = h->index[id];
+    if (i < 0)
+        return NULL;
+    *len = h->headers[i].value.len;
+    return buf + h->headers[i].value.off;
+}
+
+bool http_method_idempotent(const struct http_head *h)
+{
+    switch (llhttp_get_method((llhttp_t *)(uintptr_t)&h->parser)) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+    case HTTP_TRACE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ------------------------------------------------------------ serialising */
+
+struct writer {
+    char *p;   /* next byte */
+    char *end; /* one past the reserved space */
+};
+
+static void put(struct writer *w, const char *s, size_t len)
+{
+    if ((size_t)(w->end - w->p) < len) {
+        w->p = w->end + 1; /* overflow: detected by the caller */
+        return;
+    }
+    memcpy(w->p, s, len);
+    w->p += len;
+}
+
+static void put_str(struct writer *w, const char *s)
+{
+    put(w, s, strlen(s));
+}
+
+static void put_span(struct writer *w, const char *buf, struct http_span s)
+{
+    put(w, buf + s.off, s.len);
+}
+
+static void put_uint(struct writer *w, unsigned v)
+{
+    char tmp[16];
+    int n = snprintf(tmp, sizeof(tmp), "%u", v);
+    put(w, tmp, (size_t)n);
+}
+
+/* Opens the line "Name: v1, v2, " from every header with <id> (or just
+ * "Name: " when there is none); the caller appends its own element. */
+static void put_joined(struct writer *w, const struct http_head *h, const char *buf,
+                       enum http_header_id id, const char *name)
+{
+    put_str(w, name);
+    put(w, ": ", 2);
+    for (unsigned i = 0; i < h->header_count; i++) {
+        if (h->headers[i].id != id || h->headers[i].value.len == 0)
+            continue;
+        put_span(w, buf, h->headers[i].value);
+        put(w, ", ", 2);
+    }
+}
+
+static void put_headers(struct writer *w, const struct http_head *h, const char *buf,
+                        bool drop_framing)
+{
+    for (unsigned i = 0; i < h->header_count; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->hop || (drop_framing && hd->id == HTTP_H_TRANSFER_ENCODING))
+            continue;
+        put_span(w, buf, hd->name);
+        put(w, ": ", 2);
+        put_span(w, buf, hd->value);
+        put(w, "\r\n", 2);
+    }
+}
+
+static void put_upgrade(struct writer *w, const struct http_head *h, const char *buf)
+{
+    size_t len;
+    const char *v = http_header_value(h, buf, HTTP_H_UPGRADE, &len);
+    put_str(w, "Connection: upgrade\r\n");
+    if (v) {
+        put_str(w, "Upgrade: ");
+        put(w, v, len);
+        put(w, "\r\n", 2);
+    }
+}
+
+static size_t extra_room(const struct http_head *h)
+{
+    size_t room = SERIALIZE_EXTRA;
+    /* joined headers repeat their values once more at most */
+    for (unsigned i = 0; i < h->header_count; i++) {
+        enum http_header_id id = h->headers[i].id;
+        if (id == HTTP_H_X_FORWARDED_FOR || id == HTTP_H_FORWARDED || id == HTTP_H_VIA)
+            room += h->headers[i].value.len + 4;
+    }
+    return room;
+}
+
+static int commit(struct evbuffer *out, struct evbuffer_iovec *vec, struct writer *w)
+{
+    if (w->p > w->end)
+        return -1;
+    vec->iov_len = (size_t)(w->p - (char *)vec->iov_base);
+    return evbuffer_commit_space(out, vec, 1);
+}
+
+int http_request_serialize(const struct http_head *h, const char *buf,
+                           const struct http_forward_info *info, struct evbuffer *out)
+{
+    struct evbuffer_iovec vec;
+    size_t room = h->head_len + extra_room(h);
+    if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+        return -1;
+    struct writer w = {vec.iov_base, (char *)vec.iov_base + room};
+    bool v6 = strchr(info->client_ip, ':') != NULL;
+
+    put_span(&w, buf, h->method);
+    put(&w, " ", 1);
+    put_span(&w, buf, h->target);
+    put(&w, " HTTP/1.1\r\n", 11);
+    put_headers(&w, h, buf, false);
+    put_joined(&w, h, buf, HTTP_H_X_FORWARDED_FOR, "X-Forwarded-For");
+    put_str(&w, info->client_ip);
+    put_str(&w, "\r\nX-Forwarded-Proto: ");
+    put_str(&w, info->proto);
+    put(&w, "\r\n", 2);
+    put_joined(&w, h, buf, HTTP_H_FORWARDED, "Forwarded");
+    put_str(&w, v6 ? "for=\"[" : "for=");
+    put_str(&w, info->client_ip);
+    put_str(&w, v6 ? "]\";proto=" : ";proto=");
+    put_str(&w, info->proto);
+    put(&w, "\r\n", 2);
+    put_joined(&w, h, buf, HTTP_H_VIA, "Via");
+    put_str(&w, h->version_minor ? "1.1 " VIA_TOKEN "\r\n" : "1.0 " VIA_TOKEN "\r\n");
+    if (h->index[HTTP_H_HOST] < 0 && info->default_host) {
+        put_str(&w, "Host: ");
+        put_str(&w, info->default_host);
+        put(&w, "\r\n", 2);
+    }
+    if (h->upgrade)
+        put_upgrade(&w, h, buf);
+    put(&w, "\r\n", 2);
+    return commit(out, &vec, &w);
+}
+
+int http_response_serialize(const struct http_head *h, const char *buf, bool keep_alive,
+                            bool http10_client, bool drop_framing, struct evbuffer *out)
+{
+    struct evbuffer_iovec vec;
+    size_t room = h->head_len + extra_room(h);
+    if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+        return -1;
+    struct writer w = {vec.iov_base, (char *)vec.iov_base + room};
+
+    put(&w, "HTTP/1.1 ", 9);
+    put_uint(&w, h->status);
+    put(&w, " ", 1);
+    if (h->reason.len)
+        put_span(&w, buf, h->reason);
+    else
+        put_str(&w, http_reason(h->status));
+    put(&w, "\r\n", 2);
+    put_headers(&w, h, buf, drop_framing);
+    put_joined(&w, h, buf, HTTP_H_VIA, "Via");
+    put_str(&w, h->version_minor ? "1.1 " VIA_TOKEN "\r\n" : "1.0 " VIA_TOKEN "\r\n");
+    if (h->status == 101)
+        put_upgrade(&w, h, buf);
+    else if (!keep_alive)
+        put_str(&w, "Connection: close\r\n");
+    else if (http10_client)
+        put_str(&w, "Connection: keep-alive\r\n");
+    put(&w, "\r\n", 2);
+    return commit(out, &vec, &w);
+}
+
+int http_error_response(unsigned status, bool keep_alive, const char *extra_headers,
+                        struct evbuffer *out)
+{
+    const char *reason = http_reason(status);
+    return evbuffer_add_printf(out,
+                               "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\n"
+                               "Content-Length: %zu\r\n%s%s\r\n%u %s\n",
+                               status, reason, strlen(reason) + 5,
+                               keep_alive ? "" : "Connection: close\r\n",
+                               extra_headers ? extra_headers : "", status, reason) < 0
+               ? -1
+               : 0;
+}

@@ -1,0 +1,234 @@
+/*
+ * main: the command line, signals, and the workers' start, reload and stop.
+ *
+ * Owns the current configuration reference, the workers and the main
+ * thread's event_base, which does nothing but wait for signals: SIGHUP
+ * reloads (a bad file is logged and the old config keeps serving),
+ * SIGTERM/SIGINT drain and exit 0, SIGUSR1 reopens the access log. Never
+ * parses HTTP.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <llhttp.h>
+#include <openssl/crypto.h>
+
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+struct main_state {
+    struct config *cfg;                        /* referenced; the one in force */
+    struct worker *workers[CONFIG_MAX_WORKERS]; /* owned */
+    unsigned worker_count;
+    struct worker_shared shared;               /* read by every worker */
+    struct event_base *base;                   /* owned; signals only */
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: clonegate -c FILE      run with the ini file FILE\n"
+                 "       clonegate -t -c FILE   check FILE and exit\n"
+                 "       clonegate -V           print versions and exit\n"
+                 "       clonegate -h           this help\n");
+}
+
+static void print_versions(void)
+{
+    printf("clonegate %s\n", CLONEGATE_VERSION);
+    printf("libevent %s\n", event_get_version());
+    printf("openssl %s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
+           LLHTTP_VERSION_PATCH);
+}
+
+/* What a reload cannot change while running: said once, not applied. */
+static void warn_unreloadable(const struct config *old, const struct config *cfg)
+{
+    bool same = old->listen_count == cfg->listen_count;
+    for (unsigned i = 0; same && i < cfg->listen_count; i++)
+        same = strcmp(old->listen[i].text, cfg->listen[i].text) == 0;
+    if (!same)
+        log_warnx("reload: server.listen changed; it takes a restart to apply");
+    if (old->workers != cfg->workers)
+        log_warnx("reload: server.workers changed; it takes a restart to apply");
+    if (strcmp(old->access_log, cfg->access_log) != 0 ||
+        old->access_log_format != cfg->access_log_format)
+        log_warnx("reload: access_log changed; it takes a restart to apply");
+}
+
+static void main_on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    struct main_state *m = arg;
+    (void)sig;
+    (void)what;
+    log_info("SIGHUP: reloading %s", m->cfg->path);
+    struct config *cfg = config_load(m->cfg->path, stderr);
+    if (!cfg) {
+        log_error("reload failed: %s has errors; the old configuration keeps serving",
+                  m->cfg->path);
+        return;
+    }
+    warn_unreloadable(m->cfg, cfg);
+    if (log_set_level(cfg->error_log_level) == -1)
+        log_warnx("reload: unknown error_log_level %s", cfg->error_log_level);
+    for (unsigned i = 0; i < m->worker_count; i++)
+        worker_reload(m->workers[i], cfg);
+    config_unref(m->cfg);
+    m->cfg = cfg;
+    log_info("reloaded: %u server(s)", cfg->server_count);
+}
+
+static void main_on_term(evutil_socket_t sig, short what, void *arg)
+{
+    struct main_state *m = arg;
+    (void)what;
+    log_info("%s: draining (up to %u ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+             m->cfg->drain_timeout_ms);
+    __atomic_store_n(&m->shared.draining, 1, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < m->worker_count; i++)
+        worker_stop(m->workers[i]);
+    event_base_loopbreak(m->base);
+}
+
+static void main_on_usr1(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    if (log_access_reopen() == -1)
+        log_warn("SIGUSR1: cannot reopen the access log");
+    else
+        log_info("SIGUSR1: access log reopened");
+}
+
+static int run(const char *path)
+{
+    struct main_state m = {0};
+    struct event *sig_hup = NULL, *sig_term = NULL, *sig_int = NULL, *sig_usr1 = NULL;
+    int status = 1;
+
+    m.cfg = config_load(path, stderr);
+    if (!m.cfg)
+        return 1;
+    if (log_set_level(m.cfg->error_log_level) == -1)
+        log_warnx("unknown error_log_level %s", m.cfg->error_log_level);
+    if (log_access_open(m.cfg->access_log, m.cfg->access_log_format == CONFIG_LOG_JSON) == -1) {
+        log_warn("cannot open the access log %s", m.cfg->access_log);
+        goto fail;
+    }
+    /* a peer closing mid-write is an error return, not a signal */
+    signal(SIGPIPE, SIG_IGN);
+
+    m.base = event_base_new();
+    if (!m.base)
+        goto fail;
+    sig_hup = evsignal_new(m.base, SIGHUP, main_on_hup, &m);
+    sig_term = evsignal_new(m.base, SIGTERM, main_on_term, &m);
+    sig_int = evsignal_new(m.base, SIGINT, main_on_term, &m);
+    sig_usr1 = evsignal_new(m.base, SIGUSR1, main_on_usr1, &m);
+    if (!sig_hup || !sig_term || !sig_int || !sig_usr1)
+        goto fail;
+    evsignal_add(sig_hup, NULL);
+    evsignal_add(sig_term, NULL);
+    evsignal_add(sig_int, NULL);
+    evsignal_add(sig_usr1, NULL);
+
+    /* workers inherit the signal mask: block them there, main's base gets them */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGHUP);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    for (unsigned i = 0; i < m.cfg->workers; i++) {
+        struct worker *w = worker_new(i, m.cfg, &m.shared);
+        if (!w) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            goto fail;
+        }
+        m.workers[m.worker_count++] = w;
+    }
+    for (unsigned i = 0; i < m.worker_count; i++) {
+        if (worker_start(m.workers[i]) == -1) {
+            log_warn("cannot start worker %u", i);
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            for (unsigned j = 0; j < i; j++)
+                worker_stop(m.workers[j]);
+            goto fail;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    for (unsigned i = 0; i < m.cfg->listen_count; i++)
+        log_info("clonegate %s listening on %s, %u worker(s), %u server(s)", CLONEGATE_VERSION,
+                 m.cfg->listen[i].text, m.worker_count, m.cfg->server_count);
+    event_base_dispatch(m.base);
+    status = 0;
+fail:
+    for (unsigned i = 0; i < m.worker_count; i++)
+        worker_join_free(m.workers[i]);
+    if (status == 0)
+        log_info("stopped");
+    if (sig_hup)
+        event_free(sig_hup);
+    if (sig_term)
+        event_free(sig_term);
+    if (sig_int)
+        event_free(sig_int);
+    if (sig_usr1)
+        event_free(sig_usr1);
+    if (m.base)
+        event_base_free(m.base);
+    config_unref(m.cfg);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool test_only = false;
+    int opt;
+
+    log_init();
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'V':
+            print_versions();
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (test_only) {
+        struct config *cfg = config_load(path, stderr);
+        if (!cfg)
+            return 1;
+        config_unref(cfg);
+        printf("configuration ok\n");
+        return 0;
+    }
+    return run(path) == 0 ? 0 : 1;
+}

@@ -1,0 +1,231 @@
+/*
+ * upstream: per-worker keep-alive pools and connects to the clones.
+ *
+ * Owns the pool (freed when retired and idle of requests), every idle
+ * connection in it, and the connections it hands out until they come back
+ * through upstream_release(). Borrows the config through a reference taken
+ * at creation. One worker thread touches a pool.
+ */
+#include "upstream.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "balancer.h"
+#include "log.h"
+
+#define UPSTREAM_IDLE_TIMEOUT_S 30 /* an idle pooled connection is closed after this */
+
+TAILQ_HEAD(upstream_idle_list, upstream_conn);
+
+struct upstream_server_state {
+    struct upstream_idle_list idle; /* idle connections, most recent first */
+    unsigned idle_count;
+};
+
+struct upstream_pool {
+    struct event_base *base;          /* borrowed from the worker */
+    struct config *cfg;               /* referenced; dropped in pool_free() */
+    struct balancer *balancer;        /* owned */
+    unsigned count;                   /* servers */
+    unsigned live;                    /* connections handed out and not released */
+    bool retired;                     /* no new requests; free when live hits 0 */
+    unsigned active[CONFIG_MAX_SERVERS]; /* requests in flight per server */
+    struct upstream_server_state servers[CONFIG_MAX_SERVERS];
+};
+
+static void conn_free(struct upstream_conn *u)
+{
+    if (u->bev)
+        bufferevent_free(u->bev);
+    u->bev = NULL;
+    free(u);
+}
+
+static void pool_free(struct upstream_pool *pool)
+{
+    for (unsigned i = 0; i < pool->count; i++) {
+        struct upstream_server_state *s = &pool->servers[i];
+        struct upstream_conn *u;
+        while ((u = TAILQ_FIRST(&s->idle)) != NULL) {
+            TAILQ_REMOVE(&s->idle, u, idle_link);
+            conn_free(u);
+        }
+        s->idle_count = 0;
+    }
+    balancer_free(pool->balancer);
+    config_unref(pool->cfg);
+    free(pool);
+}
+
+struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *cfg)
+{
+    struct upstream_pool *pool = calloc(1, sizeof(*pool)); /* freed by pool_free() */
+    if (!pool)
+        return NULL;
+    pool->balancer = balancer_new(cfg);
+    if (!pool->balancer) {
+        free(pool);
+        return NULL;
+    }
+    pool->base = base;
+    pool->cfg = config_ref(cfg);
+    pool->count = cfg->server_count;
+    for (unsigned i = 0; i < pool->count; i++)
+        TAILQ_INIT(&pool->servers[i].idle);
+    return pool;
+}
+
+void upstream_pool_retire(struct upstream_pool *pool)
+{
+    if (!pool)
+        return;
+    pool->retired = true;
+    if (pool->live == 0)
+        pool_free(pool);
+    else
+        for (unsigned i = 0; i < pool->count; i++) {
+            struct upstream_server_state *s = &pool->servers[i];
+            struct upstream_conn *u;
+            while ((u = TAILQ_FIRST(&s->idle)) != NULL) {
+                TAILQ_REMOVE(&s->idle, u, idle_link);
+                conn_free(u);
+            }
+            s->idle_count = 0;
+        }
+}
+
+const struct config *upstream_pool_config(const struct upstream_pool *pool)
+{
+    return pool->cfg;
+}
+
+int upstream_pick(struct upstream_pool *pool, uint64_t skip)
+{
+    return balancer_pick(pool->balancer, skip, pool->active);
+}
+
+const char *upstream_server_name(const struct upstream_pool *pool, unsigned server)
+{
+    return pool->cfg->servers[server].addr.text;
+}
+
+unsigned upstream_server_count(const struct upstream_pool *pool)
+{
+    return pool->count;
+}
+
+/* ------------------------------------------------------------ idle pooled */
+
+static void idle_drop(struct upstream_conn *u, const char *why)
+{
+    struct upstream_server_state *s = &u->pool->servers[u->server];
+    log_debug("%s: pooled connection to %s closed: %s", __func__,
+              upstream_server_name(u->pool, u->server), why);
+    TAILQ_REMOVE(&s->idle, u, idle_link);
+    s->idle_count--;
+    conn_free(u);
+}
+
+static void upstream_on_idle_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    /* a clone must not speak unasked; the connection can no longer be trusted */
+    idle_drop(arg, "unexpected bytes");
+}
+
+static void upstream_on_idle_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    idle_drop(arg, (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "closed by the clone");
+}
+
+/* ------------------------------------------------------------ hand out/back */
+
+static struct upstream_conn *connect_new(struct upstream_pool *pool, unsigned server)
+{
+    const struct config_addr *addr = &pool->cfg->servers[server].addr;
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return NULL;
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+        log_warn("setsockopt TCP_NODELAY");
+    struct upstream_conn *u = calloc(1, sizeof(*u)); /* freed in conn_free() */
+    if (!u) {
+        close(fd);
+        return NULL;
+    }
+    u->pool = pool;
+    u->server = server;
+    u->bev = bufferevent_socket_new(pool->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!u->bev) {
+        close(fd);
+        free(u);
+        return NULL;
+    }
+    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&addr->sa,
+                                   (int)addr->salen) == -1) {
+        /* an immediate refusal is reported like a late one: as an event */
+        int saved = errno;
+        conn_free(u);
+        errno = saved;
+        return NULL;
+    }
+    return u;
+}
+
+struct upstream_conn *upstream_acquire(struct upstream_pool *pool, unsigned server)
+{
+    struct upstream_server_state *s = &pool->servers[server];
+    struct upstream_conn *u = TAILQ_FIRST(&s->idle);
+    if (u) {
+        TAILQ_REMOVE(&s->idle, u, idle_link);
+        s->idle_count--;
+        bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
+        bufferevent_set_timeouts(u->bev, NULL, NULL);
+        u->requests++;
+    } else {
+        u = connect_new(pool, server);
+        if (!u)
+            return NULL;
+    }
+    pool->active[server]++;
+    pool->live++;
+    return u;
+}
+
+void upstream_release(struct upstream_conn *u, bool reusable)
+{
+    if (!u)
+        return;
+    struct upstream_pool *pool = u->pool;
+    struct upstream_server_state *s = &pool->servers[u->server];
+    pool->active[u->server]--;
+    pool->live--;
+
+    if (reusable && !pool->retired && s->idle_count < pool->cfg->keepalive &&
+        evbuffer_get_length(bufferevent_get_input(u->bev)) == 0 &&
+        evbuffer_get_length(bufferevent_get_output(u->bev)) == 0) {
+        struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_S, 0};
+        bufferevent_setcb(u->bev, upstream_on_idle_read, NULL, upstream_on_idle_event, u);
+        bufferevent_set_timeouts(u->bev, &idle, NULL);
+        bufferevent_setwatermark(u->bev, EV_READ, 0, 0);
+        bufferevent_enable(u->bev, EV_READ);
+        TAILQ_INSERT_HEAD(&s->idle, u, idle_link);
+        s->idle_count++;
+    } else {
+        conn_free(u);
+    }
+    if (pool->retired && pool->live == 0)
+        pool_free(pool);
+}

@@ -1,0 +1,305 @@
+/*
+ * worker: an event-loop thread with its own listeners, pool and connections.
+ *
+ * Owns its event_base, its listeners (one socket per address, each bound
+ * with SO_REUSEPORT so every worker accepts on the same ports), its upstream
+ * pool, its timers and its client connections (through conn.c). Holds a
+ * reference on the config it serves. main.c talks to a worker only through
+ * worker_reload() and worker_stop(), which hand data over under next_lock
+ * (or an atomic flag) and wake the loop through the worker's eventfd. The
+ * base itself takes no locks (EVENT_BASE_FLAG_NOLOCK): only its own thread
+ * ever touches it, so the request path pays for no mutex.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "conn.h"
+#include "upstream.h"
+
+#define WORKER_TICK_MS    100  /* access log flush and accept-resume check */
+#define WORKER_BACKLOG    4096 /* listen(2) backlog */
+
+static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                             int salen, void *arg);
+
+static int shared_connections(const struct worker *w)
+{
+    return __atomic_load_n(&w->shared->connections, __ATOMIC_RELAXED);
+}
+
+static void set_accepting(struct worker *w, bool on)
+{
+    for (unsigned i = 0; i < w->listener_count; i++) {
+        if (on)
+            evconnlistener_enable(w->listeners[i]);
+        else
+            evconnlistener_disable(w->listeners[i]);
+    }
+    w->accept_paused = !on;
+}
+
+static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                             int salen, void *arg)
+{
+    struct worker *w = arg;
+    (void)l;
+    (void)salen;
+    int now = __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    conn_accept(w, fd, sa);
+    if ((unsigned)now >= w->cfg->max_connections && !w->accept_paused) {
+        log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
+        set_accepting(w, false);
+    }
+}
+
+static void worker_on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct worker *w = arg;
+    (void)l;
+    /* EMFILE and the like: pause, the tick resumes accepting */
+    log_warn("accept");
+    set_accepting(w, false);
+}
+
+void worker_conn_closed(struct worker *w, struct conn *c)
+{
+    (void)c;
+    w->conn_count--;
+    int now = __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    if (w->accept_paused && !w->draining && (unsigned)now < w->cfg->max_connections)
+        set_accepting(w, true);
+    if (w->draining && w->conn_count == 0)
+        event_base_loopbreak(w->base);
+}
+
+static int listen_on(struct worker *w, const struct config_addr *addr)
+{
+    /* SO_REUSEPORT lets each worker own a socket on the same port; the
+     * kernel spreads new connections across them. */
+    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE |
+                     LEV_OPT_REUSEABLE_PORT;
+    struct evconnlistener *l =
+        evconnlistener_new_bind(w->base, worker_on_accept, w, flags, WORKER_BACKLOG,
+                                (const struct sockaddr *)&addr->sa, (int)addr->salen);
+    if (!l) {
+        log_warn("cannot listen on %s", addr->text);
+        return -1;
+    }
+    evconnlistener_set_error_cb(l, worker_on_accept_error);
+    w->listeners[w->listener_count++] = l;
+    return 0;
+}
+
+static void close_listeners(struct worker *w)
+{
+    for (unsigned i = 0; i < w->listener_count; i++) {
+        evconnlistener_free(w->listeners[i]);
+        w->listeners[i] = NULL;
+    }
+    w->listener_count = 0;
+}
+
+/* Re-registers the common timeouts for <cfg>'s header and idle limits. */
+static void set_timeouts(struct worker *w, const struct config *cfg)
+{
+    struct timeval header = {cfg->header_timeout_ms / 1000, (cfg->header_timeout_ms % 1000) * 1000};
+    struct timeval idle = {cfg->idle_timeout_ms / 1000, (cfg->idle_timeout_ms % 1000) * 1000};
+    w->header_tv = event_base_init_common_timeout(w->base, &header);
+    w->idle_tv = event_base_init_common_timeout(w->base, &idle);
+}
+
+/* ------------------------------------------------------------ loop events */
+
+static void apply_reload(struct worker *w)
+{
+    pthread_mutex_lock(&w->next_lock);
+    struct config *cfg = w->next_cfg;
+    w->next_cfg = NULL;
+    pthread_mutex_unlock(&w->next_lock);
+    if (!cfg)
+        return;
+    struct upstream_pool *pool = upstream_pool_new(w->base, cfg);
+    if (!pool) {
+        log_warnx("worker %u: reload failed: out of memory; old configuration kept", w->id);
+        config_unref(cfg);
+        return;
+    }
+    /* in-flight exchanges keep the old pool until they end */
+    upstream_pool_retire(w->pool);
+    w->pool = pool;
+    set_timeouts(w, cfg);
+    config_unref(w->cfg);
+    w->cfg = cfg;
+    log_debug("%s: worker %u now serves %s", __func__, w->id, cfg->path);
+}
+
+static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    log_warnx("worker %u: drain_timeout reached with %u connection(s) open", w->id,
+              w->conn_count);
+    event_base_loopbreak(w->base);
+}
+
+static void start_drain(struct worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    close_listeners(w);
+    conn_drain_all(w);
+    if (w->conn_count == 0) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    struct timeval tv = {w->cfg->drain_timeout_ms / 1000, (w->cfg->drain_timeout_ms % 1000) * 1000};
+    event_add(w->drain_deadline_ev, &tv);
+}
+
+static void worker_on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+    (void)what;
+    if (read(fd, &n, sizeof(n)) == -1 && errno != EAGAIN)
+        log_warn("worker %u: eventfd read", w->id);
+    apply_reload(w);
+    if (__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE))
+        start_drain(w);
+}
+
+static void worker_on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    log_access_flush(&w->access);
+    if (w->accept_paused && !w->draining &&
+        (unsigned)shared_connections(w) < w->cfg->max_connections)
+        set_accepting(w, true);
+}
+
+/* ------------------------------------------------------------ life cycle */
+
+struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared)
+{
+    struct worker *w = calloc(1, sizeof(*w)); /* freed by worker_join_free() */
+    if (!w)
+        return NULL;
+    w->id = id;
+    w->wake_fd = -1;
+    w->shared = shared;
+    w->cfg = config_ref(cfg);
+    TAILQ_INIT(&w->conns);
+    pthread_mutex_init(&w->next_lock, NULL);
+
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->wake_fd == -1)
+        goto fail;
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        goto fail;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    w->base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    if (!w->base)
+        goto fail;
+    w->pool = upstream_pool_new(w->base, cfg);
+    if (!w->pool)
+        goto fail;
+    set_timeouts(w, cfg);
+    w->wake_ev = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, worker_on_wake, w);
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, worker_on_tick, w);
+    w->drain_deadline_ev = event_new(w->base, -1, 0, worker_on_drain_deadline, w);
+    if (!w->wake_ev || !w->tick_ev || !w->drain_deadline_ev)
+        goto fail;
+    event_add(w->wake_ev, NULL);
+    struct timeval tick = {0, WORKER_TICK_MS * 1000};
+    event_add(w->tick_ev, &tick);
+    for (unsigned i = 0; i < cfg->listen_count; i++)
+        if (listen_on(w, &cfg->listen[i]) == -1)
+            goto fail;
+    return w;
+fail:
+    log_warnx("worker %u: cannot start", id);
+    worker_join_free(w);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    conn_close_all(w);
+    log_access_flush(&w->access);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    int err = pthread_create(&w->thread, NULL, worker_main, w);
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+static void wake(struct worker *w)
+{
+    uint64_t one = 1;
+    if (write(w->wake_fd, &one, sizeof(one)) == -1)
+        log_warn("worker %u: eventfd write", w->id);
+}
+
+void worker_reload(struct worker *w, struct config *cfg)
+{
+    pthread_mutex_lock(&w->next_lock);
+    config_unref(w->next_cfg);
+    w->next_cfg = config_ref(cfg);
+    pthread_mutex_unlock(&w->next_lock);
+    wake(w);
+}
+
+void worker_stop(struct worker *w)
+{
+    __atomic_store_n(&w->stop_requested, 1, __ATOMIC_RELEASE);
+    wake(w);
+}
+
+void worker_join_free(struct worker *w)
+{
+    if (!w)
+        return;
+    if (w->thread)
+        pthread_join(w->thread, NULL);
+    close_listeners(w);
+    upstream_pool_retire(w->pool);
+    w->pool = NULL;
+    if (w->wake_ev)
+        event_free(w->wake_ev);
+    if (w->tick_ev)
+        event_free(w->tick_ev);
+    if (w->drain_deadline_ev)
+        event_free(w->drain_deadline_ev);
+    if (w->base)
+        event_base_free(w->base);
+    if (w->wake_fd != -1)
+        close(w->wake_fd);
+    config_unref(w->next_cfg);
+    config_unref(w->cfg);
+    pthread_mutex_destroy(&w->next_lock);
+    free(w);
+}
