@@ -656,7 +656,8 @@ static int parse_server(const char *item, struct config_server *s, char *why, si
             return -1;
         }
         if (parse_number(rest + 7, &weight) == -1 || weight < 1 || weight > CONFIG_MAX_WEIGHT) {
-            snprintf(why, why_size, "bad weight '%s' (1..%u)", rest + 7, CONFIG_MAX_WEIGHT);
+            snprintf(why, why_size, "bad weight '%s' (1..%u)", rest + 7,
+                     (unsigned)CONFIG_MAX_WEIGHT);
             return -1;
         }
     }

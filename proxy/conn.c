@@ -1,14 +1,14 @@
 /*
  * conn: a client connection and the exchange it drives with a clone.
  *
- * Owns its bufferevent, its timer, both parsed heads (request and the
+ * Owns its client stream, its timer, both parsed heads (request and the
  * current response) and, during an exchange, the upstream connection it
  * acquired (given back with upstream_release() when the exchange ends).
  * Borrows its worker, the worker's config and pool (read afresh per use,
  * since a reload swaps them between callbacks). Lives in one worker thread;
  * freed only by conn_close(), after which no callback can reach it.
  *
- * Bytes move, they are not copied: body bytes go from one bufferevent's
+ * Bytes move, they are not copied: body bytes go from one stream's
  * input to the other's output with evbuffer_remove_buffer(); only heads are
  * rewritten. Memory is bounded by watermarks: a side that is not reading
  * stops the other side from reading.
@@ -25,12 +25,12 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
 #include "http.h"
 #include "log.h"
+#include "stream.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -69,7 +69,7 @@ struct conn_log_fields {
 
 struct conn {
     struct worker *w;            /* borrowed; outlives the conn */
-    struct bufferevent *bev;     /* owned; freed in conn_close() */
+    struct stream cs;            /* client socket and buffers; closed in conn_close() */
     struct event timer;          /* header / idle timer; deleted in conn_close() */
     enum conn_state state;       /* see conn_set_state() */
     char client_ip[INET6_ADDRSTRLEN]; /* peer address text */
@@ -104,7 +104,7 @@ static void conn_close(struct conn *c, const char *why);
 static void process_input(struct conn *c);
 static void dispatch(struct conn *c);
 static void pump_response_body(struct conn *c);
-static void conn_on_read(struct bufferevent *bev, void *arg);
+static void conn_on_read(struct stream *st, void *arg);
 
 /* ------------------------------------------------------------ small helpers */
 
@@ -211,9 +211,7 @@ static void conn_close(struct conn *c, const char *why)
     drop_upstream(c, false);
     if (event_initialized(&c->timer))
         event_del(&c->timer);
-    if (c->bev)
-        bufferevent_free(c->bev);
-    c->bev = NULL;
+    stream_close(&c->cs);
     TAILQ_REMOVE(&c->w->conns, c, link);
     worker_conn_closed(c->w, c);
     free(c);
@@ -225,26 +223,28 @@ static void close_after_flush(struct conn *c, const char *why)
     conn_set_state(c, CONN_CLOSING);
     timer_stop(c);
     drop_upstream(c, false);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    if (evbuffer_get_length(c->cs.out) == 0) {
         conn_close(c, why);
         return;
     }
-    bufferevent_disable(c->bev, EV_READ);
-    bufferevent_enable(c->bev, EV_WRITE);
+    stream_read_enable(&c->cs, false);
+    stream_flush(&c->cs);
     /* a client that never reads its last bytes is bounded by the write timeout */
+    stream_notify_drained(&c->cs, 0);
 }
 
 /* Sends a short error response of our own. The connection closes after it
  * unless <keep> and the request was read whole. */
 static void send_error(struct conn *c, unsigned status, bool keep, const char *why)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->cs.out;
     keep = keep && c->keep_alive && !c->w->draining;
     const char *extra = status == 503 ? "Retry-After: 1\r\n" : NULL;
     if (http_error_response(status, keep, extra, out) == -1) {
         conn_close(c, "out of memory");
         return;
     }
+    stream_flush(&c->cs);
     c->status = status;
     c->bytes_sent = strlen(http_reason(status)) + 5;
     if (status >= 500 || status == 408)
@@ -256,7 +256,7 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
         return;
     }
     if (c->head_kept) {
-        evbuffer_drain(bufferevent_get_input(c->bev), c->req.head_len);
+        evbuffer_drain(c->cs.in, c->req.head_len);
         c->head_kept = false;
     }
     http_head_reset(&c->req);
@@ -318,25 +318,28 @@ out:
 static void pause_client_read(struct conn *c)
 {
     c->client_read_paused = true;
-    bufferevent_disable(c->bev, EV_READ);
-    bufferevent_setwatermark(c->up->bev, EV_WRITE, CONN_BUF_LOW, 0);
+    stream_read_enable(&c->cs, false);
+    stream_notify_drained(&c->up->s, CONN_BUF_LOW);
 }
 
 static void pause_up_read(struct conn *c)
 {
     c->up_read_paused = true;
-    bufferevent_disable(c->up->bev, EV_READ);
+    stream_read_enable(&c->up->s, false);
+    stream_notify_drained(&c->cs, CONN_BUF_LOW);
 }
 
 /* ------------------------------------------------------------ request side */
 
 static void pump_request_body(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    struct evbuffer *in = c->cs.in;
+    struct evbuffer *out = c->up->s.out;
     size_t moved;
 
     enum http_parse r = frame_and_move(&c->req, in, out, false, &moved);
+    if (moved)
+        stream_flush(&c->up->s);
     if (r == HTTP_PARSE_ERROR) {
         unsigned status = http_error_status(c->req.error);
         log_info("%s: request body refused: %s", c->client_ip, c->req.error_text);
@@ -351,27 +354,32 @@ static void pump_request_body(struct conn *c)
     }
     if (r != HTTP_PARSE_AGAIN) {
         c->req_done = true;
-        bufferevent_set_timeouts(c->bev, NULL, c->w->idle_tv);
+        stream_set_timeouts(&c->cs, NULL, c->w->idle_tv);
         return;
     }
     if (evbuffer_get_length(out) >= CONN_BUF_HIGH)
         pause_client_read(c);
+    else
+        stream_read_resume(&c->cs);
 }
 
 /* Moves tunnel bytes from <from> to <to>; pauses <from> when <to> is full. */
-static void tunnel_move(struct bufferevent *from, struct bufferevent *to)
+static void tunnel_move(struct stream *from, struct stream *to)
 {
-    evbuffer_add_buffer(bufferevent_get_output(to), bufferevent_get_input(from));
-    if (evbuffer_get_length(bufferevent_get_output(to)) >= CONN_BUF_HIGH) {
-        bufferevent_disable(from, EV_READ);
-        bufferevent_setwatermark(to, EV_WRITE, CONN_BUF_LOW, 0);
+    evbuffer_add_buffer(to->out, from->in);
+    stream_flush(to);
+    if (evbuffer_get_length(to->out) >= CONN_BUF_HIGH) {
+        stream_read_enable(from, false);
+        stream_notify_drained(to, CONN_BUF_LOW);
+    } else {
+        stream_read_resume(from);
     }
 }
 
-static void conn_on_read(struct bufferevent *bev, void *arg)
+static void conn_on_read(struct stream *st, void *arg)
 {
     struct conn *c = arg;
-    (void)bev;
+    (void)st;
     switch (c->state) {
     case CONN_IDLE:
     case CONN_READING_HEAD:
@@ -383,10 +391,11 @@ static void conn_on_read(struct bufferevent *bev, void *arg)
         /* else: a pipelined request waits in the input (bounded by the watermark) */
         break;
     case CONN_TUNNEL:
-        tunnel_move(c->bev, c->up->bev);
+        tunnel_move(&c->cs, &c->up->s);
         break;
     case CONN_CLOSING:
-        evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+        evbuffer_drain(c->cs.in, evbuffer_get_length(c->cs.in));
+        stream_read_resume(&c->cs);
         break;
     }
 }
@@ -413,19 +422,21 @@ static void start_exchange(struct conn *c, const char *buf)
      * so that a failed attempt can be sent again to another clone. */
     c->head_kept = !c->req.has_body;
     if (c->req.has_body)
-        bufferevent_set_timeouts(c->bev, c->w->idle_tv, c->w->idle_tv);
+        stream_set_timeouts(&c->cs, c->w->idle_tv, c->w->idle_tv);
     dispatch(c);
 }
 
 static void process_input(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->cs.in;
     size_t len = evbuffer_get_length(in);
     const struct config *cfg = cfg_of(c);
 
     if (c->client_read_paused) {
         c->client_read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        stream_read_enable(&c->cs, true);
+    } else {
+        stream_read_resume(&c->cs);
     }
     if (len == 0) {
         if (c->client_eof) {
@@ -538,22 +549,23 @@ static void start_tunnel(struct conn *c)
     conn_set_state(c, CONN_TUNNEL);
     write_access_log(c);
     c->status = 0; /* logged once, at the switch */
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
-    bufferevent_set_timeouts(c->up->bev, NULL, NULL);
-    bufferevent_enable(c->bev, EV_READ);
-    bufferevent_enable(c->up->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_input(c->up->bev)))
-        tunnel_move(c->up->bev, c->bev);
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)))
-        tunnel_move(c->bev, c->up->bev);
+    stream_set_timeouts(&c->cs, NULL, NULL);
+    stream_set_timeouts(&c->up->s, NULL, NULL);
+    stream_read_enable(&c->cs, true);
+    stream_read_enable(&c->up->s, true);
+    stream_flush(&c->cs);
+    if (evbuffer_get_length(c->up->s.in))
+        tunnel_move(&c->up->s, &c->cs);
+    if (evbuffer_get_length(c->cs.in))
+        tunnel_move(&c->cs, &c->up->s);
 }
 
 /* Parses response heads in the clone's input; returns false when the
  * connection was closed or the exchange ended. */
 static bool read_response_head(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->up->bev);
-    struct evbuffer *client_out = bufferevent_get_output(c->bev);
+    struct evbuffer *in = c->up->s.in;
+    struct evbuffer *client_out = c->cs.out;
 
     while (!c->resp.head_done) {
         size_t len = evbuffer_get_length(in);
@@ -591,6 +603,7 @@ static bool read_response_head(struct conn *c)
                 return false;
             }
             evbuffer_drain(in, c->resp.head_len);
+            stream_flush(&c->cs);
             uint8_t skip = c->resp.skip_body;
             http_head_reset(&c->resp);
             c->resp.skip_body = skip;
@@ -598,7 +611,7 @@ static bool read_response_head(struct conn *c)
         }
         /* the final response: the request can no longer be retried */
         if (c->head_kept) {
-            evbuffer_drain(bufferevent_get_input(c->bev), c->req.head_len);
+            evbuffer_drain(c->cs.in, c->req.head_len);
             c->head_kept = false;
         }
         if (!c->req_done || c->w->draining || http_body_until_close(&c->resp))
@@ -624,12 +637,13 @@ static bool read_response_head(struct conn *c)
 
 static void pump_response_body(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->up->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *in = c->up->s.in;
+    struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
 
     enum http_parse r = frame_and_move(&c->resp, in, out, c->decode_body, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
+    stream_flush(&c->cs);
     if (r == HTTP_PARSE_ERROR) {
         log_warnx("upstream %s sent a broken body: %s, client %s", c->upstream_name,
                   c->resp.error_text ? c->resp.error_text : "invalid", c->client_ip);
@@ -642,17 +656,20 @@ static void pump_response_body(struct conn *c)
     }
     if (evbuffer_get_length(out) >= CONN_BUF_HIGH)
         pause_up_read(c);
+    else
+        stream_read_resume(&c->up->s);
 }
 
 /* The clone closed after the response head: frame what came with the close,
  * then end the message (a close-delimited body) or give up (truncated). */
 static void finish_on_eof(struct conn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
-    enum http_parse r = frame_and_move(&c->resp, bufferevent_get_input(c->up->bev), out,
+    enum http_parse r = frame_and_move(&c->resp, c->up->s.in, out,
                                        c->decode_body, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
+    stream_flush(&c->cs);
     if (r == HTTP_PARSE_AGAIN)
         r = http_body_eof(&c->resp);
     if (r == HTTP_PARSE_DONE) {
@@ -663,12 +680,12 @@ static void finish_on_eof(struct conn *c)
     conn_close(c, "clone closed mid-response");
 }
 
-static void conn_on_up_read(struct bufferevent *bev, void *arg)
+static void conn_on_up_read(struct stream *st, void *arg)
 {
     struct conn *c = arg;
-    (void)bev;
+    (void)st;
     if (c->state == CONN_TUNNEL) {
-        tunnel_move(c->up->bev, c->bev);
+        tunnel_move(&c->up->s, &c->cs);
         return;
     }
     c->resp_bytes = true;
@@ -678,49 +695,45 @@ static void conn_on_up_read(struct bufferevent *bev, void *arg)
 }
 
 /* The clone's output drained below the low watermark. */
-static void conn_on_up_write(struct bufferevent *bev, void *arg)
+static void conn_on_up_drained(struct stream *st, void *arg)
 {
     struct conn *c = arg;
+    (void)st;
     if (c->state == CONN_TUNNEL) {
-        bufferevent_enable(c->bev, EV_READ);
-        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        stream_read_enable(&c->cs, true);
         return;
     }
     if (c->client_read_paused && !c->req_done) {
         c->client_read_paused = false;
-        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-        bufferevent_enable(c->bev, EV_READ);
+        stream_read_enable(&c->cs, true);
         pump_request_body(c);
     }
 }
 
-static void conn_on_up_event(struct bufferevent *bev, short what, void *arg)
+static void conn_on_up_event(struct stream *st, enum stream_event what, void *arg)
 {
     struct conn *c = arg;
-    const struct config *cfg = cfg_of(c);
 
-    if (what & BEV_EVENT_CONNECTED) {
-        struct timeval tv = {cfg->response_timeout_ms / 1000,
-                             (cfg->response_timeout_ms % 1000) * 1000};
+    if (what == STREAM_EV_CONNECTED) {
         c->up->connected = true;
-        bufferevent_set_timeouts(bev, &tv, &tv);
+        stream_set_timeouts(st, c->w->response_tv, c->w->response_tv);
         return;
     }
     if (c->state == CONN_TUNNEL) {
         /* one side closed: pass on what it said, then close both */
-        if (evbuffer_get_length(bufferevent_get_input(bev)))
-            evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(bev));
+        if (evbuffer_get_length(st->in))
+            evbuffer_add_buffer(c->cs.out, st->in);
         close_after_flush(c, "tunnel closed by the clone");
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
+    if (what == STREAM_EV_READ_TIMEOUT || what == STREAM_EV_WRITE_TIMEOUT) {
         if (!c->up->connected)
             upstream_failed(c, 504, "connect timeout", true);
         else
             upstream_failed(c, 504, "response timeout", false);
         return;
     }
-    if (what & BEV_EVENT_EOF) {
+    if (what == STREAM_EV_EOF) {
         if (c->resp.head_done) {
             finish_on_eof(c);
             return;
@@ -739,7 +752,7 @@ static void dispatch(struct conn *c)
 {
     struct worker *w = c->w;
     const struct config *cfg = cfg_of(c);
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->cs.in;
 
     for (;;) {
         int server = upstream_pick(w->pool, c->tried);
@@ -763,19 +776,13 @@ static void dispatch(struct conn *c)
         }
     }
     c->upstream_name = upstream_server_name(w->pool, (unsigned)c->server);
-    struct bufferevent *ub = c->up->bev;
-    bufferevent_setcb(ub, conn_on_up_read, conn_on_up_write, conn_on_up_event, c);
-    bufferevent_setwatermark(ub, EV_READ, 0, CONN_BUF_HIGH);
-    bufferevent_setwatermark(ub, EV_WRITE, 0, 0);
-    if (c->up->connected) {
-        struct timeval tv = {cfg->response_timeout_ms / 1000,
-                             (cfg->response_timeout_ms % 1000) * 1000};
-        bufferevent_set_timeouts(ub, &tv, &tv);
-    } else {
-        struct timeval tv = {cfg->connect_timeout_ms / 1000,
-                             (cfg->connect_timeout_ms % 1000) * 1000};
-        bufferevent_set_timeouts(ub, &tv, &tv);
-    }
+    struct stream *us = &c->up->s;
+    stream_set_callbacks(us, conn_on_up_read, conn_on_up_drained, conn_on_up_event, c);
+    us->read_high = CONN_BUF_HIGH;
+    if (c->up->connected)
+        stream_set_timeouts(us, w->response_tv, w->response_tv);
+    else
+        stream_set_timeouts(us, w->connect_tv, w->connect_tv);
 
     const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->req.head_len);
     struct http_forward_info info = {
@@ -783,7 +790,7 @@ static void dispatch(struct conn *c)
         .proto = "http",
         .default_host = c->upstream_name,
     };
-    if (!head || http_request_serialize(&c->req, head, &info, bufferevent_get_output(ub)) == -1) {
+    if (!head || http_request_serialize(&c->req, head, &info, us->out) == -1) {
         conn_close(c, "out of memory");
         return;
     }
@@ -791,7 +798,8 @@ static void dispatch(struct conn *c)
     c->resp.skip_body = c->req.method.len == 4 && memcmp(head + c->req.method.off, "HEAD", 4) == 0;
     c->resp_bytes = false;
     event_base_gettimeofday_cached(w->base, &c->t_upstream);
-    bufferevent_enable(ub, EV_READ | EV_WRITE);
+    stream_read_enable(us, true);
+    stream_flush(us);
 
     if (c->head_kept) {
         c->req_done = true;
@@ -805,41 +813,43 @@ static void dispatch(struct conn *c)
 
 /* ------------------------------------------------------------ client events */
 
-static void conn_on_write(struct bufferevent *bev, void *arg)
+/* The client's output fell to the low mark (or empty, when closing). */
+static void conn_on_drained(struct stream *st, void *arg)
 {
     struct conn *c = arg;
-    struct evbuffer *out = bufferevent_get_output(bev);
 
     if (c->state == CONN_CLOSING) {
-        if (evbuffer_get_length(out) == 0)
+        if (evbuffer_get_length(st->out) == 0)
             conn_close(c, "flushed");
+        else
+            stream_notify_drained(st, 0);
         return;
     }
     if (c->state == CONN_TUNNEL && c->up) {
-        bufferevent_enable(c->up->bev, EV_READ);
+        stream_read_enable(&c->up->s, true);
         return;
     }
-    if (c->up_read_paused && c->up && evbuffer_get_length(out) <= CONN_BUF_LOW) {
+    if (c->up_read_paused && c->up) {
         c->up_read_paused = false;
-        bufferevent_enable(c->up->bev, EV_READ);
+        stream_read_enable(&c->up->s, true);
         pump_response_body(c);
     }
 }
 
-static void conn_on_event(struct bufferevent *bev, short what, void *arg)
+static void conn_on_event(struct stream *st, enum stream_event what, void *arg)
 {
     struct conn *c = arg;
-    (void)bev;
+    (void)st;
 
-    if (what & BEV_EVENT_TIMEOUT) {
-        if ((what & BEV_EVENT_READING) && c->state == CONN_FORWARDING && !c->req_done) {
+    if (what == STREAM_EV_READ_TIMEOUT || what == STREAM_EV_WRITE_TIMEOUT) {
+        if (what == STREAM_EV_READ_TIMEOUT && c->state == CONN_FORWARDING && !c->req_done) {
             conn_close(c, "request body stalled");
             return;
         }
         conn_close(c, "client not reading");
         return;
     }
-    if (what & BEV_EVENT_EOF) {
+    if (what == STREAM_EV_EOF) {
         c->client_eof = true;
         switch (c->state) {
         case CONN_IDLE:
@@ -859,9 +869,10 @@ static void conn_on_event(struct bufferevent *bev, short what, void *arg)
             c->keep_alive = false;
             return;
         case CONN_TUNNEL:
-            if (c->up && evbuffer_get_length(bufferevent_get_input(c->bev)))
-                evbuffer_add_buffer(bufferevent_get_output(c->up->bev),
-                                    bufferevent_get_input(c->bev));
+            if (c->up && evbuffer_get_length(c->cs.in)) {
+                evbuffer_add_buffer(c->up->s.out, c->cs.in);
+                stream_flush(&c->up->s);
+            }
             conn_close(c, "tunnel closed by the client");
             return;
         }
@@ -910,9 +921,8 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip,
                   sizeof(c->client_ip));
     }
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        log_warn("accept: cannot make a bufferevent");
+    if (stream_init(&c->cs, w->base, fd) == -1) {
+        log_warnx("accept: cannot allocate buffers");
         close(fd);
         free(c);
         return;
@@ -924,11 +934,10 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
     TAILQ_INSERT_TAIL(&w->conns, c, link);
     w->conn_count++;
 
-    bufferevent_setcb(c->bev, conn_on_read, conn_on_write, conn_on_event, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_BUF_HIGH);
-    bufferevent_setwatermark(c->bev, EV_WRITE, CONN_BUF_LOW, 0);
-    bufferevent_set_timeouts(c->bev, NULL, w->idle_tv);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    stream_set_callbacks(&c->cs, conn_on_read, conn_on_drained, conn_on_event, c);
+    c->cs.read_high = CONN_BUF_HIGH;
+    stream_set_timeouts(&c->cs, NULL, w->idle_tv);
+    stream_read_enable(&c->cs, true);
     conn_set_state(c, CONN_IDLE);
     timer_arm(c, w->idle_tv);
 }

@@ -9,15 +9,10 @@
 #include "upstream.h"
 
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "balancer.h"
@@ -38,6 +33,7 @@ struct upstream_pool {
     struct balancer *balancer;        /* owned */
     unsigned count;                   /* servers */
     unsigned live;                    /* connections handed out and not released */
+    const struct timeval *idle_tv;    /* common timeout for idle pooled connections */
     bool retired;                     /* no new requests; free when live hits 0 */
     unsigned active[CONFIG_MAX_SERVERS]; /* requests in flight per server */
     struct upstream_server_state servers[CONFIG_MAX_SERVERS];
@@ -45,13 +41,12 @@ struct upstream_pool {
 
 static void conn_free(struct upstream_conn *u)
 {
-    if (u->bev)
-        bufferevent_free(u->bev);
-    u->bev = NULL;
+    stream_close(&u->s);
     free(u);
 }
 
-static void pool_free(struct upstream_pool *pool)
+/* Closes every idle connection of <pool>. */
+static void close_idle(struct upstream_pool *pool)
 {
     for (unsigned i = 0; i < pool->count; i++) {
         struct upstream_server_state *s = &pool->servers[i];
@@ -62,6 +57,11 @@ static void pool_free(struct upstream_pool *pool)
         }
         s->idle_count = 0;
     }
+}
+
+static void pool_free(struct upstream_pool *pool)
+{
+    close_idle(pool);
     balancer_free(pool->balancer);
     config_unref(pool->cfg);
     free(pool);
@@ -82,6 +82,8 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *
     pool->count = cfg->server_count;
     for (unsigned i = 0; i < pool->count; i++)
         TAILQ_INIT(&pool->servers[i].idle);
+    struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_S, 0};
+    pool->idle_tv = event_base_init_common_timeout(base, &idle);
     return pool;
 }
 
@@ -93,15 +95,7 @@ void upstream_pool_retire(struct upstream_pool *pool)
     if (pool->live == 0)
         pool_free(pool);
     else
-        for (unsigned i = 0; i < pool->count; i++) {
-            struct upstream_server_state *s = &pool->servers[i];
-            struct upstream_conn *u;
-            while ((u = TAILQ_FIRST(&s->idle)) != NULL) {
-                TAILQ_REMOVE(&s->idle, u, idle_link);
-                conn_free(u);
-            }
-            s->idle_count = 0;
-        }
+        close_idle(pool);
 }
 
 const struct config *upstream_pool_config(const struct upstream_pool *pool)
@@ -136,17 +130,17 @@ static void idle_drop(struct upstream_conn *u, const char *why)
     conn_free(u);
 }
 
-static void upstream_on_idle_read(struct bufferevent *bev, void *arg)
+static void upstream_on_idle_read(struct stream *st, void *arg)
 {
-    (void)bev;
+    (void)st;
     /* a clone must not speak unasked; the connection can no longer be trusted */
     idle_drop(arg, "unexpected bytes");
 }
 
-static void upstream_on_idle_event(struct bufferevent *bev, short what, void *arg)
+static void upstream_on_idle_event(struct stream *st, enum stream_event what, void *arg)
 {
-    (void)bev;
-    idle_drop(arg, (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "closed by the clone");
+    (void)st;
+    idle_drop(arg, what == STREAM_EV_READ_TIMEOUT ? "idle timeout" : "closed by the clone");
 }
 
 /* ------------------------------------------------------------ hand out/back */
@@ -154,30 +148,15 @@ static void upstream_on_idle_event(struct bufferevent *bev, short what, void *ar
 static struct upstream_conn *connect_new(struct upstream_pool *pool, unsigned server)
 {
     const struct config_addr *addr = &pool->cfg->servers[server].addr;
-    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1)
-        return NULL;
-    int one = 1;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
-        log_warn("setsockopt TCP_NODELAY");
     struct upstream_conn *u = calloc(1, sizeof(*u)); /* freed in conn_free() */
-    if (!u) {
-        close(fd);
+    if (!u)
         return NULL;
-    }
     u->pool = pool;
     u->server = server;
-    u->bev = bufferevent_socket_new(pool->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!u->bev) {
-        close(fd);
-        free(u);
-        return NULL;
-    }
-    if (bufferevent_socket_connect(u->bev, (const struct sockaddr *)&addr->sa,
-                                   (int)addr->salen) == -1) {
-        /* an immediate refusal is reported like a late one: as an event */
+    if (stream_connect(&u->s, pool->base, (const struct sockaddr *)&addr->sa, addr->salen) ==
+        -1) {
         int saved = errno;
-        conn_free(u);
+        free(u);
         errno = saved;
         return NULL;
     }
@@ -191,8 +170,9 @@ struct upstream_conn *upstream_acquire(struct upstream_pool *pool, unsigned serv
     if (u) {
         TAILQ_REMOVE(&s->idle, u, idle_link);
         s->idle_count--;
-        bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
-        bufferevent_set_timeouts(u->bev, NULL, NULL);
+        stream_set_callbacks(&u->s, NULL, NULL, NULL, NULL);
+        stream_read_enable(&u->s, false);
+        stream_set_timeouts(&u->s, NULL, NULL);
         u->requests++;
     } else {
         u = connect_new(pool, server);
@@ -214,13 +194,12 @@ void upstream_release(struct upstream_conn *u, bool reusable)
     pool->live--;
 
     if (reusable && !pool->retired && s->idle_count < pool->cfg->keepalive &&
-        evbuffer_get_length(bufferevent_get_input(u->bev)) == 0 &&
-        evbuffer_get_length(bufferevent_get_output(u->bev)) == 0) {
-        struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_S, 0};
-        bufferevent_setcb(u->bev, upstream_on_idle_read, NULL, upstream_on_idle_event, u);
-        bufferevent_set_timeouts(u->bev, &idle, NULL);
-        bufferevent_setwatermark(u->bev, EV_READ, 0, 0);
-        bufferevent_enable(u->bev, EV_READ);
+        stream_is_open(&u->s) && !u->s.eof && evbuffer_get_length(u->s.in) == 0 &&
+        evbuffer_get_length(u->s.out) == 0) {
+        stream_set_callbacks(&u->s, upstream_on_idle_read, NULL, upstream_on_idle_event, u);
+        stream_set_timeouts(&u->s, pool->idle_tv, NULL);
+        u->s.read_high = 0;
+        stream_read_enable(&u->s, true);
         TAILQ_INSERT_HEAD(&s->idle, u, idle_link);
         s->idle_count++;
     } else {

@@ -6,7 +6,7 @@
  * upstream.keepalive, most recently used first) and the count of requests
  * in flight. It connects, hands connections out and takes them back; the
  * client connection (conn.c) drives the exchange on a connection while it
- * holds it, with its own bufferevent callbacks. Choosing the clone is the
+ * holds it, with its own stream callbacks. Choosing the clone is the
  * balancer's job; this module only asks it. One thread: the worker's.
  */
 #ifndef CLONEGATE_UPSTREAM_H
@@ -17,13 +17,13 @@
 #include <sys/queue.h>
 
 #include "config.h"
+#include "stream.h"
 
-struct bufferevent;
 struct event_base;
 struct upstream_pool;
 
 struct upstream_conn {
-    struct bufferevent *bev;      /* owned; freed in upstream_release() */
+    struct stream s;              /* owned socket and buffers; closed in upstream_release() */
     struct upstream_pool *pool;   /* borrowed; outlives its connections */
     unsigned server;              /* index into the pool's servers */
     unsigned requests;            /* requests sent on it before the current one */
@@ -48,7 +48,7 @@ int upstream_pick(struct upstream_pool *pool, uint64_t skip);
 
 /*
  * A connection to server <server>: an idle pooled one when there is one,
- * else a new one whose connect is under way (BEV_EVENT_CONNECTED comes to
+ * else a new one whose connect is under way (STREAM_EV_CONNECTED comes to
  * the callbacks the caller sets next). Counts one request in flight on the
  * server. Returns NULL when a socket could not be made (errno set). The
  * caller owns the result until upstream_release().

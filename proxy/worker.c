@@ -114,8 +114,14 @@ static void set_timeouts(struct worker *w, const struct config *cfg)
 {
     struct timeval header = {cfg->header_timeout_ms / 1000, (cfg->header_timeout_ms % 1000) * 1000};
     struct timeval idle = {cfg->idle_timeout_ms / 1000, (cfg->idle_timeout_ms % 1000) * 1000};
+    struct timeval connect = {cfg->connect_timeout_ms / 1000,
+                              (cfg->connect_timeout_ms % 1000) * 1000};
+    struct timeval response = {cfg->response_timeout_ms / 1000,
+                               (cfg->response_timeout_ms % 1000) * 1000};
     w->header_tv = event_base_init_common_timeout(w->base, &header);
     w->idle_tv = event_base_init_common_timeout(w->base, &idle);
+    w->connect_tv = event_base_init_common_timeout(w->base, &connect);
+    w->response_tv = event_base_init_common_timeout(w->base, &response);
 }
 
 /* ------------------------------------------------------------ loop events */

@@ -55,6 +55,8 @@ struct worker {
     struct event *drain_deadline_ev;   /* owned; drain_timeout expiry */
     const struct timeval *header_tv;   /* common timeout for header_timeout */
     const struct timeval *idle_tv;     /* common timeout for idle_timeout */
+    const struct timeval *connect_tv;  /* common timeout for upstream.connect_timeout */
+    const struct timeval *response_tv; /* common timeout for upstream.response_timeout */
     bool draining;                     /* this worker is draining */
     struct log_access_buf access;      /* this worker's pending access lines */
 };

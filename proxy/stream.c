@@ -1,0 +1,345 @@
+/*
+ * stream: non-blocking socket I/O into and out of evbuffers.
+ *
+ * Owns the socket, the two evbuffers and the two events of each stream
+ * (all released by stream_close()). The struct itself is embedded in, and
+ * freed with, its owner. One worker thread. Every handler finishes its own
+ * work on the stream before it calls back, and touches nothing afterwards.
+ */
+#include "stream.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+/* Reservations just under a power of two keep evbuffer chains in one
+ * allocation of that size. */
+#define STREAM_READ_CHUNK   (16 * 1024 - 128)
+#define STREAM_READS_PER_EV 4 /* reads in one wake-up while the socket keeps filling them */
+
+static void stream_on_readable(evutil_socket_t fd, short what, void *arg);
+static void stream_on_writable(evutil_socket_t fd, short what, void *arg);
+
+int stream_init(struct stream *s, struct event_base *base, int fd)
+{
+    memset(s, 0, sizeof(*s));
+    s->fd = -1;
+    s->in = evbuffer_new(); /* freed in stream_close() */
+    s->out = evbuffer_new();
+    if (!s->in || !s->out) {
+        stream_close(s);
+        return -1;
+    }
+    s->fd = fd;
+    s->base = base;
+    event_assign(&s->read_ev, base, fd, EV_READ | EV_PERSIST, stream_on_readable, s);
+    event_assign(&s->write_ev, base, fd, EV_WRITE | EV_PERSIST, stream_on_writable, s);
+    return 0;
+}
+
+void stream_set_callbacks(struct stream *s, stream_data_fn on_read, stream_data_fn on_drained,
+                          stream_event_fn on_event, void *arg)
+{
+    s->on_read = on_read;
+    s->on_drained = on_drained;
+    s->on_event = on_event;
+    s->arg = arg;
+}
+
+bool stream_is_open(const struct stream *s)
+{
+    return s->fd != -1;
+}
+
+int stream_connect(struct stream *s, struct event_base *base, const struct sockaddr *sa,
+                   socklen_t salen)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -1;
+    int one = 1;
+    /* heads and bodies are written whole; Nagle would only delay them */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (stream_init(s, base, fd) == -1) {
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    if (connect(fd, sa, salen) == -1 && errno != EINPROGRESS) {
+        int saved = errno;
+        stream_close(s);
+        errno = saved;
+        return -1;
+    }
+    /* done or under way: the writable event reports it from the loop */
+    s->connecting = true;
+    event_add(&s->write_ev, s->write_tv);
+    s->write_pending = true;
+    return 0;
+}
+
+/* ------------------------------------------------------------ reading */
+
+static bool over_high(const struct stream *s)
+{
+    return s->read_high && evbuffer_get_length(s->in) >= s->read_high;
+}
+
+static void arm_read(struct stream *s)
+{
+    if (s->fd == -1 || !s->reading)
+        return;
+    if (s->eof) {
+        /* an end not yet reported (reading was off when it came) */
+        if (!s->eof_reported)
+            event_active(&s->read_ev, EV_READ, 1);
+        return;
+    }
+    if (over_high(s))
+        return;
+    if (!event_pending(&s->read_ev, EV_READ, NULL))
+        event_add(&s->read_ev, s->read_tv);
+}
+
+void stream_read_enable(struct stream *s, bool on)
+{
+    s->reading = on;
+    if (on)
+        arm_read(s);
+    else if (s->fd != -1)
+        event_del(&s->read_ev);
+}
+
+void stream_read_resume(struct stream *s)
+{
+    arm_read(s);
+}
+
+/* One readv into reserved space; returns its result (errno kept). */
+static ssize_t read_once(struct stream *s, size_t want)
+{
+    struct evbuffer_iovec vec[2];
+    int n = evbuffer_reserve_space(s->in, (ev_ssize_t)want, vec, 2);
+    if (n <= 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if ((size_t)n > 2)
+        n = 2;
+    size_t room = 0;
+    for (int i = 0; i < n; i++) {
+        if (room + vec[i].iov_len > want)
+            vec[i].iov_len = want - room;
+        room += vec[i].iov_len;
+    }
+    ssize_t r = readv(s->fd, (struct iovec *)vec, n);
+    if (r <= 0) {
+        int saved = errno;
+        evbuffer_commit_space(s->in, vec, 0);
+        errno = saved;
+        return r;
+    }
+    size_t left = (size_t)r;
+    int used = 0;
+    for (int i = 0; i < n && left > 0; i++, used++) {
+        if (vec[i].iov_len > left)
+            vec[i].iov_len = left;
+        left -= vec[i].iov_len;
+    }
+    evbuffer_commit_space(s->in, vec, used);
+    return r;
+}
+
+static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct stream *s = arg;
+    (void)fd;
+    if (what & EV_TIMEOUT) {
+        s->on_event(s, STREAM_EV_READ_TIMEOUT, s->arg);
+        return;
+    }
+    if (s->eof) {
+        /* the end that came together with the last bytes (see below) */
+        if (!s->eof_reported) {
+            s->eof_reported = true;
+            s->on_event(s, s->error ? STREAM_EV_ERROR : STREAM_EV_EOF, s->arg);
+        }
+        return;
+    }
+    size_t got = 0;
+    for (int i = 0; i < STREAM_READS_PER_EV; i++) {
+        ssize_t r = read_once(s, STREAM_READ_CHUNK);
+        if (r > 0) {
+            got += (size_t)r;
+            if ((size_t)r < STREAM_READ_CHUNK || over_high(s))
+                break;
+            continue;
+        }
+        if (r == 0) {
+            s->eof = true;
+            break;
+        }
+        if (errno == EAGAIN || errno == EINTR)
+            break;
+        s->error = errno;
+        s->eof = true;
+        break;
+    }
+    if (s->eof || over_high(s))
+        event_del(&s->read_ev);
+    if (got == 0) {
+        if (s->eof) {
+            s->eof_reported = true;
+            s->on_event(s, s->error ? STREAM_EV_ERROR : STREAM_EV_EOF, s->arg);
+        }
+        return;
+    }
+    /* Bytes first, the end after them: the end is reported from the loop,
+     * and stream_close() cancels that if the owner closes meanwhile. */
+    if (s->eof)
+        event_active(&s->read_ev, EV_READ, 1);
+    s->on_read(s, s->arg);
+}
+
+/* ------------------------------------------------------------ writing */
+
+/* Writes until the socket pushes back or <out> is empty; -1 on an error. */
+static int write_some(struct stream *s)
+{
+    while (evbuffer_get_length(s->out) > 0) {
+        int n = evbuffer_write_atmost(s->out, s->fd, -1);
+        if (n > 0)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        if (n == -1)
+            return -1;
+        return 0;
+    }
+    return 0;
+}
+
+static void want_write(struct stream *s)
+{
+    if (!s->write_pending) {
+        event_add(&s->write_ev, s->write_tv);
+        s->write_pending = true;
+    }
+}
+
+void stream_flush(struct stream *s)
+{
+    if (s->fd == -1 || s->connecting || s->write_pending)
+        return;
+    if (write_some(s) == -1) {
+        /* report from the loop, not from under the caller */
+        s->error = errno;
+        evbuffer_drain(s->out, evbuffer_get_length(s->out));
+        event_active(&s->write_ev, EV_WRITE, 1);
+        return;
+    }
+    if (evbuffer_get_length(s->out) > 0)
+        want_write(s);
+}
+
+void stream_notify_drained(struct stream *s, size_t low)
+{
+    s->write_low = low;
+    s->notify_drained = true;
+    if (s->fd != -1 && evbuffer_get_length(s->out) <= low)
+        event_active(&s->write_ev, EV_WRITE, 1);
+}
+
+static void stream_on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct stream *s = arg;
+
+    if (what & EV_TIMEOUT) {
+        s->on_event(s, STREAM_EV_WRITE_TIMEOUT, s->arg);
+        return;
+    }
+    if (s->error) {
+        event_del(&s->write_ev);
+        s->write_pending = false;
+        s->on_event(s, STREAM_EV_ERROR, s->arg);
+        return;
+    }
+    if (s->connecting) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+            err = errno;
+        s->connecting = false;
+        if (err != 0) {
+            s->error = err;
+            event_del(&s->write_ev);
+            s->write_pending = false;
+            s->on_event(s, STREAM_EV_ERROR, s->arg);
+            return;
+        }
+        if (write_some(s) == -1) {
+            s->error = errno;
+            s->on_event(s, STREAM_EV_ERROR, s->arg);
+            return;
+        }
+        if (evbuffer_get_length(s->out) == 0) {
+            event_del(&s->write_ev);
+            s->write_pending = false;
+        }
+        s->on_event(s, STREAM_EV_CONNECTED, s->arg);
+        return;
+    }
+    if (write_some(s) == -1) {
+        s->error = errno;
+        event_del(&s->write_ev);
+        s->write_pending = false;
+        s->on_event(s, STREAM_EV_ERROR, s->arg);
+        return;
+    }
+    if (evbuffer_get_length(s->out) == 0 && s->write_pending) {
+        event_del(&s->write_ev);
+        s->write_pending = false;
+    }
+    if (s->notify_drained && evbuffer_get_length(s->out) <= s->write_low) {
+        s->notify_drained = false;
+        if (s->on_drained)
+            s->on_drained(s, s->arg);
+    }
+}
+
+void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
+                         const struct timeval *write_tv)
+{
+    s->read_tv = read_tv;
+    s->write_tv = write_tv;
+    if (s->fd == -1)
+        return;
+    if (event_pending(&s->read_ev, EV_READ, NULL))
+        event_add(&s->read_ev, read_tv);
+    if (s->write_pending)
+        event_add(&s->write_ev, write_tv);
+}
+
+void stream_close(struct stream *s)
+{
+    if (s->fd != -1) {
+        event_del(&s->read_ev);
+        event_del(&s->write_ev);
+        close(s->fd);
+        s->fd = -1;
+    }
+    if (s->in)
+        evbuffer_free(s->in);
+    if (s->out)
+        evbuffer_free(s->out);
+    s->in = NULL;
+    s->out = NULL;
+    s->write_pending = false;
+    s->reading = false;
+}

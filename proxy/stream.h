@@ -1,0 +1,108 @@
+/*
+ * stream: a non-blocking socket with an input and an output evbuffer.
+ *
+ * The proxy's own small replacement for libevent's bufferevent on the hot
+ * path: it reads up to STREAM_READ_SIZE per call with readv into reserved
+ * evbuffer space (bufferevents read 4 KiB at a time and ask FIONREAD each
+ * time), writes as soon as bytes are queued instead of waiting for the next
+ * loop turn, and registers for writability only when the kernel pushed
+ * back. Both the client side (conn) and the clone side (upstream) use it.
+ *
+ * A stream is embedded in its owner and lives in one worker thread.
+ * Callbacks run last in every handler, so an owner may free the stream
+ * (after stream_close()) from inside any callback.
+ */
+#ifndef CLONEGATE_STREAM_H
+#define CLONEGATE_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include <event2/event_struct.h>
+
+struct evbuffer;
+struct stream;
+
+#define STREAM_READ_SIZE (64 * 1024) /* bytes one read may take at most */
+
+enum stream_event {
+    STREAM_EV_CONNECTED = 1,     /* the outgoing connect finished */
+    STREAM_EV_EOF = 2,           /* the peer closed its side */
+    STREAM_EV_ERROR = 3,         /* a socket error; errno-style code in stream.error */
+    STREAM_EV_READ_TIMEOUT = 4,  /* nothing read within the read timeout */
+    STREAM_EV_WRITE_TIMEOUT = 5, /* no progress writing within the write timeout */
+};
+
+typedef void (*stream_data_fn)(struct stream *s, void *arg);
+typedef void (*stream_event_fn)(struct stream *s, enum stream_event what, void *arg);
+
+struct stream {
+    int fd;                         /* owned; -1 once closed */
+    struct event_base *base;        /* borrowed from the worker */
+    struct event read_ev;           /* persistent EV_READ while reading */
+    struct event write_ev;          /* EV_WRITE while output waits or connecting */
+    struct evbuffer *in;            /* owned; bytes read, not yet used */
+    struct evbuffer *out;           /* owned; bytes queued for the peer */
+    stream_data_fn on_read;         /* new bytes in <in> */
+    stream_data_fn on_drained;      /* <out> fell to write_low or below */
+    stream_event_fn on_event;       /* connected, EOF, error, timeout */
+    void *arg;                      /* passed to the callbacks */
+    const struct timeval *read_tv;  /* borrowed (often a common timeout); NULL none */
+    const struct timeval *write_tv; /* borrowed; NULL none */
+    size_t read_high;               /* stop reading while <in> holds this much; 0 none */
+    size_t write_low;               /* call on_drained when <out> is at or below it */
+    int error;                      /* errno of the last STREAM_EV_ERROR */
+    bool reading;                   /* the owner wants bytes */
+    bool connecting;                /* connect(2) in progress */
+    bool eof;                       /* the peer closed; no more reads */
+    bool eof_reported;              /* on_event heard of the end */
+    bool write_pending;             /* write_ev is added */
+    bool notify_drained;            /* call on_drained at write_low */
+};
+
+/*
+ * Sets up <s> over the connected (or connecting, see stream_connect)
+ * non-blocking socket <fd>, which it then owns. Returns 0, or -1 when the
+ * buffers could not be made (the fd is not closed then).
+ */
+int stream_init(struct stream *s, struct event_base *base, int fd);
+
+/* Sets the callbacks and their argument (any may be NULL). */
+void stream_set_callbacks(struct stream *s, stream_data_fn on_read, stream_data_fn on_drained,
+                          stream_event_fn on_event, void *arg);
+
+/*
+ * Opens a non-blocking TCP socket to <sa> and sets <s> up over it.
+ * Returns 0 when the connect is under way or done (STREAM_EV_CONNECTED
+ * follows either way, from the loop), -1 with errno set when it failed at
+ * once (refused, no socket): the stream is then closed already.
+ */
+int stream_connect(struct stream *s, struct event_base *base, const struct sockaddr *sa,
+                   socklen_t salen);
+
+/* Starts or stops reading. Reading also stops by itself while <in> holds
+ * read_high bytes or more, and resumes with stream_read_resume(). */
+void stream_read_enable(struct stream *s, bool on);
+
+/* After the owner consumed input: reads again if read_high had stopped it. */
+void stream_read_resume(struct stream *s);
+
+/* Sets the read (idle between reads) and write (no progress) timeouts. */
+void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
+                         const struct timeval *write_tv);
+
+/* Writes what <out> holds as far as the socket takes it now and waits for
+ * writability for the rest. Call after queueing bytes. Never calls back. */
+void stream_flush(struct stream *s);
+
+/* Asks for on_drained once <out> holds <low> bytes or fewer. */
+void stream_notify_drained(struct stream *s, size_t low);
+
+/* Closes the socket, drops both buffers and events. Safe to call twice. */
+void stream_close(struct stream *s);
+
+/* Whether the stream has a socket. */
+bool stream_is_open(const struct stream *s);
+
+#endif /* CLONEGATE_STREAM_H */
