@@ -940,6 +940,8 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
     stream_read_enable(&c->cs, true);
     conn_set_state(c, CONN_IDLE);
     timer_arm(c, w->idle_tv);
+    /* the listener defers accepting until the request arrives: read it now */
+    stream_read_now(&c->cs);
 }
 
 void conn_drain_all(struct worker *w)

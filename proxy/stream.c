@@ -207,6 +207,12 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
     s->on_read(s, s->arg);
 }
 
+void stream_read_now(struct stream *s)
+{
+    if (s->fd != -1 && s->reading && !s->eof)
+        stream_on_readable(s->fd, EV_READ, s);
+}
+
 /* ------------------------------------------------------------ writing */
 
 /* Writes until the socket pushes back or <out> is empty; -1 on an error. */

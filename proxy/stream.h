@@ -85,6 +85,10 @@ int stream_connect(struct stream *s, struct event_base *base, const struct socka
  * read_high bytes or more, and resumes with stream_read_resume(). */
 void stream_read_enable(struct stream *s, bool on);
 
+/* Reads now, without waiting for the loop to say the socket is readable
+ * (a new connection usually has its request waiting). May call back. */
+void stream_read_now(struct stream *s);
+
 /* After the owner consumed input: reads again if read_high had stopped it. */
 void stream_read_resume(struct stream *s);
 

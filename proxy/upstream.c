@@ -170,9 +170,9 @@ struct upstream_conn *upstream_acquire(struct upstream_pool *pool, unsigned serv
     if (u) {
         TAILQ_REMOVE(&s->idle, u, idle_link);
         s->idle_count--;
+        /* reading stays on: the caller swaps the callbacks before the loop
+         * runs again, and an epoll_ctl pair per request is saved */
         stream_set_callbacks(&u->s, NULL, NULL, NULL, NULL);
-        stream_read_enable(&u->s, false);
-        stream_set_timeouts(&u->s, NULL, NULL);
         u->requests++;
     } else {
         u = connect_new(pool, server);

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -28,6 +29,7 @@
 
 #define WORKER_TICK_MS    100  /* access log flush and accept-resume check */
 #define WORKER_BACKLOG    4096 /* listen(2) backlog */
+#define WORKER_DEFER_ACCEPT_S 1 /* TCP_DEFER_ACCEPT: wait this long for a first byte */
 
 static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg);
@@ -96,6 +98,12 @@ static int listen_on(struct worker *w, const struct config_addr *addr)
         return -1;
     }
     evconnlistener_set_error_cb(l, worker_on_accept_error);
+    /* accept only once the client has sent something: the request can be
+     * read at once, without a loop turn to learn it is there */
+    int defer = WORKER_DEFER_ACCEPT_S;
+    if (setsockopt(evconnlistener_get_fd(l), IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer,
+                   sizeof(defer)) == -1)
+        log_warn("TCP_DEFER_ACCEPT on %s", addr->text);
     w->listeners[w->listener_count++] = l;
     return 0;
 }
