@@ -9,9 +9,9 @@
 #include <stdlib.h>
 
 struct balancer {
-    enum config_balance policy; /* copied from the config */
-    unsigned count;             /* servers */
-    unsigned next;              /* least_conn: where the tie-break scan starts */
+    enum config_balance policy;      /* copied from the config */
+    unsigned count;                  /* servers */
+    unsigned next;                   /* least_conn: where the tie-break scan starts */
     int weight[CONFIG_MAX_SERVERS];  /* configured weight */
     int current[CONFIG_MAX_SERVERS]; /* smooth round robin running weight */
 };
@@ -57,9 +57,8 @@ static int pick_least_conn(struct balancer *b, uint64_t skip, const unsigned *ac
         if (skip & (UINT64_C(1) << i))
             continue;
         /* compare active/weight without division */
-        if (best == -1 ||
-            (uint64_t)active[i] * (uint64_t)b->weight[best] <
-                (uint64_t)active[best] * (uint64_t)b->weight[i])
+        if (best == -1 || (uint64_t)active[i] * (uint64_t)b->weight[best] <
+                              (uint64_t)active[best] * (uint64_t)b->weight[i])
             best = (int)i;
     }
     if (best != -1)

@@ -18,13 +18,13 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
-#define CONFIG_MAX_LISTEN   8   /* addresses per listen key */
-#define CONFIG_MAX_SERVERS  64  /* clones in [upstream] servers */
-#define CONFIG_MAX_CIDRS    32  /* entries in an address list (purge_allow) */
-#define CONFIG_ADDR_TEXT    72  /* "[v6addr]:port" plus NUL */
-#define CONFIG_PATH_MAX     512 /* file paths in the ini */
-#define CONFIG_MAX_WEIGHT   256 /* weight=N upper bound */
-#define CONFIG_MAX_WORKERS  64  /* workers upper bound */
+#define CONFIG_MAX_LISTEN  8   /* addresses per listen key */
+#define CONFIG_MAX_SERVERS 64  /* clones in [upstream] servers */
+#define CONFIG_MAX_CIDRS   32  /* entries in an address list (purge_allow) */
+#define CONFIG_ADDR_TEXT   72  /* "[v6addr]:port" plus NUL */
+#define CONFIG_PATH_MAX    512 /* file paths in the ini */
+#define CONFIG_MAX_WEIGHT  256 /* weight=N upper bound */
+#define CONFIG_MAX_WORKERS 64  /* workers upper bound */
 
 enum config_balance {
     CONFIG_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round robin */
@@ -39,16 +39,16 @@ enum config_log_format {
 /* A numeric socket address as written in the file ("127.0.0.1:8080",
  * "[::1]:8080"); names are not resolved. */
 struct config_addr {
-    struct sockaddr_storage sa; /* family, address and port */
-    socklen_t salen;            /* bytes of sa in use */
+    struct sockaddr_storage sa;  /* family, address and port */
+    socklen_t salen;             /* bytes of sa in use */
     char text[CONFIG_ADDR_TEXT]; /* normalised "host:port", for logs */
 };
 
 /* An address block of an allow list ("127.0.0.1/32", "::1/128"). */
 struct config_cidr {
-    int family;            /* AF_INET or AF_INET6 */
-    uint8_t addr[16];      /* network bytes, 4 used for AF_INET */
-    unsigned prefix_len;   /* bits */
+    int family;          /* AF_INET or AF_INET6 */
+    uint8_t addr[16];    /* network bytes, 4 used for AF_INET */
+    unsigned prefix_len; /* bits */
 };
 
 struct config_server {
@@ -57,23 +57,23 @@ struct config_server {
 };
 
 struct config {
-    int refs; /* atomic; config_unref() frees at zero */
+    int refs;                   /* atomic; config_unref() frees at zero */
     char path[CONFIG_PATH_MAX]; /* the file it was read from */
 
     /* [server] */
     struct config_addr listen[CONFIG_MAX_LISTEN];
-    unsigned listen_count;        /* >= 1; default 127.0.0.1:8080 */
-    unsigned workers;             /* resolved: auto = online CPUs */
-    unsigned max_connections;     /* per process; default 10000 */
-    unsigned header_timeout_ms;   /* default 10s */
-    unsigned idle_timeout_ms;     /* default 60s */
-    unsigned drain_timeout_ms;    /* default 30s */
-    size_t max_header_size;       /* bytes, default 32k; larger head: 431 */
-    size_t max_uri_size;          /* bytes, default 8k; longer target: 414 */
-    uint64_t max_body_size;       /* bytes, default 100m; 0 = unlimited; larger: 413 */
-    char access_log[CONFIG_PATH_MAX]; /* "off", "stderr" or a path; default stderr */
+    unsigned listen_count;                    /* >= 1; default 127.0.0.1:8080 */
+    unsigned workers;                         /* resolved: auto = online CPUs */
+    unsigned max_connections;                 /* per process; default 10000 */
+    unsigned header_timeout_ms;               /* default 10s */
+    unsigned idle_timeout_ms;                 /* default 60s */
+    unsigned drain_timeout_ms;                /* default 30s */
+    size_t max_header_size;                   /* bytes, default 32k; larger head: 431 */
+    size_t max_uri_size;                      /* bytes, default 8k; longer target: 414 */
+    uint64_t max_body_size;                   /* bytes, default 100m; 0 = unlimited; larger: 413 */
+    char access_log[CONFIG_PATH_MAX];         /* "off", "stderr" or a path; default stderr */
     enum config_log_format access_log_format; /* default combined */
-    char error_log_level[16];     /* "error", "warn", "info", "debug"; default info */
+    char error_log_level[16];                 /* "error", "warn", "info", "debug"; default info */
 
     /* [tls] (present when tls_listen_count > 0) */
     struct config_addr tls_listen[CONFIG_MAX_LISTEN];
@@ -91,21 +91,21 @@ struct config {
     unsigned retries;             /* default 1, 0..CONFIG_MAX_SERVERS */
 
     /* [health] */
-    char health_path[256];        /* default /health */
-    unsigned health_interval_ms;  /* default 2s */
-    unsigned health_timeout_ms;   /* default 1s; must be below interval */
-    unsigned health_rise;         /* default 2 */
-    unsigned health_fall;         /* default 3 */
+    char health_path[256];       /* default /health */
+    unsigned health_interval_ms; /* default 2s */
+    unsigned health_timeout_ms;  /* default 1s; must be below interval */
+    unsigned health_rise;        /* default 2 */
+    unsigned health_fall;        /* default 3 */
 
     /* [cache] */
-    bool cache_enabled;           /* default yes */
+    bool cache_enabled;                /* default yes */
     char cache_redis[CONFIG_PATH_MAX]; /* "host:port", "unix:/path" or "" */
-    size_t cache_memory;          /* bytes, default 64m */
-    size_t cache_max_object_size; /* bytes, default 8m */
-    unsigned cache_default_ttl_ms; /* default 0 */
-    char cache_tag_header[64];    /* default Surrogate-Key */
+    size_t cache_memory;               /* bytes, default 64m */
+    size_t cache_max_object_size;      /* bytes, default 8m */
+    unsigned cache_default_ttl_ms;     /* default 0 */
+    char cache_tag_header[64];         /* default Surrogate-Key */
     struct config_cidr purge_allow[CONFIG_MAX_CIDRS];
-    unsigned purge_allow_count;   /* default 127.0.0.1/32, ::1/128 */
+    unsigned purge_allow_count; /* default 127.0.0.1/32, ::1/128 */
 
     /* [stats] (admin listener; absent when stats_listen_count == 0) */
     struct config_addr stats_listen[CONFIG_MAX_LISTEN];
@@ -146,7 +146,6 @@ int config_parse_cidr(const char *text, struct config_cidr *cidr);
 
 /* Whether <sa> falls in one of <cidrs>[0..<count>). IPv4-mapped IPv6
  * addresses match IPv4 blocks. */
-bool config_cidr_match(const struct config_cidr *cidrs, unsigned count,
-                       const struct sockaddr *sa);
+bool config_cidr_match(const struct config_cidr *cidrs, unsigned count, const struct sockaddr *sa);
 
 #endif /* CLONEGATE_CONFIG_H */

@@ -68,36 +68,36 @@ struct conn_log_fields {
 };
 
 struct conn {
-    struct worker *w;            /* borrowed; outlives the conn */
-    struct stream cs;            /* client socket and buffers; closed in conn_close() */
-    struct event timer;          /* header / idle timer; deleted in conn_close() */
-    enum conn_state state;       /* see conn_set_state() */
+    struct worker *w;                 /* borrowed; outlives the conn */
+    struct stream cs;                 /* client socket and buffers; closed in conn_close() */
+    struct event timer;               /* header / idle timer; deleted in conn_close() */
+    enum conn_state state;            /* see conn_set_state() */
     char client_ip[INET6_ADDRSTRLEN]; /* peer address text */
-    TAILQ_ENTRY(conn) link;      /* in w->conns */
+    TAILQ_ENTRY(conn) link;           /* in w->conns */
 
     /* the exchange in progress */
-    struct upstream_conn *up;    /* owned while set; upstream_release() gives it back */
-    int server;                  /* index of the clone in the worker's pool, -1 none */
-    uint64_t tried;              /* bit i: clone i was tried for this request */
-    unsigned attempts;           /* connections tried for this request */
-    bool req_done;               /* the request, body included, went to the clone */
-    bool head_kept;              /* request head still at the front of the input (no body) */
-    bool resp_started;           /* the response head went to the client */
-    bool resp_bytes;             /* the clone sent at least one byte */
-    bool keep_alive;             /* the connection goes on after this response */
-    bool decode_body;            /* chunked response de-chunked for an HTTP/1.0 client */
-    bool client_eof;             /* the client closed its side */
-    bool client_read_paused;     /* client reading stopped for backpressure */
-    bool up_read_paused;         /* clone reading stopped for backpressure */
-    unsigned status;             /* status sent to the client, for the log */
-    uint64_t bytes_sent;         /* response body bytes sent, for the log */
-    struct timeval t_start;      /* first byte of the request */
-    struct timeval t_upstream;   /* request sent to the clone */
-    double upstream_time;        /* seconds, -1 when no clone answered */
-    const char *upstream_name;   /* borrowed from the config; NULL when none */
-    struct conn_log_fields log;  /* filled only while the access log is on */
-    struct http_head req;        /* current request head; reset per request */
-    struct http_head resp;       /* current response head; reset per response */
+    struct upstream_conn *up;   /* owned while set; upstream_release() gives it back */
+    int server;                 /* index of the clone in the worker's pool, -1 none */
+    uint64_t tried;             /* bit i: clone i was tried for this request */
+    unsigned attempts;          /* connections tried for this request */
+    bool req_done;              /* the request, body included, went to the clone */
+    bool head_kept;             /* request head still at the front of the input (no body) */
+    bool resp_started;          /* the response head went to the client */
+    bool resp_bytes;            /* the clone sent at least one byte */
+    bool keep_alive;            /* the connection goes on after this response */
+    bool decode_body;           /* chunked response de-chunked for an HTTP/1.0 client */
+    bool client_eof;            /* the client closed its side */
+    bool client_read_paused;    /* client reading stopped for backpressure */
+    bool up_read_paused;        /* clone reading stopped for backpressure */
+    unsigned status;            /* status sent to the client, for the log */
+    uint64_t bytes_sent;        /* response body bytes sent, for the log */
+    struct timeval t_start;     /* first byte of the request */
+    struct timeval t_upstream;  /* request sent to the clone */
+    double upstream_time;       /* seconds, -1 when no clone answered */
+    const char *upstream_name;  /* borrowed from the config; NULL when none */
+    struct conn_log_fields log; /* filled only while the access log is on */
+    struct http_head req;       /* current request head; reset per request */
+    struct http_head resp;      /* current response head; reset per response */
 };
 
 static void conn_close(struct conn *c, const char *why);
@@ -111,8 +111,7 @@ static void conn_on_read(struct stream *st, void *arg);
 static void conn_set_state(struct conn *c, enum conn_state next)
 {
     assert(next >= CONN_IDLE && next <= CONN_CLOSING);
-    log_debug("%s: %s %s -> %s", __func__, c->client_ip, state_names[c->state],
-              state_names[next]);
+    log_debug("%s: %s %s -> %s", __func__, c->client_ip, state_names[c->state], state_names[next]);
     c->state = next;
 }
 
@@ -144,10 +143,8 @@ static void keep_log_fields(struct conn *c, const char *buf)
     size_t len;
     const char *v;
 
-    copy_field(l->method, sizeof(l->method), &l->method_len, buf + h->method.off,
-               h->method.len);
-    copy_field(l->target, sizeof(l->target), &l->target_len, buf + h->target.off,
-               h->target.len);
+    copy_field(l->method, sizeof(l->method), &l->method_len, buf + h->method.off, h->method.len);
+    copy_field(l->target, sizeof(l->target), &l->target_len, buf + h->target.off, h->target.len);
     v = http_header_value(h, buf, HTTP_H_REFERER, &len);
     l->has_referer = v != NULL;
     if (v)
@@ -400,6 +397,35 @@ static void conn_on_read(struct stream *st, void *arg)
     }
 }
 
+/*
+ * Parses the head at the front of <in>, looking at no more than <limit>
+ * bytes. What the first evbuffer chain holds is parsed before anything is
+ * made contiguous, so a body that came along with the head is not copied.
+ * Sets *<head> to the head's first byte (NULL when out of memory) and *<n>
+ * to the bytes parsed.
+ */
+static enum http_parse parse_head_in(struct http_head *h, struct evbuffer *in, size_t limit,
+                                     const char **head, size_t *n)
+{
+    size_t len = evbuffer_get_length(in);
+    size_t want = len < limit ? len : limit;
+    size_t first = evbuffer_get_contiguous_space(in);
+    enum http_parse r = HTTP_PARSE_AGAIN;
+
+    if (first < want) {
+        *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)first);
+        *n = first;
+        r = http_head_parse(h, *head, first);
+        if (r != HTTP_PARSE_AGAIN)
+            return r;
+    }
+    *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
+    *n = want;
+    if (!*head)
+        return HTTP_PARSE_ERROR;
+    return http_head_parse(h, *head, want);
+}
+
 static void start_exchange(struct conn *c, const char *buf)
 {
     timer_stop(c);
@@ -458,16 +484,18 @@ static void process_input(struct conn *c)
         memset(&c->log, 0, sizeof(c->log));
         timer_arm(c, c->w->header_tv);
     }
-    size_t n = len < cfg->max_header_size + 1 ? len : cfg->max_header_size + 1;
-    const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    size_t limit = cfg->max_header_size + 1;
+    c->req.max_head = cfg->max_header_size;
+    c->req.max_target = cfg->max_uri_size;
+    c->req.max_body = cfg->max_body_size;
+    const char *p;
+    size_t n;
+    enum http_parse r = parse_head_in(&c->req, in, limit, &p, &n);
     if (!p) {
         conn_close(c, "out of memory");
         return;
     }
-    c->req.max_head = cfg->max_header_size;
-    c->req.max_target = cfg->max_uri_size;
-    c->req.max_body = cfg->max_body_size;
-    switch (http_head_parse(&c->req, p, n)) {
+    switch (r) {
     case HTTP_PARSE_AGAIN:
         if (n > cfg->max_header_size) {
             c->keep_alive = false;
@@ -503,8 +531,7 @@ static bool may_retry(const struct conn *c)
  * with <status>. */
 static void upstream_failed(struct conn *c, unsigned status, const char *why, bool retryable)
 {
-    const char *name = c->server >= 0 ? upstream_server_name(c->w->pool, (unsigned)c->server)
-                                      : "-";
+    const char *name = c->server >= 0 ? upstream_server_name(c->w->pool, (unsigned)c->server) : "-";
     bool reused = c->up && c->up->requests > 0;
     log_warnx("upstream %s failed: %s, client %s", name, why, c->client_ip);
     drop_upstream(c, false);
@@ -528,8 +555,8 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
 
 static void finish_exchange(struct conn *c)
 {
-    bool reusable = c->resp.keep_alive && c->req_done && !c->decode_body &&
-                    !http_body_until_close(&c->resp);
+    bool reusable =
+        c->resp.keep_alive && c->req_done && !c->decode_body && !http_body_until_close(&c->resp);
     c->upstream_time = seconds_since(c, &c->t_upstream);
     drop_upstream(c, reusable);
     write_access_log(c);
@@ -571,13 +598,13 @@ static bool read_response_head(struct conn *c)
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             return false;
-        size_t n = len < CONN_RESP_HEAD_MAX ? len : CONN_RESP_HEAD_MAX;
-        const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        const char *p;
+        size_t n;
+        enum http_parse r = parse_head_in(&c->resp, in, CONN_RESP_HEAD_MAX, &p, &n);
         if (!p) {
             conn_close(c, "out of memory");
             return false;
         }
-        enum http_parse r = http_head_parse(&c->resp, p, n);
         if (r == HTTP_PARSE_AGAIN) {
             if (n >= CONN_RESP_HEAD_MAX) {
                 upstream_failed(c, 502, "response head too large", false);
@@ -666,8 +693,7 @@ static void finish_on_eof(struct conn *c)
 {
     struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
-    enum http_parse r = frame_and_move(&c->resp, c->up->s.in, out,
-                                       c->decode_body, &moved);
+    enum http_parse r = frame_and_move(&c->resp, c->up->s.in, out, c->decode_body, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
     stream_flush(&c->cs);
     if (r == HTTP_PARSE_AGAIN)

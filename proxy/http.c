@@ -16,9 +16,9 @@
 
 #include <event2/buffer.h>
 
-#define VIA_TOKEN         "clonegate"
-#define SERIALIZE_EXTRA   768 /* room for the headers we add, beyond the head itself */
-#define MAX_CONN_TOKENS   16  /* Connection: tokens we honour */
+#define VIA_TOKEN       "clonegate"
+#define SERIALIZE_EXTRA 768 /* room for the headers we add, beyond the head itself */
+#define MAX_CONN_TOKENS 16  /* Connection: tokens we honour */
 
 /* ------------------------------------------------------------ header names */
 
@@ -29,7 +29,10 @@ struct known_header {
     uint8_t hop;
 };
 
-#define KH(s, id, hop) {s, sizeof(s) - 1, id, hop}
+#define KH(s, id, hop)                                                                             \
+    {                                                                                              \
+        s, sizeof(s) - 1, id, hop                                                                  \
+    }
 static const struct known_header known_headers[] = {
     KH("connection", HTTP_H_CONNECTION, 1),
     KH("keep-alive", HTTP_H_KEEP_ALIVE, 1),
@@ -121,8 +124,7 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct http_head *h = head_of(p);
-    if (h->value_open || h->header_count == 0 ||
-        h->headers[h->header_count - 1].value.len != 0) {
+    if (h->value_open || h->header_count == 0 || h->headers[h->header_count - 1].value.len != 0) {
         /* a new field starts */
         if (h->header_count == HTTP_MAX_HEADERS)
             return fail(p, HTTP_ERR_HEAD_TOO_LARGE, "too many header fields");
@@ -153,8 +155,13 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
                     "line folding or bare CR/LF in a header value");
     struct http_header *hd = &h->headers[h->header_count - 1];
     uint32_t off = (uint32_t)(at - h->base);
-    if (hd->value.len == 0)
+    if (hd->value.len == 0) {
         hd->value.off = off;
+    } else if (off != hd->value.off + hd->value.len) {
+        /* a value resumed after a gap: the gap was a folded line break */
+        return fail(p, h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST,
+                    "line folding in a header value");
+    }
     hd->value.len = (uint32_t)(off + len - hd->value.off);
     return 0;
 }
@@ -197,12 +204,25 @@ static void apply_connection_tokens(struct http_head *h)
                 if (o->id == HTTP_H_CONTENT_LENGTH || o->id == HTTP_H_TRANSFER_ENCODING ||
                     o->id == HTTP_H_HOST)
                     continue;
-                if (o->name.len == tlen &&
-                    strncasecmp(h->base + o->name.off, v + start, tlen) == 0)
+                if (o->name.len == tlen && strncasecmp(h->base + o->name.off, v + start, tlen) == 0)
                     o->hop = 1;
             }
         }
     }
+}
+
+/* Whether <v> is a valid Host value: uri-host [ ":" port ] (RFC 9112 3.2),
+ * empty allowed. */
+static bool host_valid(const char *v, size_t len)
+{
+    static const char extra[] = "-._~%!$&'()*+,;=:[]";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch != 0 && strchr(extra, ch))))
+            return false;
+    }
+    return true;
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -251,6 +271,17 @@ static int on_headers_complete(llhttp_t *p)
             return fail(p, HTTP_ERR_METHOD, "CONNECT is not served");
         if (hosts > 1 || (hosts == 0 && h->version_minor >= 1))
             return fail(p, HTTP_ERR_BAD_REQUEST, hosts ? "more than one Host" : "missing Host");
+        if (hosts == 1) {
+            const struct http_header *hd = &h->headers[h->index[HTTP_H_HOST]];
+            if (!host_valid(h->base + hd->value.off, hd->value.len))
+                return fail(p, HTTP_ERR_BAD_REQUEST, "invalid Host");
+        }
+        /* RFC 9112 6.1 and 6.3: a request body whose length cannot be known
+         * is refused, as is Transfer-Encoding in an HTTP/1.0 request */
+        if ((p->flags & F_TRANSFER_ENCODING) && h->version_minor == 0)
+            return fail(p, HTTP_ERR_BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request");
+        if ((p->flags & F_TRANSFER_ENCODING) && !h->chunked)
+            return fail(p, HTTP_ERR_BAD_REQUEST, "Transfer-Encoding without a final chunked");
         if (h->max_body && h->content_length > h->max_body)
             return fail(p, HTTP_ERR_BODY_TOO_LARGE, "request body over max_body_size");
     }
@@ -472,8 +503,8 @@ const char *http_reason(unsigned status)
     }
 }
 
-const char *http_header_value(const struct http_head *h, const char *buf,
-                              enum http_header_id id, size_t *len)
+const char *http_header_value(const struct http_head *h, const char *buf, enum http_header_id id,
+                              size_t *len)
 {
     int i = h->index[id];
     if (i < 0)

@@ -64,12 +64,12 @@ struct http_header {
 /* Why a head was refused; each maps to a status via http_error_status(). */
 enum http_error {
     HTTP_ERR_NONE = 0,
-    HTTP_ERR_BAD_REQUEST = 1,     /* malformed or ambiguous framing: 400 */
-    HTTP_ERR_HEAD_TOO_LARGE = 2,  /* 431 */
-    HTTP_ERR_URI_TOO_LONG = 3,    /* 414 */
-    HTTP_ERR_BODY_TOO_LARGE = 4,  /* 413 */
-    HTTP_ERR_METHOD = 5,          /* CONNECT and the like: 405 */
-    HTTP_ERR_BAD_RESPONSE = 6,    /* invalid upstream response: 502 */
+    HTTP_ERR_BAD_REQUEST = 1,    /* malformed or ambiguous framing: 400 */
+    HTTP_ERR_HEAD_TOO_LARGE = 2, /* 431 */
+    HTTP_ERR_URI_TOO_LONG = 3,   /* 414 */
+    HTTP_ERR_BODY_TOO_LARGE = 4, /* 413 */
+    HTTP_ERR_METHOD = 5,         /* CONNECT and the like: 405 */
+    HTTP_ERR_BAD_RESPONSE = 6,   /* invalid upstream response: 502 */
 };
 
 /* Result of feeding bytes to a head or body. */
@@ -158,16 +158,16 @@ unsigned http_error_status(enum http_error err);
 const char *http_reason(unsigned status);
 
 /* A header's value as (pointer, length) into <buf>; NULL when absent. */
-const char *http_header_value(const struct http_head *h, const char *buf,
-                              enum http_header_id id, size_t *len);
+const char *http_header_value(const struct http_head *h, const char *buf, enum http_header_id id,
+                              size_t *len);
 
 /* Whether the method of the request in <h> is idempotent (RFC 9110 9.2.2). */
 bool http_method_idempotent(const struct http_head *h);
 
 /* What the forwarded request head needs from the client connection. */
 struct http_forward_info {
-    const char *client_ip; /* text, for X-Forwarded-For / Forwarded */
-    const char *proto;     /* "http" or "https" */
+    const char *client_ip;    /* text, for X-Forwarded-For / Forwarded */
+    const char *proto;        /* "http" or "https" */
     const char *default_host; /* Host to send when an HTTP/1.0 request has none; may be NULL */
 };
 

@@ -24,9 +24,9 @@
 
 int log_level_current = LOG_LEVEL_INFO;
 
-static int access_fd = -1;         /* atomic; -1 = off */
-static int access_json;            /* set once at start */
-static char access_path[512];      /* "" for stderr */
+static int access_fd = -1;    /* atomic; -1 = off */
+static int access_json;       /* set once at start */
+static char access_path[512]; /* "" for stderr */
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 int log_set_level(const char *name)

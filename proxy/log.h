@@ -63,26 +63,26 @@ void log_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noretu
 /* One finished request, as the access log records it. Strings are not
  * NUL-terminated; lengths are given. */
 struct log_access_entry {
-    const char *client;          /* "ip" */
-    const char *method;          /* request method */
+    const char *client; /* "ip" */
+    const char *method; /* request method */
     size_t method_len;
-    const char *target;          /* request target */
+    const char *target; /* request target */
     size_t target_len;
-    const char *protocol;        /* "HTTP/1.1" */
-    unsigned status;             /* sent to the client */
-    uint64_t bytes_sent;         /* body bytes sent to the client */
-    const char *referer;         /* may be NULL */
+    const char *protocol; /* "HTTP/1.1" */
+    unsigned status;      /* sent to the client */
+    uint64_t bytes_sent;  /* body bytes sent to the client */
+    const char *referer;  /* may be NULL */
     size_t referer_len;
-    const char *user_agent;      /* may be NULL */
+    const char *user_agent; /* may be NULL */
     size_t user_agent_len;
-    const char *upstream;        /* "host:port" or NULL when none was used */
-    double upstream_time;        /* seconds from sending to last byte, -1 if none */
-    double total_time;           /* seconds from first byte to last byte */
+    const char *upstream; /* "host:port" or NULL when none was used */
+    double upstream_time; /* seconds from sending to last byte, -1 if none */
+    double total_time;    /* seconds from first byte to last byte */
 };
 
 struct log_access_buf {
-    size_t len;                      /* bytes waiting in data */
-    char data[LOG_ACCESS_BUF_SIZE];  /* formatted lines */
+    size_t len;                     /* bytes waiting in data */
+    char data[LOG_ACCESS_BUF_SIZE]; /* formatted lines */
 };
 
 /* Opens the access log named by the config value ("off", "stderr" or a

@@ -24,11 +24,11 @@
 #include "worker.h"
 
 struct main_state {
-    struct config *cfg;                        /* referenced; the one in force */
+    struct config *cfg;                         /* referenced; the one in force */
     struct worker *workers[CONFIG_MAX_WORKERS]; /* owned */
     unsigned worker_count;
-    struct worker_shared shared;               /* read by every worker */
-    struct event_base *base;                   /* owned; signals only */
+    struct worker_shared shared; /* read by every worker */
+    struct event_base *base;     /* owned; signals only */
 };
 
 static void usage(FILE *out)
@@ -45,8 +45,7 @@ static void print_versions(void)
     printf("libevent %s\n", event_get_version());
     printf("openssl %s\n", OpenSSL_version(OPENSSL_VERSION));
     printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
-    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
-           LLHTTP_VERSION_PATCH);
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
 }
 
 /* What a reload cannot change while running: said once, not applied. */

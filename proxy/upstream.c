@@ -28,13 +28,13 @@ struct upstream_server_state {
 };
 
 struct upstream_pool {
-    struct event_base *base;          /* borrowed from the worker */
-    struct config *cfg;               /* referenced; dropped in pool_free() */
-    struct balancer *balancer;        /* owned */
-    unsigned count;                   /* servers */
-    unsigned live;                    /* connections handed out and not released */
-    const struct timeval *idle_tv;    /* common timeout for idle pooled connections */
-    bool retired;                     /* no new requests; free when live hits 0 */
+    struct event_base *base;             /* borrowed from the worker */
+    struct config *cfg;                  /* referenced; dropped in pool_free() */
+    struct balancer *balancer;           /* owned */
+    unsigned count;                      /* servers */
+    unsigned live;                       /* connections handed out and not released */
+    const struct timeval *idle_tv;       /* common timeout for idle pooled connections */
+    bool retired;                        /* no new requests; free when live hits 0 */
     unsigned active[CONFIG_MAX_SERVERS]; /* requests in flight per server */
     struct upstream_server_state servers[CONFIG_MAX_SERVERS];
 };
@@ -153,8 +153,7 @@ static struct upstream_conn *connect_new(struct upstream_pool *pool, unsigned se
         return NULL;
     u->pool = pool;
     u->server = server;
-    if (stream_connect(&u->s, pool->base, (const struct sockaddr *)&addr->sa, addr->salen) ==
-        -1) {
+    if (stream_connect(&u->s, pool->base, (const struct sockaddr *)&addr->sa, addr->salen) == -1) {
         int saved = errno;
         free(u);
         errno = saved;

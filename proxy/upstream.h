@@ -23,11 +23,11 @@ struct event_base;
 struct upstream_pool;
 
 struct upstream_conn {
-    struct stream s;              /* owned socket and buffers; closed in upstream_release() */
-    struct upstream_pool *pool;   /* borrowed; outlives its connections */
-    unsigned server;              /* index into the pool's servers */
-    unsigned requests;            /* requests sent on it before the current one */
-    bool connected;               /* the TCP connect finished */
+    struct stream s;            /* owned socket and buffers; closed in upstream_release() */
+    struct upstream_pool *pool; /* borrowed; outlives its connections */
+    unsigned server;            /* index into the pool's servers */
+    unsigned requests;          /* requests sent on it before the current one */
+    bool connected;             /* the TCP connect finished */
     TAILQ_ENTRY(upstream_conn) idle_link; /* in the pool's idle list while idle */
 };
 

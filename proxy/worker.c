@@ -27,9 +27,9 @@
 #include "conn.h"
 #include "upstream.h"
 
-#define WORKER_TICK_MS    100  /* access log flush and accept-resume check */
-#define WORKER_BACKLOG    4096 /* listen(2) backlog */
-#define WORKER_DEFER_ACCEPT_S 1 /* TCP_DEFER_ACCEPT: wait this long for a first byte */
+#define WORKER_TICK_MS        100  /* access log flush and accept-resume check */
+#define WORKER_BACKLOG        4096 /* listen(2) backlog */
+#define WORKER_DEFER_ACCEPT_S 1    /* TCP_DEFER_ACCEPT: wait this long for a first byte */
 
 static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg);
@@ -88,8 +88,8 @@ static int listen_on(struct worker *w, const struct config_addr *addr)
 {
     /* SO_REUSEPORT lets each worker own a socket on the same port; the
      * kernel spreads new connections across them. */
-    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE |
-                     LEV_OPT_REUSEABLE_PORT;
+    unsigned flags =
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT;
     struct evconnlistener *l =
         evconnlistener_new_bind(w->base, worker_on_accept, w, flags, WORKER_BACKLOG,
                                 (const struct sockaddr *)&addr->sa, (int)addr->salen);
@@ -162,8 +162,7 @@ static void worker_on_drain_deadline(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     (void)fd;
     (void)what;
-    log_warnx("worker %u: drain_timeout reached with %u connection(s) open", w->id,
-              w->conn_count);
+    log_warnx("worker %u: drain_timeout reached with %u connection(s) open", w->id, w->conn_count);
     event_base_loopbreak(w->base);
 }
 

@@ -30,19 +30,19 @@ TAILQ_HEAD(worker_conn_list, conn);
 
 /* What every worker of the process sees (owned by main). */
 struct worker_shared {
-    int connections;      /* atomic: open client connections, all workers */
-    int draining;         /* atomic: 1 once SIGTERM/SIGINT arrived */
+    int connections; /* atomic: open client connections, all workers */
+    int draining;    /* atomic: 1 once SIGTERM/SIGINT arrived */
 };
 
 struct worker {
-    unsigned id;                       /* 0..workers-1 */
-    pthread_t thread;                  /* started by worker_start() */
-    struct event_base *base;           /* owned */
-    struct worker_shared *shared;      /* borrowed from main */
-    struct config *cfg;                /* referenced; swapped on reload in this thread */
-    struct config *next_cfg;           /* referenced; handed over by worker_reload() */
-    pthread_mutex_t next_lock;         /* guards next_cfg between main and this thread */
-    struct upstream_pool *pool;        /* owned; retired and replaced on reload */
+    unsigned id;                  /* 0..workers-1 */
+    pthread_t thread;             /* started by worker_start() */
+    struct event_base *base;      /* owned */
+    struct worker_shared *shared; /* borrowed from main */
+    struct config *cfg;           /* referenced; swapped on reload in this thread */
+    struct config *next_cfg;      /* referenced; handed over by worker_reload() */
+    pthread_mutex_t next_lock;    /* guards next_cfg between main and this thread */
+    struct upstream_pool *pool;   /* owned; retired and replaced on reload */
     struct evconnlistener *listeners[CONFIG_MAX_LISTEN]; /* owned */
     unsigned listener_count;
     bool accept_paused;                /* listeners disabled at max_connections */
