@@ -160,18 +160,17 @@ int log_access_reopen(void)
     int fd = open_access(access_path);
     if (fd == -1)
         return -1;
-    int old = __atomic_exchange_n(&access_fd, fd, __ATOMIC_ACQ_REL);
-    /* A worker may be mid-write on <old>: writes to a closed fd fail
-     * harmlessly, and the fd number is not reused before they finish
-     * because we close it only after a short grace period is not worth the
-     * complexity; dup2 over it instead so the number stays valid. */
-    if (old > STDERR_FILENO) {
-        if (dup2(fd, old) == -1)
-            return -1;
-        __atomic_store_n(&access_fd, old, __ATOMIC_RELEASE);
-        close(fd);
+    int cur = __atomic_load_n(&access_fd, __ATOMIC_ACQUIRE);
+    if (cur <= STDERR_FILENO) {
+        __atomic_store_n(&access_fd, fd, __ATOMIC_RELEASE);
+        return 0;
     }
-    return 0;
+    /* dup2 swaps the file under the same descriptor number in one step, so
+     * a worker writing at this moment writes to the old or the new file,
+     * never to a closed or reused descriptor */
+    int rc = dup2(fd, cur) == -1 ? -1 : 0;
+    close(fd);
+    return rc;
 }
 
 int log_access_enabled(void)
