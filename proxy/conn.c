@@ -76,28 +76,29 @@ struct conn {
     TAILQ_ENTRY(conn) link;           /* in w->conns */
 
     /* the exchange in progress */
-    struct upstream_conn *up;   /* owned while set; upstream_release() gives it back */
-    int server;                 /* index of the clone in the worker's pool, -1 none */
-    uint64_t tried;             /* bit i: clone i was tried for this request */
-    unsigned attempts;          /* connections tried for this request */
-    bool req_done;              /* the request, body included, went to the clone */
-    bool head_kept;             /* request head still at the front of the input (no body) */
-    bool resp_started;          /* the response head went to the client */
-    bool resp_bytes;            /* the clone sent at least one byte */
-    bool keep_alive;            /* the connection goes on after this response */
-    bool decode_body;           /* chunked response de-chunked for an HTTP/1.0 client */
-    bool client_eof;            /* the client closed its side */
-    bool client_read_paused;    /* client reading stopped for backpressure */
-    bool up_read_paused;        /* clone reading stopped for backpressure */
-    unsigned status;            /* status sent to the client, for the log */
-    uint64_t bytes_sent;        /* response body bytes sent, for the log */
-    struct timeval t_start;     /* first byte of the request */
-    struct timeval t_upstream;  /* request sent to the clone */
-    double upstream_time;       /* seconds, -1 when no clone answered */
-    const char *upstream_name;  /* borrowed from the config; NULL when none */
-    struct conn_log_fields log; /* filled only while the access log is on */
-    struct http_head req;       /* current request head; reset per request */
-    struct http_head resp;      /* current response head; reset per response */
+    struct upstream_conn *up;  /* owned while set; upstream_release() gives it back */
+    int server;                /* index of the clone in the worker's pool, -1 none */
+    uint64_t tried;            /* bit i: clone i was tried for this request */
+    unsigned attempts;         /* connections tried for this request */
+    bool req_done;             /* the request, body included, went to the clone */
+    bool head_kept;            /* request head still at the front of the input (no body) */
+    bool resp_started;         /* the response head went to the client */
+    bool resp_bytes;           /* the clone sent at least one byte */
+    bool keep_alive;           /* the connection goes on after this response */
+    bool decode_body;          /* chunked response de-chunked for an HTTP/1.0 client */
+    bool client_eof;           /* the client closed its side */
+    bool client_read_paused;   /* client reading stopped for backpressure */
+    bool up_read_paused;       /* clone reading stopped for backpressure */
+    unsigned status;           /* status sent to the client, for the log */
+    uint64_t bytes_sent;       /* response body bytes sent, for the log */
+    struct timeval t_start;    /* first byte of the request */
+    struct timeval t_upstream; /* request sent to the clone */
+    double upstream_time;      /* seconds, -1 when no clone answered */
+    char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
+    int stale_server;                     /* clone whose pooled connection went stale, -1 none */
+    struct conn_log_fields log;           /* filled only while the access log is on */
+    struct http_head req;                 /* current request head; reset per request */
+    struct http_head resp;                /* current response head; reset per response */
 };
 
 static void conn_close(struct conn *c, const char *why);
@@ -174,7 +175,7 @@ static void write_access_log(struct conn *c)
         .referer_len = l->referer_len,
         .user_agent = l->has_user_agent ? l->user_agent : NULL,
         .user_agent_len = l->user_agent_len,
-        .upstream = c->upstream_name,
+        .upstream = c->upstream_name[0] ? c->upstream_name : NULL,
         .upstream_time = c->upstream_time,
         .total_time = seconds_since(c, &c->t_start),
     };
@@ -440,7 +441,8 @@ static void start_exchange(struct conn *c, const char *buf)
     c->status = 0;
     c->bytes_sent = 0;
     c->upstream_time = -1;
-    c->upstream_name = NULL;
+    c->upstream_name[0] = '\0';
+    c->stale_server = -1;
     c->keep_alive = c->req.keep_alive && !c->w->draining && !c->client_eof;
     if (log_access_enabled())
         keep_log_fields(c, buf);
@@ -531,21 +533,21 @@ static bool may_retry(const struct conn *c)
  * with <status>. */
 static void upstream_failed(struct conn *c, unsigned status, const char *why, bool retryable)
 {
-    const char *name = c->server >= 0 ? upstream_server_name(c->w->pool, (unsigned)c->server) : "-";
     bool reused = c->up && c->up->requests > 0;
-    log_warnx("upstream %s failed: %s, client %s", name, why, c->client_ip);
+    log_warnx("upstream %s failed: %s, client %s", c->upstream_name, why, c->client_ip);
     drop_upstream(c, false);
 
     if (c->resp_started) {
         conn_close(c, "clone failed mid-response");
         return;
     }
-    /* A reused keep-alive connection that the clone had closed is not the
-     * clone's failure: try again without spending a retry. */
+    /* A reused keep-alive connection that failed may only have gone stale:
+     * that try is free, and when no other clone is left the same clone may
+     * be tried again on a fresh connection (see dispatch). */
     unsigned budget = cfg_of(c)->retries + (reused ? 1 : 0);
     if (retryable && may_retry(c) && c->attempts <= budget) {
         if (reused)
-            c->tried &= ~(UINT64_C(1) << c->server);
+            c->stale_server = c->server;
         dispatch(c);
         return;
     }
@@ -782,6 +784,11 @@ static void dispatch(struct conn *c)
 
     for (;;) {
         int server = upstream_pick(w->pool, c->tried);
+        if (server < 0 && c->stale_server >= 0) {
+            c->tried &= ~(UINT64_C(1) << c->stale_server);
+            c->stale_server = -1;
+            server = upstream_pick(w->pool, c->tried);
+        }
         if (server < 0) {
             if (c->attempts == 0)
                 send_error(c, 503, c->req_done || c->head_kept, "no server available");
@@ -801,7 +808,8 @@ static void dispatch(struct conn *c)
             return;
         }
     }
-    c->upstream_name = upstream_server_name(w->pool, (unsigned)c->server);
+    snprintf(c->upstream_name, sizeof(c->upstream_name), "%s",
+             upstream_server_name(w->pool, (unsigned)c->server));
     struct stream *us = &c->up->s;
     stream_set_callbacks(us, conn_on_up_read, conn_on_up_drained, conn_on_up_event, c);
     us->read_high = CONN_BUF_HIGH;

@@ -1,0 +1,315 @@
+"""Clones that fail (INTERFACE.md "HTTP behaviour"): nobody listening,
+refusing, too slow, answering garbage, closing early or mid-body, dying
+under load. The client gets 502 / 504 or the answer of another clone, never
+a complete-looking wrong response, and the next request works."""
+
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+import helpers
+
+# Health checks out of the way: these tests are about the forwarding path,
+# so no active check may take a clone out (or put it back) while they run.
+QUIET_HEALTH = {"health.interval": "60s", "health.timeout": "1s", "health.fall": 100}
+# Log lines the proxy may write about the failures these tests provoke.
+UPSTREAM_ERRORS = r"(?i)upstream|clone|connect|refused|reset|timed? ?out|502|504|invalid"
+
+
+def world(clonegate, servers, **overrides):
+    ini = dict(QUIET_HEALTH)
+    ini.update({"upstream.retries": 1})
+    ini.update(overrides)
+    cg = clonegate(ini, servers=servers)
+    cg.allowed_errors.append(UPSTREAM_ERRORS)
+    return cg
+
+
+def dead_addr():
+    """"127.0.0.1:port" where nothing listens."""
+    port = helpers.free_port()
+    assert not helpers.port_open(port)
+    return f"127.0.0.1:{port}"
+
+
+def assert_next_request_works(cg, origin_names):
+    r = cg.get("/echo?after=" + uuid.uuid4().hex)
+    assert r.status == 200, r
+    assert r.header("X-Origin") in origin_names, r
+
+
+def slow_total(os_, path):
+    return sum(o.count(path) for o in os_)
+
+
+class Closer:
+    """A clone that accepts, reads a request head and closes without
+    answering. .requests: the request lines it got (health checks aside)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.lock = threading.Lock()
+        self.requests = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                s, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with s:
+                s.settimeout(2.0)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data and len(data) < 65536:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    pass
+                line = data.split(b"\r\n", 1)[0].decode("latin-1")
+                if b"\r\n\r\n" in data and " /health " not in line:
+                    with self.lock:
+                        self.requests.append(line)
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def closer():
+    c = Closer()
+    yield c
+    c.stop()
+
+
+def test_nobody_listening_gives_502(origins, clonegate):
+    cg = world(clonegate, [dead_addr()])
+    t = time.monotonic()
+    r = cg.get("/echo")
+    took = time.monotonic() - t
+    assert r.status == 502, r
+    assert took < 1.5, took  # a refused connect is not a connect timeout
+
+
+def test_dead_clone_is_retried_on_the_good_one(origins, clonegate):
+    (o,) = origins(1)
+    dead = dead_addr()
+    cg = world(clonegate, [dead, o])
+    # Round robin sends every other first try to the dead clone: each must be
+    # retried on the good one.
+    for i in range(20):
+        r = cg.get(f"/echo?i={i}")
+        assert r.status == 200, (i, r)
+        assert r.header("X-Origin") == "origin1", (i, r)
+        assert r.json()["target"] == f"/echo?i={i}"
+    with cg.conn() as c:
+        for i in range(10):
+            r = c.get(f"/echo?ka={i}")
+            assert r.status == 200 and r.header("X-Origin") == "origin1", (i, r)
+    assert o.count("/echo") == 30
+
+
+def test_every_clone_refusing_gives_502_quickly(origins, clonegate):
+    cg = world(clonegate, [dead_addr(), dead_addr()], **{"upstream.connect_timeout": "2s"})
+    t = time.monotonic()
+    r = cg.get("/echo")
+    took = time.monotonic() - t
+    assert r.status == 502, r
+    assert took < 1.0, f"502 took {took:.2f} s: refused connects must fail at once"
+
+
+def test_response_timeout_gives_504_and_no_retry(origins, clonegate):
+    os_ = origins(2)
+    cg = world(clonegate, os_, **{"upstream.response_timeout": "1s"})
+    t = time.monotonic()
+    r = cg.get("/slow?ms=4000", timeout=10)
+    took = time.monotonic() - t
+    assert r.status == 504, r
+    assert 0.9 <= took < 1.8, f"504 after {took:.2f} s, want about 1 s"
+    # A timed-out request is not tried again on the other clone.
+    assert slow_total(os_, "/slow") == 1
+    assert_next_request_works(cg, {"origin1", "origin2"})
+    assert slow_total(os_, "/slow") == 1
+
+
+def test_garbage_answer_gives_502(origins, clonegate):
+    os_ = origins(2)
+    cg = world(clonegate, os_)
+    r = cg.get("/garbage")
+    assert r.status == 502, r
+    assert b"THIS IS NOT HTTP" not in r.raw
+    assert_next_request_works(cg, {"origin1", "origin2"})
+
+
+def read_until_eof(port, raw, timeout=5.0):
+    """Sends <raw> on a fresh connection, reads until the server closes.
+    Returns the bytes; fails if the connection is still open at <timeout>."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"connection still open after {timeout} s: {data[:300]!r}"
+            s.settimeout(left)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+def test_truncated_body_reaches_client_as_truncated(origins, clonegate):
+    os_ = origins(2)
+    cg = world(clonegate, os_)
+    for i in range(2):  # once per clone
+        data = read_until_eof(cg.port, helpers.build_request("GET", f"/truncated?i={i}"))
+        assert data.startswith(b"HTTP/1.1 200"), data[:300]
+        # The head and what came of the body, then the close: never a
+        # response that parses as complete (whatever its framing).
+        with pytest.raises(helpers.ProtocolError):
+            helpers.parse_responses(data, ["GET"], eof=True)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert len(body) < 1000 + 200, len(body)
+        assert_next_request_works(cg, {"origin1", "origin2"})
+
+
+def test_truncated_body_on_keepalive_connection_is_closed(origins, clonegate):
+    os_ = origins(2)
+    cg = world(clonegate, os_)
+    with cg.conn(timeout=5) as c:
+        r = c.get("/echo?first")
+        assert r.status == 200
+        c.send(helpers.build_request("GET", "/truncated"))
+        # Closed before the promised length: an incomplete response.
+        with pytest.raises((ConnectionError, helpers.ProtocolError)) as e:
+            c.read_response()
+        assert "truncated" in str(e.value) or "closed mid-response" in str(e.value), e.value
+    assert_next_request_works(cg, {"origin1", "origin2"})
+
+
+def test_get_closed_early_is_retried_on_the_other_clone(origins, clonegate, closer):
+    (o,) = origins(1)
+    cg = world(clonegate, [closer, o])
+    for i in range(6):
+        r = cg.get(f"/echo?ce={i}")
+        assert r.status == 200, (i, r)
+        assert r.header("X-Origin") == "origin1", (i, r)
+        assert r.json()["target"] == f"/echo?ce={i}"
+    # Round robin gave the closer some of the first tries.
+    assert len(closer.requests) >= 1, closer.requests
+    assert o.count("/echo") == 6
+
+
+def test_post_closed_early_gives_502_without_retry(origins, clonegate):
+    os_ = origins(2)
+    cg = world(clonegate, os_)
+    body = b"p" * 1000
+    r = cg.request("POST", "/close-early", body=body)
+    assert r.status == 502, r
+    # Not idempotent: sent once, never again to the other clone.
+    assert slow_total(os_, "/close-early") == 1
+    assert_next_request_works(cg, {"origin1", "origin2"})
+    assert slow_total(os_, "/close-early") == 1
+
+
+def test_get_close_early_on_every_clone_gives_502(origins, clonegate):
+    os_ = origins(2)
+    cg = world(clonegate, os_)
+    r = cg.get("/close-early")
+    assert r.status == 502, r
+    # retries = 1: the first try and one retry, no more.
+    assert 1 <= slow_total(os_, "/close-early") <= 2
+    assert_next_request_works(cg, {"origin1", "origin2"})
+
+
+THREADS = 20
+PER_THREAD = 50
+KILL_AFTER = 300  # requests answered before origin2 is killed
+
+
+@pytest.mark.hard_timeout(120)
+def test_responses_never_cross_under_load_and_kill9(origins, clonegate):
+    o1, o2 = origins(2)
+    cg = world(clonegate, [o1, o2])
+    run_id = uuid.uuid4().hex[:8]
+    lock = threading.Lock()
+    done = [0]
+    reached = threading.Event()
+    killed_at = [None]
+    problems = []  # (target, what)
+    answers = []  # (target, origin, started)
+
+    def client(tid):
+        conn = None
+        try:
+            for i in range(PER_THREAD):
+                target = f"/echo?run={run_id}&t={tid}&i={i}"
+                started = time.monotonic()
+                try:
+                    if conn is None:
+                        conn = cg.conn(timeout=10)
+                    r = conn.get(target)
+                except (OSError, ConnectionError, helpers.ProtocolError) as e:
+                    problems.append((target, f"no response: {e!r}"))
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    continue
+                if r.status != 200:
+                    problems.append((target, f"status {r.status}: {r!r}"))
+                else:
+                    got = r.json().get("target")
+                    if got != target:
+                        problems.append((target, f"answer for {got}"))
+                    answers.append((target, r.header("X-Origin"), started))
+                if (r.header("Connection") or "").lower() == "close":
+                    conn.close()
+                    conn = None
+                with lock:
+                    done[0] += 1
+                    if done[0] >= KILL_AFTER:
+                        reached.set()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    assert reached.wait(60), f"only {done[0]} requests answered"
+    o2.kill9()
+    killed_at[0] = time.monotonic()
+    deadline = time.monotonic() + 90
+    for t in threads:
+        t.join(max(0.1, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "client threads did not finish in time"
+
+    assert not problems, f"{len(problems)} bad answers, first ones: {problems[:10]}"
+    assert len(answers) == THREADS * PER_THREAD
+    # A request sent after the kill was answered by the live clone.
+    late = [a for a in answers if a[2] > killed_at[0] + 0.05]
+    assert late, "no request was sent after the kill"
+    assert {a[1] for a in late} == {"origin1"}, [a for a in late if a[1] != "origin1"][:5]
+    assert_next_request_works(cg, {"origin1"})

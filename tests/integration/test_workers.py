@@ -1,0 +1,134 @@
+"""Worker threads and the connection limit ([server] workers,
+max_connections; DESIGN.md "Threads"): every worker serves, auto starts one
+per online CPU, and beyond max_connections accepting pauses until a
+connection closes."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import helpers
+
+CONCURRENT = 64  # client connections opened at once
+PER_CONN = 4  # requests on each
+BODY = 256 * 1024  # bytes per answer, so each serving thread moves MiBs
+SERVED_BYTES = 1 << 20  # bytes of I/O that show a thread served traffic
+
+
+def tasks(pid):
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def task_io(pid):
+    """{tid: bytes read + written by that thread}, from /proc/PID/task/TID/io."""
+    out = {}
+    for tid in tasks(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                fields = dict(line.split(":") for line in f.read().splitlines())
+        except FileNotFoundError:
+            continue
+        out[tid] = int(fields["rchar"]) + int(fields["wchar"])
+    return out
+
+
+def run_concurrent(cg, n=CONCURRENT, per_conn=PER_CONN, target="/bytes?n=%d" % BODY):
+    """n keep-alive connections at once, per_conn requests each; returns the
+    list of problems (empty when every answer was a whole 200)."""
+    problems = []
+    barrier = threading.Barrier(n, timeout=20)
+
+    def client(i):
+        try:
+            barrier.wait()
+            with cg.conn(timeout=20) as c:
+                for k in range(per_conn):
+                    r = c.get(f"{target}&c={i}&k={k}")
+                    if r.status != 200 or r.body != helpers.pattern_bytes(BODY):
+                        problems.append((i, k, r.status, len(r.body)))
+        except Exception as e:  # reported, not raised in a thread
+            problems.append((i, repr(e)))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    for t in threads:
+        t.join(max(0.1, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        problems.append("client threads still running after 60 s")
+    return problems
+
+
+def test_two_workers_both_serve(origins, clonegate):
+    origins(2)
+    cg = clonegate({"server.workers": 2, "cache.enabled": "no"})
+    assert cg.get("/echo").status == 200
+    # The main thread and two workers at least.
+    assert len(tasks(cg.pid)) >= 3, tasks(cg.pid)
+    before = task_io(cg.pid)
+    problems = run_concurrent(cg)
+    assert not problems, problems[:10]
+    after = task_io(cg.pid)
+    moved = {tid: after[tid] - before.get(tid, 0) for tid in after if tid != cg.pid}
+    serving = [tid for tid, n in moved.items() if n >= SERVED_BYTES]
+    assert len(serving) >= 2, f"bytes moved per thread (main excluded): {moved}"
+
+
+def test_workers_auto_starts_one_per_cpu(origins, clonegate):
+    origins(2)
+    cg = clonegate({"server.workers": "auto", "cache.enabled": "no"})
+    cpus = min(os.sysconf("SC_NPROCESSORS_ONLN"), 64)
+    assert len(tasks(cg.pid)) >= 1 + cpus, (tasks(cg.pid), cpus)
+    problems = run_concurrent(cg, n=16, per_conn=2)
+    assert not problems, problems[:10]
+
+
+def test_max_connections_pauses_accept(origins, clonegate):
+    origins(1)
+    limit = 5
+    cg = clonegate({"server.max_connections": limit, "server.workers": 1,
+                    "cache.enabled": "no"})
+    cg.allowed_errors.append(r"(?i)max_connections")
+    idle = []
+    try:
+        for i in range(limit):
+            c = cg.conn(timeout=5)
+            idle.append(c)
+            assert c.get(f"/echo?idle={i}").status == 200  # accepted, now idle
+        # The sixth connects (the kernel queues it) but is not served.
+        sixth = socket.create_connection(("127.0.0.1", cg.port), timeout=5)
+        try:
+            sixth.sendall(helpers.build_request("GET", "/echo?sixth"))
+            sixth.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                data = sixth.recv(65536)
+                pytest.fail(f"served beyond max_connections: {data[:200]!r}")
+            # The idle five are still served meanwhile.
+            assert idle[1].get("/echo?still").status == 200
+            # One closes: the sixth is accepted and answered.
+            idle.pop(0).close()
+            sixth.settimeout(5.0)
+            data = b""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    r, _ = helpers.parse_response(data, 0, "GET")
+                    break
+                except helpers.Incomplete:
+                    chunk = sixth.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            r, _ = helpers.parse_response(data, 0, "GET", eof=True)
+            assert r.status == 200 and r.json()["target"] == "/echo?sixth", r
+        finally:
+            sixth.close()
+    finally:
+        for c in idle:
+            c.close()
+    # With the limit free again, new connections are served at once.
+    assert cg.get("/echo?after").status == 200
