@@ -198,6 +198,10 @@ int main(int argc, char **argv)
     int opt;
 
     log_init();
+#ifdef CLONEGATE_DEBUG
+    /* libevent checks every event operation against its own records */
+    event_enable_debug_mode();
+#endif
     while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
         switch (opt) {
         case 'c':
