@@ -124,13 +124,15 @@ static int on_status(llhttp_t *p, const char *at, size_t len)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct http_head *h = head_of(p);
-    if (h->value_open || h->header_count == 0 || h->headers[h->header_count - 1].value.len != 0) {
-        /* a new field starts */
+    if (h->head_done)
+        return 0; /* trailer fields travel as body bytes; the head stays as it was */
+    if (!h->in_field) {
         if (h->header_count == HTTP_MAX_HEADERS)
-            return fail(p, HTTP_ERR_HEAD_TOO_LARGE, "too many header fields");
+            return fail(p, h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_HEAD_TOO_LARGE,
+                        "too many header fields");
         struct http_header *hd = &h->headers[h->header_count++];
         memset(hd, 0, sizeof(*hd));
-        h->value_open = 0;
+        h->in_field = 1;
     }
     extend(h, &h->headers[h->header_count - 1].name, at, len);
     return 0;
@@ -139,8 +141,13 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_field_complete(llhttp_t *p)
 {
     struct http_head *h = head_of(p);
-    /* a value that is empty still closes the field: mark it open */
-    h->value_open = 1;
+    if (h->head_done)
+        return 0;
+    if (!h->in_field || h->headers[h->header_count - 1].name.len == 0)
+        return fail(p, h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST,
+                    "empty header field name");
+    h->in_field = 0;
+    /* an empty value is never reported: it sits right after the name */
     struct http_header *hd = &h->headers[h->header_count - 1];
     hd->value.off = hd->name.off + hd->name.len;
     return 0;
@@ -149,6 +156,8 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct http_head *h = head_of(p);
+    if (h->head_done)
+        return 0;
     /* obs-fold and stray CR/LF reach us inside the value: refuse them */
     if (memchr(at, '\r', len) || memchr(at, '\n', len))
         return fail(p, h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST,
@@ -163,12 +172,6 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
                     "line folding in a header value");
     }
     hd->value.len = (uint32_t)(off + len - hd->value.off);
-    return 0;
-}
-
-static int on_header_value_complete(llhttp_t *p)
-{
-    head_of(p)->value_open = 1;
     return 0;
 }
 
@@ -209,6 +212,20 @@ static void apply_connection_tokens(struct http_head *h)
             }
         }
     }
+}
+
+/* Whether the last Transfer-Encoding value, as forwarded, ends in chunked. */
+static bool last_coding_chunked(const struct http_head *h)
+{
+    for (unsigned i = h->header_count; i-- > 0;) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->id != HTTP_H_TRANSFER_ENCODING)
+            continue;
+        const char *v = h->base + hd->value.off;
+        size_t len = hd->value.len;
+        return len >= 7 && strncasecmp(v + len - 7, "chunked", 7) == 0;
+    }
+    return false;
 }
 
 /* Whether <v> is a valid Host value: uri-host [ ":" port ] (RFC 9112 3.2),
@@ -266,6 +283,11 @@ static int on_headers_complete(llhttp_t *p)
             p->flags |= F_SKIPBODY;
         if (h->status == 101)
             h->upgrade = 1;
+        /* a coding list we read as ending in chunked while the parser did
+         * not ("chunked<TAB>"): refuse rather than tell the client one
+         * framing and forward another */
+        if ((p->flags & F_TRANSFER_ENCODING) && !h->chunked && last_coding_chunked(h))
+            return fail(p, HTTP_ERR_BAD_RESPONSE, "ambiguous response Transfer-Encoding");
     } else {
         if (llhttp_get_method(p) == HTTP_CONNECT)
             return fail(p, HTTP_ERR_METHOD, "CONNECT is not served");
@@ -317,7 +339,6 @@ static const llhttp_settings_t parser_settings = {
     .on_header_field = on_header_field,
     .on_header_field_complete = on_header_field_complete,
     .on_header_value = on_header_value,
-    .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
@@ -373,8 +394,8 @@ enum http_parse http_head_parse(struct http_head *h, const char *buf, size_t len
         h->parsed = h->head_len;
         llhttp_resume(&h->parser);
         if (h->max_head && h->head_len > h->max_head) {
-            h->error = HTTP_ERR_HEAD_TOO_LARGE;
-            h->error_text = "request head too large";
+            h->error = h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_HEAD_TOO_LARGE;
+            h->error_text = h->is_response ? "response head too large" : "request head too large";
             return HTTP_PARSE_ERROR;
         }
         return HTTP_PARSE_DONE;
@@ -422,6 +443,10 @@ enum http_parse http_body_parse(struct http_head *h, const char *buf, size_t len
 enum http_parse http_body_eof(struct http_head *h)
 {
     if (h->message_done)
+        return HTTP_PARSE_DONE;
+    /* a message without a body ends without any byte: let the parser see it */
+    size_t used;
+    if (h->head_done && http_body_parse(h, "", 0, &used, NULL) == HTTP_PARSE_DONE)
         return HTTP_PARSE_DONE;
     llhttp_errno_t err = llhttp_finish(&h->parser);
     if ((err == HPE_OK || err == HPE_PAUSED) && h->message_done)

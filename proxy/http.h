@@ -105,7 +105,7 @@ struct http_head {
     uint8_t expect_continue;  /* Expect: 100-continue */
     uint8_t skip_body;        /* response to HEAD: set by the caller before parsing */
     uint8_t conn_close;       /* Connection: close */
-    uint8_t value_open;       /* parser is inside a header value */
+    uint8_t in_field;         /* parser is inside a header field name */
     enum http_error error;    /* why parsing stopped */
     const char *error_text;   /* static text for the log */
     uint64_t content_length;  /* when has_body and not chunked */

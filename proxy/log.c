@@ -85,7 +85,8 @@ static size_t format_time(char *buf, size_t size)
     return n + (m > 0 ? (size_t)m : 0);
 }
 
-static void log_vwrite(enum log_level level, int errnum, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void log_vwrite(enum log_level level, int errnum,
+                                                             const char *fmt, va_list ap)
 {
     char line[LOG_LINE_MAX];
     size_t n = format_time(line, sizeof(line));
