@@ -66,6 +66,12 @@ static int pick_least_conn(struct balancer *b, uint64_t skip, const unsigned *ac
     return best;
 }
 
+void balancer_set_weight(struct balancer *b, unsigned i, unsigned weight)
+{
+    if (i < b->count)
+        b->weight[i] = (int)(weight > 0 ? weight : 1);
+}
+
 int balancer_pick(struct balancer *b, uint64_t skip, const unsigned *active)
 {
     if (b->policy == CONFIG_BALANCE_LEAST_CONN && active)

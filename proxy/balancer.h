@@ -31,4 +31,7 @@ void balancer_free(struct balancer *b);
  */
 int balancer_pick(struct balancer *b, uint64_t skip, const unsigned *active);
 
+/* Sets server <i>'s weight (slow start ramps it); <weight> >= 1. */
+void balancer_set_weight(struct balancer *b, unsigned i, unsigned weight);
+
 #endif /* CLONEGATE_BALANCER_H */

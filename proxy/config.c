@@ -24,6 +24,7 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -97,6 +98,8 @@ static const char *const log_format_words[] = {"combined", "json", NULL};
 static const char *const log_level_words[] = {"error", "warn", "info", "debug", NULL};
 
 static const char *check_health_path(const char *value);
+static const char *check_status_range(const char *value);
+static const char *check_host(const char *value);
 static const char *check_header_name(const char *value);
 static const char *check_redis(const char *value);
 
@@ -140,6 +143,10 @@ static const struct key_def keys[] = {
     {"health", "timeout", T_DURATION, 10, 1 * MS_PER_H, "1s", FIELD(health_timeout_ms)},
     {"health", "rise", T_UINT, 1, 100, "2", FIELD(health_rise)},
     {"health", "fall", T_UINT, 1, 100, "3", FIELD(health_fall)},
+    {"health", "expect_status", T_STRING, 3, 0, "200-399", FIELD(health_expect_status),
+     .check = check_status_range},
+    {"health", "host", T_STRING, 0, 0, "", FIELD(health_host), .check = check_host},
+    {"health", "slow_start", T_DURATION, 0, 1 * MS_PER_H, "0s", FIELD(health_slow_start_ms)},
 
     /* [cache] */
     {"cache", "enabled", T_BOOL, 0, 0, "yes", FIELD(cache_enabled)},
@@ -470,6 +477,33 @@ static const char *check_health_path(const char *value)
     for (const char *p = value; *p != '\0'; p++)
         if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
             return "must not contain spaces or control characters";
+    return NULL;
+}
+
+/* "NNN" or "NNN-NNN", statuses from 100 to 599, low before high. */
+static const char *check_status_range(const char *value)
+{
+    unsigned lo, hi;
+    int end = 0;
+    if (sscanf(value, "%3u-%3u%n", &lo, &hi, &end) == 2 && value[end] == '\0') {
+        if (lo < 100 || hi > 599 || lo > hi)
+            return "must be a status or a range within 100-599, low first";
+        return NULL;
+    }
+    end = 0;
+    if (sscanf(value, "%3u%n", &lo, &end) == 1 && value[end] == '\0' && lo >= 100 && lo <= 599)
+        return NULL;
+    return "must be a status (200) or a range (200-399)";
+}
+
+/* A Host value for the checks: letters, digits and - . : [ ] only. */
+static const char *check_host(const char *value)
+{
+    for (const char *p = value; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (!(isalnum(c) || c == '-' || c == '.' || c == ':' || c == '[' || c == ']'))
+            return "must be a host name or address, optionally with :port";
+    }
     return NULL;
 }
 

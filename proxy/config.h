@@ -91,11 +91,14 @@ struct config {
     unsigned retries;             /* default 1, 0..CONFIG_MAX_SERVERS */
 
     /* [health] */
-    char health_path[256];       /* default /health */
-    unsigned health_interval_ms; /* default 2s */
-    unsigned health_timeout_ms;  /* default 1s; must be below interval */
-    unsigned health_rise;        /* default 2 */
-    unsigned health_fall;        /* default 3 */
+    char health_path[256];         /* default /health */
+    unsigned health_interval_ms;   /* default 2s */
+    unsigned health_timeout_ms;    /* default 1s; must be below interval */
+    unsigned health_rise;          /* default 2 */
+    unsigned health_fall;          /* default 3 */
+    char health_expect_status[16]; /* "200-399" (default) or "200": passing statuses */
+    char health_host[256];         /* Host header of the checks; "" = the server address */
+    unsigned health_slow_start_ms; /* ramp a recovered server's share over this; 0 = off */
 
     /* [cache] */
     bool cache_enabled;                /* default yes */

@@ -81,7 +81,7 @@ struct conn {
     uint64_t tried;            /* bit i: clone i was tried for this request */
     unsigned attempts;         /* connections tried for this request */
     bool req_done;             /* the request, body included, went to the clone */
-    bool head_kept;            /* request head still at the front of the input (no body) */
+    bool head_kept;            /* request head (and body) still at the front of the input */
     bool resp_started;         /* the response head went to the client */
     bool resp_bytes;           /* the clone sent at least one byte */
     bool keep_alive;           /* the connection goes on after this response */
@@ -446,9 +446,11 @@ static void start_exchange(struct conn *c, const char *buf)
     c->keep_alive = c->req.keep_alive && !c->w->draining && !c->client_eof;
     if (log_access_enabled())
         keep_log_fields(c, buf);
-    /* Without a body the head stays in the input until the clone answers,
-     * so that a failed attempt can be sent again to another clone. */
-    c->head_kept = !c->req.has_body;
+    /* The head stays in the input until it cannot be needed again: without
+     * a body until the clone answers, with one until a connection to a clone
+     * is up (the body then streams and cannot be replayed). A failed attempt
+     * before that goes whole to another clone. */
+    c->head_kept = true;
     if (c->req.has_body)
         stream_set_timeouts(&c->cs, c->w->idle_tv, c->w->idle_tv);
     dispatch(c);
@@ -522,11 +524,28 @@ static void process_input(struct conn *c)
 
 /* ------------------------------------------------------------ upstream side */
 
-static bool may_retry(const struct conn *c)
+/* Whether an error answer may leave the connection open: the request was
+ * read whole, or had no body to read. */
+static bool request_consumed(const struct conn *c)
 {
-    /* Only while nothing of the request is lost: a request without a body
-     * whose head is still in our input, and before any answer byte. */
-    return c->head_kept && !c->resp_bytes && http_method_idempotent(&c->req);
+    return c->req_done || !c->req.has_body;
+}
+
+/* Whether a failed attempt may go to another clone: nothing of the request
+ * is lost (still whole in our input), no answer byte came, and either the
+ * method is idempotent or the request never left (<sent> false: the
+ * connection to the clone never came up). */
+static bool may_retry(const struct conn *c, bool sent)
+{
+    return c->head_kept && !c->resp_bytes && (!sent || http_method_idempotent(&c->req));
+}
+
+/* The connection to the clone is up: a request body starts to stream. */
+static void send_body(struct conn *c)
+{
+    evbuffer_drain(c->cs.in, c->req.head_len);
+    c->head_kept = false;
+    pump_request_body(c);
 }
 
 /* The clone failed before the response began: try another clone or answer
@@ -534,7 +553,11 @@ static bool may_retry(const struct conn *c)
 static void upstream_failed(struct conn *c, unsigned status, const char *why, bool retryable)
 {
     bool reused = c->up && c->up->requests > 0;
+    bool sent = c->up && c->up->connected;
     log_warnx("upstream %s failed: %s, client %s", c->upstream_name, why, c->client_ip);
+    /* a pooled connection found closed says nothing about the clone */
+    if (c->up && !(reused && retryable && !c->resp_bytes))
+        upstream_report(c->up->pool, c->up->server, why);
     drop_upstream(c, false);
 
     if (c->resp_started) {
@@ -545,14 +568,14 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
      * that try is free, and when no other clone is left the same clone may
      * be tried again on a fresh connection (see dispatch). */
     unsigned budget = cfg_of(c)->retries + (reused ? 1 : 0);
-    if (retryable && may_retry(c) && c->attempts <= budget) {
+    if ((retryable || !sent) && may_retry(c, sent) && c->attempts <= budget) {
         if (reused)
             c->stale_server = c->server;
         dispatch(c);
         return;
     }
     c->upstream_time = seconds_since(c, &c->t_upstream);
-    send_error(c, status, c->req_done, why);
+    send_error(c, status, request_consumed(c), why);
 }
 
 static void finish_exchange(struct conn *c)
@@ -639,6 +662,7 @@ static bool read_response_head(struct conn *c)
             continue;
         }
         /* the final response: the request can no longer be retried */
+        upstream_report(c->up->pool, c->up->server, NULL);
         if (c->head_kept) {
             evbuffer_drain(c->cs.in, c->req.head_len);
             c->head_kept = false;
@@ -705,6 +729,7 @@ static void finish_on_eof(struct conn *c)
         return;
     }
     log_warnx("upstream %s closed mid-response, client %s", c->upstream_name, c->client_ip);
+    upstream_report(c->up->pool, c->up->server, "closed mid-response");
     conn_close(c, "clone closed mid-response");
 }
 
@@ -745,6 +770,8 @@ static void conn_on_up_event(struct stream *st, enum stream_event what, void *ar
     if (what == STREAM_EV_CONNECTED) {
         c->up->connected = true;
         stream_set_timeouts(st, c->w->response_tv, c->w->response_tv);
+        if (c->head_kept && c->req.has_body && !c->req_done)
+            send_body(c);
         return;
     }
     if (c->state == CONN_TUNNEL) {
@@ -791,9 +818,9 @@ static void dispatch(struct conn *c)
         }
         if (server < 0) {
             if (c->attempts == 0)
-                send_error(c, 503, c->req_done || c->head_kept, "no server available");
+                send_error(c, 503, request_consumed(c), "no server available");
             else
-                send_error(c, 502, c->req_done || c->head_kept, "every attempt failed");
+                send_error(c, 502, request_consumed(c), "every attempt failed");
             return;
         }
         c->server = server;
@@ -803,8 +830,8 @@ static void dispatch(struct conn *c)
         if (c->up)
             break;
         log_warn("upstream %s: cannot connect", upstream_server_name(w->pool, (unsigned)server));
-        if (c->attempts > cfg->retries || !may_retry(c)) {
-            send_error(c, 502, c->head_kept, "cannot connect to a clone");
+        if (c->attempts > cfg->retries || !may_retry(c, false)) {
+            send_error(c, 502, request_consumed(c), "cannot connect to a clone");
             return;
         }
     }
@@ -835,14 +862,13 @@ static void dispatch(struct conn *c)
     stream_read_enable(us, true);
     stream_flush(us);
 
-    if (c->head_kept) {
+    if (!c->req.has_body) {
         c->req_done = true;
         return;
     }
-    if (c->attempts == 1 && !c->req_done) {
-        evbuffer_drain(in, c->req.head_len);
-        pump_request_body(c);
-    }
+    if (c->up->connected)
+        send_body(c);
+    /* else the body waits for STREAM_EV_CONNECTED */
 }
 
 /* ------------------------------------------------------------ client events */

@@ -20,7 +20,9 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "health.h"
 #include "log.h"
+#include "stats.h"
 #include "worker.h"
 
 struct main_state {
@@ -29,6 +31,8 @@ struct main_state {
     unsigned worker_count;
     struct worker_shared shared; /* read by every worker */
     struct event_base *base;     /* owned; signals only */
+    struct health *health;       /* owned; its thread checks the clones */
+    struct stats_admin *admin;   /* owned; runs on the health thread */
 };
 
 static void usage(FILE *out)
@@ -78,6 +82,8 @@ static void main_on_hup(evutil_socket_t sig, short what, void *arg)
     warn_unreloadable(m->cfg, cfg);
     if (log_set_level(cfg->error_log_level) == -1)
         log_warnx("reload: unknown error_log_level %s", cfg->error_log_level);
+    /* health first: new pools look their servers' state up there */
+    health_reload(m->health, cfg);
     for (unsigned i = 0; i < m->worker_count; i++)
         worker_reload(m->workers[i], cfg);
     config_unref(m->cfg);
@@ -140,7 +146,16 @@ static int run(const char *path)
     evsignal_add(sig_int, NULL);
     evsignal_add(sig_usr1, NULL);
 
-    /* workers inherit the signal mask: block them there, main's base gets them */
+    m.health = health_new(m.cfg);
+    if (!m.health) {
+        log_warnx("cannot set up health checks");
+        goto fail;
+    }
+    m.admin = stats_admin_start(health_base(m.health), m.cfg, m.health, &m.shared.draining);
+    if (!m.admin)
+        goto fail;
+
+    /* threads inherit the signal mask: block them there, main's base gets them */
     sigset_t block, old;
     sigemptyset(&block);
     sigaddset(&block, SIGHUP);
@@ -149,7 +164,7 @@ static int run(const char *path)
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &old);
     for (unsigned i = 0; i < m.cfg->workers; i++) {
-        struct worker *w = worker_new(i, m.cfg, &m.shared);
+        struct worker *w = worker_new(i, m.cfg, &m.shared, m.health);
         if (!w) {
             pthread_sigmask(SIG_SETMASK, &old, NULL);
             goto fail;
@@ -165,6 +180,13 @@ static int run(const char *path)
             goto fail;
         }
     }
+    if (health_start(m.health) == -1) {
+        log_warn("cannot start the health thread");
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        for (unsigned j = 0; j < m.worker_count; j++)
+            worker_stop(m.workers[j]);
+        goto fail;
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     for (unsigned i = 0; i < m.cfg->listen_count; i++)
@@ -175,6 +197,10 @@ static int run(const char *path)
 fail:
     for (unsigned i = 0; i < m.worker_count; i++)
         worker_join_free(m.workers[i]);
+    /* the admin listener lives on the health thread: stop it, then free */
+    health_stop(m.health);
+    stats_admin_free(m.admin);
+    health_free(m.health);
     if (status == 0)
         log_info("stopped");
     if (sig_hup)

@@ -16,6 +16,7 @@
 #include <event2/event.h>
 
 #include "balancer.h"
+#include "health.h"
 #include "log.h"
 
 #define UPSTREAM_IDLE_TIMEOUT_S 30 /* an idle pooled connection is closed after this */
@@ -36,6 +37,7 @@ struct upstream_pool {
     const struct timeval *idle_tv;       /* common timeout for idle pooled connections */
     bool retired;                        /* no new requests; free when live hits 0 */
     unsigned active[CONFIG_MAX_SERVERS]; /* requests in flight per server */
+    struct health_server *health[CONFIG_MAX_SERVERS]; /* borrowed; NULL: always usable */
     struct upstream_server_state servers[CONFIG_MAX_SERVERS];
 };
 
@@ -67,7 +69,8 @@ static void pool_free(struct upstream_pool *pool)
     free(pool);
 }
 
-struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *cfg)
+struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *cfg,
+                                        struct health *hl)
 {
     struct upstream_pool *pool = calloc(1, sizeof(*pool)); /* freed by pool_free() */
     if (!pool)
@@ -80,8 +83,10 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *
     pool->base = base;
     pool->cfg = config_ref(cfg);
     pool->count = cfg->server_count;
-    for (unsigned i = 0; i < pool->count; i++)
+    for (unsigned i = 0; i < pool->count; i++) {
         TAILQ_INIT(&pool->servers[i].idle);
+        pool->health[i] = hl ? health_server_find(hl, &cfg->servers[i].addr) : NULL;
+    }
     struct timeval idle = {UPSTREAM_IDLE_TIMEOUT_S, 0};
     pool->idle_tv = event_base_init_common_timeout(base, &idle);
     return pool;
@@ -105,7 +110,30 @@ const struct config *upstream_pool_config(const struct upstream_pool *pool)
 
 int upstream_pick(struct upstream_pool *pool, uint64_t skip)
 {
+    bool ramp = pool->cfg->health_slow_start_ms > 0;
+    int64_t now = ramp ? health_now_ms() : 0;
+    for (unsigned i = 0; i < pool->count; i++) {
+        const struct health_server *hs = pool->health[i];
+        if (!hs)
+            continue;
+        if (!health_server_usable(hs))
+            skip |= UINT64_C(1) << i;
+        else if (ramp)
+            balancer_set_weight(pool->balancer, i,
+                                health_server_weight(hs, pool->cfg->servers[i].weight, now));
+    }
     return balancer_pick(pool->balancer, skip, pool->active);
+}
+
+void upstream_report(struct upstream_pool *pool, unsigned server, const char *why)
+{
+    struct health_server *hs = server < pool->count ? pool->health[server] : NULL;
+    if (!hs)
+        return;
+    if (why)
+        health_report_failure(hs, why);
+    else
+        health_report_success(hs);
 }
 
 const char *upstream_server_name(const struct upstream_pool *pool, unsigned server)

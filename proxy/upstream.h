@@ -20,6 +20,7 @@
 #include "stream.h"
 
 struct event_base;
+struct health;
 struct upstream_pool;
 
 struct upstream_conn {
@@ -32,8 +33,10 @@ struct upstream_conn {
 };
 
 /* A pool for <cfg>'s servers on <base>; takes a reference on <cfg>, dropped
- * when the pool is freed. NULL when out of memory. Worker thread. */
-struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *cfg);
+ * when the pool is freed. <hl> (may be NULL: every server usable) says which
+ * servers may take requests. NULL when out of memory. Worker thread. */
+struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *cfg,
+                                        struct health *hl);
 
 /* No more requests will use <pool>: idle connections are closed now; the pool
  * is freed when its last active connection is released. */
@@ -42,8 +45,8 @@ void upstream_pool_retire(struct upstream_pool *pool);
 /* The configuration the pool was built from (borrowed). */
 const struct config *upstream_pool_config(const struct upstream_pool *pool);
 
-/* Picks the server for the next request, skipping those whose bit is set in
- * <skip>; -1 when none is left. */
+/* Picks the server for the next request among those health lets take
+ * requests, skipping those whose bit is set in <skip>; -1 when none is left. */
 int upstream_pick(struct upstream_pool *pool, uint64_t skip);
 
 /*
@@ -58,6 +61,10 @@ struct upstream_conn *upstream_acquire(struct upstream_pool *pool, unsigned serv
 /* Ends the caller's use of <u>: back into the pool when <reusable> and the
  * pool has room, else closed and freed. Counts the request as finished. */
 void upstream_release(struct upstream_conn *u, bool reusable);
+
+/* Tells health how a request to <server> went: <why> is NULL for a valid
+ * response head, else the failure (a short static text). */
+void upstream_report(struct upstream_pool *pool, unsigned server, const char *why);
 
 /* "host:port" of server <server> (borrowed from the config). */
 const char *upstream_server_name(const struct upstream_pool *pool, unsigned server);

@@ -142,7 +142,7 @@ static void apply_reload(struct worker *w)
     pthread_mutex_unlock(&w->next_lock);
     if (!cfg)
         return;
-    struct upstream_pool *pool = upstream_pool_new(w->base, cfg);
+    struct upstream_pool *pool = upstream_pool_new(w->base, cfg, w->health);
     if (!pool) {
         log_warnx("worker %u: reload failed: out of memory; old configuration kept", w->id);
         config_unref(cfg);
@@ -206,7 +206,8 @@ static void worker_on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------ life cycle */
 
-struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared)
+struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared,
+                          struct health *hl)
 {
     struct worker *w = calloc(1, sizeof(*w)); /* freed by worker_join_free() */
     if (!w)
@@ -214,6 +215,7 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
     w->id = id;
     w->wake_fd = -1;
     w->shared = shared;
+    w->health = hl;
     w->cfg = config_ref(cfg);
     TAILQ_INIT(&w->conns);
     pthread_mutex_init(&w->next_lock, NULL);
@@ -232,7 +234,7 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
     event_config_free(ec);
     if (!w->base)
         goto fail;
-    w->pool = upstream_pool_new(w->base, cfg);
+    w->pool = upstream_pool_new(w->base, cfg, hl);
     if (!w->pool)
         goto fail;
     set_timeouts(w, cfg);

@@ -24,6 +24,7 @@ struct conn;
 struct event;
 struct event_base;
 struct evconnlistener;
+struct health;
 struct upstream_pool;
 
 TAILQ_HEAD(worker_conn_list, conn);
@@ -39,6 +40,7 @@ struct worker {
     pthread_t thread;             /* started by worker_start() */
     struct event_base *base;      /* owned */
     struct worker_shared *shared; /* borrowed from main */
+    struct health *health;        /* borrowed from main; outlives the worker */
     struct config *cfg;           /* referenced; swapped on reload in this thread */
     struct config *next_cfg;      /* referenced; handed over by worker_reload() */
     pthread_mutex_t next_lock;    /* guards next_cfg between main and this thread */
@@ -65,7 +67,8 @@ struct worker {
  * Creates worker <id> with its event_base and listeners for <cfg> (a
  * reference is taken). Returns NULL with the reason logged. Main thread.
  */
-struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared);
+struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared,
+                          struct health *hl);
 
 /* Starts the worker's thread. 0 or -1. Main thread. */
 int worker_start(struct worker *w);
