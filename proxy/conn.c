@@ -30,6 +30,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "stats.h"
 #include "stream.h"
 #include "upstream.h"
 #include "worker.h"
@@ -95,6 +96,9 @@ struct conn {
     struct timeval t_upstream; /* request sent to the clone */
     double upstream_time;      /* seconds, -1 when no clone answered */
     char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
+    int server_id;                        /* stable id of that clone (stats), -1 none */
+    uint64_t bytes_read_mark;             /* cs.bytes_read already counted */
+    uint64_t bytes_written_mark;          /* cs.bytes_written already counted */
     int stale_server;                     /* clone whose pooled connection went stale, -1 none */
     struct conn_log_fields log;           /* filled only while the access log is on */
     struct http_head req;                 /* current request head; reset per request */
@@ -157,8 +161,30 @@ static void keep_log_fields(struct conn *c, const char *buf)
     l->version_minor = h->version_minor;
 }
 
-static void write_access_log(struct conn *c)
+/* Books the bytes the client stream moved since the last call. */
+static void count_bytes(struct conn *c, uint64_t *in, uint64_t *out)
 {
+    *in = c->cs.bytes_read - c->bytes_read_mark;
+    *out = c->cs.bytes_written - c->bytes_written_mark;
+    c->bytes_read_mark = c->cs.bytes_read;
+    c->bytes_written_mark = c->cs.bytes_written;
+}
+
+/* A request ended (answered, refused or switched to a tunnel): count it and
+ * write its access log line. */
+static void request_done(struct conn *c)
+{
+    struct stats_worker *sw = c->w->stats;
+    struct timeval now;
+    uint64_t in, out;
+    event_base_gettimeofday_cached(c->w->base, &now);
+    int64_t total_us =
+        (int64_t)(now.tv_sec - c->t_start.tv_sec) * 1000000 + (now.tv_usec - c->t_start.tv_usec);
+    count_bytes(c, &in, &out);
+    stats_record_request(sw, c->status, in, out, total_us > 0 ? (uint64_t)total_us : 0,
+                         c->upstream_time >= 0 ? c->server_id : -1,
+                         c->upstream_time >= 0 ? (uint64_t)(c->upstream_time * 1e6) : 0,
+                         now.tv_sec);
     if (!log_access_enabled() || c->status == 0)
         return;
     const struct conn_log_fields *l = &c->log;
@@ -199,6 +225,8 @@ static void drop_upstream(struct conn *c, bool reusable)
 {
     if (!c->up)
         return;
+    if (c->server_id >= 0)
+        STATS_DEC(c->w->stats->server[c->server_id].active);
     upstream_release(c->up, reusable);
     c->up = NULL;
 }
@@ -209,6 +237,11 @@ static void conn_close(struct conn *c, const char *why)
     drop_upstream(c, false);
     if (event_initialized(&c->timer))
         event_del(&c->timer);
+    uint64_t in, out;
+    count_bytes(c, &in, &out);
+    STATS_ADD(c->w->stats->bytes_in, in);
+    STATS_ADD(c->w->stats->bytes_out, out);
+    STATS_DEC(c->w->stats->connections_open);
     stream_close(&c->cs);
     TAILQ_REMOVE(&c->w->conns, c, link);
     worker_conn_closed(c->w, c);
@@ -247,7 +280,7 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
     c->bytes_sent = strlen(http_reason(status)) + 5;
     if (status >= 500 || status == 408)
         log_info("%s: %u %s", c->client_ip, status, why);
-    write_access_log(c);
+    request_done(c);
     drop_upstream(c, false);
     if (!keep) {
         close_after_flush(c, why);
@@ -486,6 +519,7 @@ static void process_input(struct conn *c)
         conn_set_state(c, CONN_READING_HEAD);
         event_base_gettimeofday_cached(c->w->base, &c->t_start);
         memset(&c->log, 0, sizeof(c->log));
+        c->log.version_minor = 1; /* until the request line says otherwise */
         timer_arm(c, c->w->header_tv);
     }
     size_t limit = cfg->max_header_size + 1;
@@ -524,6 +558,14 @@ static void process_input(struct conn *c)
 
 /* ------------------------------------------------------------ upstream side */
 
+/* Counts a failed attempt on the clone of this exchange. */
+static void count_failure(struct conn *c)
+{
+    STATS_INC(c->w->stats->upstream_failures);
+    if (c->server_id >= 0)
+        STATS_INC(c->w->stats->server[c->server_id].failures);
+}
+
 /* Whether an error answer may leave the connection open: the request was
  * read whole, or had no body to read. */
 static bool request_consumed(const struct conn *c)
@@ -554,6 +596,7 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
 {
     bool reused = c->up && c->up->requests > 0;
     bool sent = c->up && c->up->connected;
+    count_failure(c);
     log_warnx("upstream %s failed: %s, client %s", c->upstream_name, why, c->client_ip);
     /* a pooled connection found closed says nothing about the clone */
     if (c->up && !(reused && retryable && !c->resp_bytes))
@@ -584,7 +627,7 @@ static void finish_exchange(struct conn *c)
         c->resp.keep_alive && c->req_done && !c->decode_body && !http_body_until_close(&c->resp);
     c->upstream_time = seconds_since(c, &c->t_upstream);
     drop_upstream(c, reusable);
-    write_access_log(c);
+    request_done(c);
     if (c->up_read_paused)
         c->up_read_paused = false;
     if (!c->keep_alive || !c->req_done) {
@@ -599,7 +642,7 @@ static void finish_exchange(struct conn *c)
 static void start_tunnel(struct conn *c)
 {
     conn_set_state(c, CONN_TUNNEL);
-    write_access_log(c);
+    request_done(c);
     c->status = 0; /* logged once, at the switch */
     stream_set_timeouts(&c->cs, NULL, NULL);
     stream_set_timeouts(&c->up->s, NULL, NULL);
@@ -824,11 +867,21 @@ static void dispatch(struct conn *c)
             return;
         }
         c->server = server;
+        c->server_id = upstream_server_id(w->pool, (unsigned)server);
         c->tried |= UINT64_C(1) << server;
         c->attempts++;
+        if (c->attempts > 1) {
+            STATS_INC(w->stats->retries);
+            if (c->server_id >= 0)
+                STATS_INC(w->stats->server[c->server_id].retries);
+        }
         c->up = upstream_acquire(w->pool, (unsigned)server);
-        if (c->up)
+        if (c->up) {
+            if (c->server_id >= 0)
+                STATS_INC(w->stats->server[c->server_id].active);
             break;
+        }
+        count_failure(c);
         log_warn("upstream %s: cannot connect", upstream_server_name(w->pool, (unsigned)server));
         if (c->attempts > cfg->retries || !may_retry(c, false)) {
             send_error(c, 502, request_consumed(c), "cannot connect to a clone");
@@ -971,6 +1024,9 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
     }
     c->w = w;
     c->server = -1;
+    c->server_id = -1;
+    STATS_INC(w->stats->connections_total);
+    STATS_INC(w->stats->connections_open);
     if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
         if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))

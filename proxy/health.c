@@ -21,7 +21,6 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 
 #include "log.h"
 #include "stream.h"
@@ -33,6 +32,7 @@
 struct health_check;
 
 struct health_server {
+    int id;                     /* index in hl->servers, stable */
     struct config_addr addr;    /* copy of the configured address */
     int up;                     /* atomic: 1 takes requests (unless draining) */
     int draining;               /* atomic: 1 while an operator drains it */
@@ -92,6 +92,11 @@ static void set_error(struct health_server *hs, const char *why)
 }
 
 /* ------------------------------------------------------------ state */
+
+int health_server_id(const struct health_server *hs)
+{
+    return hs->id;
+}
 
 bool health_server_usable(const struct health_server *hs)
 {
@@ -187,6 +192,7 @@ static struct health_server *obtain_locked(struct health *hl, const struct confi
     if (!hs)
         return NULL;
     hs->addr = *addr;
+    hs->id = (int)hl->count;
     hs->up = up;
     pthread_mutex_init(&hs->lock, NULL);
     hl->servers[hl->count++] = hs;
@@ -239,6 +245,7 @@ size_t health_snapshot(struct health *hl, struct health_server_view *out, size_t
         if (!hs)
             continue;
         struct health_server_view *v = &out[n++];
+        v->id = hs->id;
         snprintf(v->addr, sizeof(v->addr), "%s", hs->addr.text);
         v->up = __atomic_load_n(&hs->up, __ATOMIC_RELAXED);
         v->draining = __atomic_load_n(&hs->draining, __ATOMIC_RELAXED);
@@ -456,8 +463,6 @@ static void health_on_reload(evutil_socket_t fd, short what, void *arg)
 
 struct health *health_new(struct config *cfg)
 {
-    if (evthread_use_pthreads() == -1)
-        return NULL;
     struct health *hl = calloc(1, sizeof(*hl)); /* freed in health_free() */
     if (!hl)
         return NULL;

@@ -29,6 +29,7 @@ struct health_server;
 
 /* A server's state as the admin listener shows it. */
 struct health_server_view {
+    int id;                      /* stable id (health_server_id) */
     char addr[CONFIG_ADDR_TEXT]; /* "host:port" */
     bool up;                     /* passing (or not yet failed) */
     bool draining;               /* taken out by an operator */
@@ -43,7 +44,8 @@ struct health_server_view {
 
 /* Creates the health state for <cfg>'s servers (all up, to be checked at
  * once) and its thread's event_base; the thread starts with health_start().
- * Returns NULL when out of memory. Main thread. */
+ * evthread_use_pthreads() must have been called. Returns NULL when out of
+ * memory. Main thread. */
 struct health *health_new(struct config *cfg);
 
 /* Starts the health thread. 0 or -1 (errno). Main thread. */
@@ -68,6 +70,9 @@ void health_free(struct health *hl);
 /* The shared state of the server at <addr>, or NULL when unknown. Valid
  * until health_free(). Any thread. */
 struct health_server *health_server_find(struct health *hl, const struct config_addr *addr);
+
+/* The server's stable id, 0..255, the same across reloads. */
+int health_server_id(const struct health_server *hs);
 
 /* Whether the server may take a new request (up and not draining). */
 bool health_server_usable(const struct health_server *hs);

@@ -253,9 +253,13 @@ void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
             PUT_ESC(e->user_agent, e->user_agent_len);
         PUT_LIT("\",\"upstream\":");
         if (e->upstream)
-            PUT_FMT("\"%s\",\"upstream_time\":%.3f", e->upstream, e->upstream_time);
+            PUT_FMT("\"%s\",\"upstream_time\":", e->upstream);
         else
-            PUT_LIT("null,\"upstream_time\":null");
+            PUT_LIT("null,\"upstream_time\":");
+        if (e->upstream && e->upstream_time >= 0)
+            PUT_FMT("%.3f", e->upstream_time);
+        else
+            PUT_LIT("null");
         PUT_FMT(",\"total_time\":%.3f}\n", e->total_time);
     } else {
         strftime(when, sizeof(when), "%d/%b/%Y:%H:%M:%S +0000", &tm);
@@ -274,9 +278,13 @@ void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
         else
             PUT_LIT("-");
         if (e->upstream)
-            PUT_FMT("\" upstream=%s upstream_time=%.3f", e->upstream, e->upstream_time);
+            PUT_FMT("\" upstream=%s", e->upstream);
         else
-            PUT_LIT("\" upstream=- upstream_time=-");
+            PUT_LIT("\" upstream=-");
+        if (e->upstream && e->upstream_time >= 0)
+            PUT_FMT(" upstream_time=%.3f", e->upstream_time);
+        else
+            PUT_LIT(" upstream_time=-");
         PUT_FMT(" time=%.3f\n", e->total_time);
     }
     if (n == 0 || line[n - 1] != '\n')

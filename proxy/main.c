@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <hiredis/hiredis.h>
 #include <llhttp.h>
 #include <openssl/crypto.h>
@@ -180,6 +181,10 @@ static int run(const char *path)
             goto fail;
         }
     }
+    struct stats_worker *counters[CONFIG_MAX_WORKERS];
+    for (unsigned i = 0; i < m.worker_count; i++)
+        counters[i] = m.workers[i]->stats;
+    stats_admin_set_workers(m.admin, counters, m.worker_count);
     if (health_start(m.health) == -1) {
         log_warn("cannot start the health thread");
         pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -224,6 +229,12 @@ int main(int argc, char **argv)
     int opt;
 
     log_init();
+    /* before any event_base: the health thread's base is woken from other
+     * threads (workers ask for NOLOCK bases and stay lock-free) */
+    if (evthread_use_pthreads() == -1) {
+        fprintf(stderr, "clonegate: cannot set up libevent threading\n");
+        return 1;
+    }
 #ifdef CLONEGATE_DEBUG
     /* libevent checks every event operation against its own records */
     event_enable_debug_mode();

@@ -25,12 +25,191 @@
 #define STATS_MAX_VIEWS 256 /* servers shown at most */
 
 struct stats_admin {
-    struct evhttp *http; /* owned; NULL when no admin listener is configured */
-    struct health *hl;   /* borrowed */
-    const int *draining; /* borrowed: atomic */
-    time_t started;      /* for uptime */
-    unsigned workers;    /* as configured at start */
+    struct evhttp *http;                  /* owned; NULL when no admin listener is configured */
+    struct health *hl;                    /* borrowed */
+    const int *draining;                  /* borrowed: atomic */
+    time_t started;                       /* for uptime */
+    unsigned workers;                     /* as configured at start */
+    struct stats_worker *const *counters; /* borrowed: one per worker */
+    unsigned counter_count;
 };
+
+const uint32_t stats_latency_bounds_us[STATS_LAT_BUCKETS - 1] = {
+    100,     200,     300,      500,      750,      1000,     1500,     2000,      3000,
+    5000,    7500,    10000,    15000,    20000,    30000,    50000,    75000,     100000,
+    150000,  200000,  300000,   500000,   750000,   1000000,  1500000,  2000000,   3000000,
+    5000000, 7500000, 10000000, 15000000, 20000000, 30000000, 60000000, 120000000,
+};
+
+/* ------------------------------------------------------------ counting */
+
+static unsigned latency_bucket(uint64_t us)
+{
+    unsigned lo = 0, hi = STATS_LAT_BUCKETS - 1;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (us <= stats_latency_bounds_us[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+static void latency_add(struct stats_latency *l, unsigned bucket, uint64_t us)
+{
+    STATS_INC(l->bucket[bucket]);
+    STATS_INC(l->count);
+    STATS_ADD(l->sum_us, us);
+}
+
+static void window_add(struct stats_window *w, unsigned bucket, uint64_t us, int64_t now_s)
+{
+    int64_t epoch = now_s / STATS_SLOT_SECONDS;
+    unsigned slot = (unsigned)(epoch % STATS_WINDOW_SLOTS);
+    if (w->epoch[slot] != epoch) {
+        /* a slot from a minute ago: start it afresh */
+        memset(&w->slot[slot], 0, sizeof(w->slot[slot]));
+        __atomic_store_n(&w->epoch[slot], epoch, __ATOMIC_RELEASE);
+    }
+    latency_add(&w->slot[slot], bucket, us);
+}
+
+void stats_record_request(struct stats_worker *sw, unsigned status, uint64_t bytes_in,
+                          uint64_t bytes_out, uint64_t total_us, int server, uint64_t upstream_us,
+                          int64_t now_s)
+{
+    unsigned cls = status >= 100 && status < 600 ? status / 100 : 0;
+    unsigned bucket = latency_bucket(total_us);
+    STATS_INC(sw->requests);
+    STATS_INC(sw->status_class[cls]);
+    STATS_ADD(sw->bytes_in, bytes_in);
+    STATS_ADD(sw->bytes_out, bytes_out);
+    latency_add(&sw->latency, bucket, total_us);
+    window_add(&sw->window, bucket, total_us, now_s);
+    if (server >= 0 && server < STATS_MAX_SERVERS) {
+        struct stats_server *ss = &sw->server[server];
+        unsigned ub = latency_bucket(upstream_us);
+        STATS_INC(ss->requests);
+        latency_add(&ss->latency, ub, upstream_us);
+        window_add(&ss->window, ub, upstream_us, now_s);
+    }
+}
+
+void stats_admin_set_workers(struct stats_admin *a, struct stats_worker *const *workers,
+                             unsigned count)
+{
+    a->counters = workers;
+    a->counter_count = count;
+}
+
+/* ------------------------------------------------------------ summing */
+
+static uint64_t load(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void latency_sum(struct stats_latency *to, const struct stats_latency *from)
+{
+    for (unsigned i = 0; i < STATS_LAT_BUCKETS; i++)
+        to->bucket[i] += load(&from->bucket[i]);
+    to->count += load(&from->count);
+    to->sum_us += load(&from->sum_us);
+}
+
+/* Adds the slots of <w> that fall in the minute before <now_s>. */
+static void window_sum(struct stats_latency *to, const struct stats_window *w, int64_t now_s)
+{
+    int64_t epoch = now_s / STATS_SLOT_SECONDS;
+    for (unsigned i = 0; i < STATS_WINDOW_SLOTS; i++) {
+        int64_t e = __atomic_load_n(&w->epoch[i], __ATOMIC_ACQUIRE);
+        if (e > epoch - STATS_WINDOW_SLOTS && e <= epoch)
+            latency_sum(to, &w->slot[i]);
+    }
+}
+
+/* The <q> quantile (0..1) of <l>, in ms, interpolated within its bucket. */
+static double quantile_ms(const struct stats_latency *l, double q)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < STATS_LAT_BUCKETS; i++)
+        total += l->bucket[i];
+    if (total == 0)
+        return 0;
+    double target = q * (double)total;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < STATS_LAT_BUCKETS; i++) {
+        if (l->bucket[i] == 0 || (double)(seen + l->bucket[i]) < target) {
+            seen += l->bucket[i];
+            continue;
+        }
+        double lo = i == 0 ? 0 : stats_latency_bounds_us[i - 1];
+        double hi = i < STATS_LAT_BUCKETS - 1 ? stats_latency_bounds_us[i] : lo;
+        double frac = (target - (double)seen) / (double)l->bucket[i];
+        return (lo + (hi - lo) * frac) / 1000.0;
+    }
+    return stats_latency_bounds_us[STATS_LAT_BUCKETS - 2] / 1000.0;
+}
+
+static void render_quantiles(struct evbuffer *out, const struct stats_latency *l)
+{
+    evbuffer_add_printf(out,
+                        "{\"window_seconds\":%d,\"count\":%llu,\"p50\":%.3f,\"p90\":%.3f,"
+                        "\"p99\":%.3f,\"p999\":%.3f}",
+                        STATS_WINDOW_SLOTS * STATS_SLOT_SECONDS, (unsigned long long)l->count,
+                        quantile_ms(l, 0.5), quantile_ms(l, 0.9), quantile_ms(l, 0.99),
+                        quantile_ms(l, 0.999));
+}
+
+/* The workers' counters added up. */
+struct totals {
+    uint64_t connections_total, connections_open, accept_pauses;
+    uint64_t requests, status_class[6], bytes_in, bytes_out, upstream_failures, retries;
+    struct stats_latency latency; /* since start */
+    struct stats_latency window;  /* last minute */
+};
+
+static void sum_workers(const struct stats_admin *a, struct totals *t, int64_t now_s)
+{
+    memset(t, 0, sizeof(*t));
+    for (unsigned w = 0; w < a->counter_count; w++) {
+        const struct stats_worker *sw = a->counters[w];
+        t->connections_total += load(&sw->connections_total);
+        t->connections_open += load(&sw->connections_open);
+        t->accept_pauses += load(&sw->accept_pauses);
+        t->requests += load(&sw->requests);
+        for (unsigned i = 0; i < 6; i++)
+            t->status_class[i] += load(&sw->status_class[i]);
+        t->bytes_in += load(&sw->bytes_in);
+        t->bytes_out += load(&sw->bytes_out);
+        t->upstream_failures += load(&sw->upstream_failures);
+        t->retries += load(&sw->retries);
+        latency_sum(&t->latency, &sw->latency);
+        window_sum(&t->window, &sw->window, now_s);
+    }
+}
+
+struct server_totals {
+    uint64_t requests, failures, retries, active;
+    struct stats_latency latency, window;
+};
+
+static void sum_server(const struct stats_admin *a, int id, struct server_totals *t, int64_t now_s)
+{
+    memset(t, 0, sizeof(*t));
+    if (id < 0 || id >= STATS_MAX_SERVERS)
+        return;
+    for (unsigned w = 0; w < a->counter_count; w++) {
+        const struct stats_server *ss = &a->counters[w]->server[id];
+        t->requests += load(&ss->requests);
+        t->failures += load(&ss->failures);
+        t->retries += load(&ss->retries);
+        t->active += load(&ss->active);
+        latency_sum(&t->latency, &ss->latency);
+        window_sum(&t->window, &ss->window, now_s);
+    }
+}
 
 /* Appends <s> as a JSON string (quotes included). */
 static void json_string(struct evbuffer *out, const char *s)
@@ -57,8 +236,11 @@ static const char *state_name(const struct health_server_view *v)
     return v->up ? "up" : "down";
 }
 
-static void render_server(struct evbuffer *out, const struct health_server_view *v)
+static void render_server(const struct stats_admin *a, struct evbuffer *out,
+                          const struct health_server_view *v, int64_t now_s)
 {
+    struct server_totals t;
+    sum_server(a, v->id, &t, now_s);
     evbuffer_add_printf(out, "{\"address\":");
     json_string(out, v->addr);
     evbuffer_add_printf(out,
@@ -70,6 +252,12 @@ static void render_server(struct evbuffer *out, const struct health_server_view 
                         (unsigned long long)v->traffic_failures, v->consecutive,
                         (long long)v->last_change);
     json_string(out, v->last_error);
+    evbuffer_add_printf(out,
+                        ",\"active\":%llu,\"requests\":%llu,\"failures\":%llu,"
+                        "\"retries\":%llu,\"latency_ms\":",
+                        (unsigned long long)t.active, (unsigned long long)t.requests,
+                        (unsigned long long)t.failures, (unsigned long long)t.retries);
+    render_quantiles(out, &t.window);
     evbuffer_add(out, "}", 1);
 }
 
@@ -84,24 +272,198 @@ static void reply(struct evhttp_request *req, int code, const char *reason, stru
 static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struct evbuffer *out)
 {
     struct health_server_view *views = calloc(STATS_MAX_VIEWS, sizeof(*views)); /* freed below */
-    if (!views) {
+    struct totals *t = malloc(sizeof(*t));                                      /* freed below */
+    if (!views || !t) {
+        free(views);
+        free(t);
         evhttp_send_error(req, 500, "out of memory");
         return;
     }
+    int64_t now = (int64_t)time(NULL);
     size_t n = health_snapshot(a->hl, views, STATS_MAX_VIEWS);
-    evbuffer_add_printf(out,
-                        "{\"version\":\"%s\",\"uptime\":%lld,\"workers\":%u,\"draining\":%s,"
-                        "\"servers\":[",
-                        CLONEGATE_VERSION, (long long)(time(NULL) - a->started), a->workers,
-                        __atomic_load_n(a->draining, __ATOMIC_RELAXED) ? "true" : "false");
+    sum_workers(a, t, now);
+    evbuffer_add_printf(
+        out,
+        "{\"version\":\"%s\",\"uptime\":%lld,\"workers\":%u,\"draining\":%s,"
+        "\"connections\":{\"open\":%llu,\"total\":%llu,\"accept_pauses\":%llu},"
+        "\"requests\":{\"total\":%llu,\"by_class\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,"
+        "\"4xx\":%llu,\"5xx\":%llu,\"none\":%llu}},"
+        "\"bytes\":{\"in\":%llu,\"out\":%llu},"
+        "\"upstream\":{\"failures\":%llu,\"retries\":%llu},\"latency_ms\":",
+        CLONEGATE_VERSION, (long long)(now - a->started), a->workers,
+        __atomic_load_n(a->draining, __ATOMIC_RELAXED) ? "true" : "false",
+        (unsigned long long)t->connections_open, (unsigned long long)t->connections_total,
+        (unsigned long long)t->accept_pauses, (unsigned long long)t->requests,
+        (unsigned long long)t->status_class[1], (unsigned long long)t->status_class[2],
+        (unsigned long long)t->status_class[3], (unsigned long long)t->status_class[4],
+        (unsigned long long)t->status_class[5], (unsigned long long)t->status_class[0],
+        (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out,
+        (unsigned long long)t->upstream_failures, (unsigned long long)t->retries);
+    render_quantiles(out, &t->window);
+    evbuffer_add_printf(out, ",\"servers\":[");
     for (size_t i = 0; i < n; i++) {
         if (i)
             evbuffer_add(out, ",", 1);
-        render_server(out, &views[i]);
+        render_server(a, out, &views[i], now);
     }
     evbuffer_add_printf(out, "]}\n");
     free(views);
+    free(t);
     reply(req, 200, "OK", out, "application/json");
+}
+
+/* ------------------------------------------------------------ Prometheus */
+
+static void metric_head(struct evbuffer *out, const char *name, const char *type, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_value(struct evbuffer *out, const char *name, const char *labels, uint64_t v)
+{
+    evbuffer_add_printf(out, "%s%s%s%s %llu\n", name, labels[0] ? "{" : "", labels,
+                        labels[0] ? "}" : "", (unsigned long long)v);
+}
+
+/* Writes the _bucket/_sum/_count lines of <l> under <name>, with <labels>
+ * ("" or `server="..."`) in each. */
+static void metric_histogram(struct evbuffer *out, const char *name, const char *labels,
+                             const struct stats_latency *l)
+{
+    uint64_t cum = 0;
+    const char *sep = labels[0] ? "," : "";
+    for (unsigned i = 0; i < STATS_LAT_BUCKETS - 1; i++) {
+        cum += l->bucket[i];
+        evbuffer_add_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep,
+                            stats_latency_bounds_us[i] / 1e6, (unsigned long long)cum);
+    }
+    cum += l->bucket[STATS_LAT_BUCKETS - 1];
+    evbuffer_add_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+                        (unsigned long long)cum);
+    evbuffer_add_printf(out, "%s_sum%s%s%s %.6f\n", name, labels[0] ? "{" : "", labels,
+                        labels[0] ? "}" : "", (double)l->sum_us / 1e6);
+    evbuffer_add_printf(out, "%s_count%s%s%s %llu\n", name, labels[0] ? "{" : "", labels,
+                        labels[0] ? "}" : "", (unsigned long long)cum);
+}
+
+enum server_metric {
+    SM_UP = 0,
+    SM_DRAINING = 1,
+    SM_CHECKS = 2,
+    SM_TRAFFIC_FAILURES = 3,
+    SM_ACTIVE = 4,
+    SM_REQUESTS = 5,
+    SM_RETRIES = 6,
+    SM_DURATION = 7,
+};
+
+static const struct {
+    const char *name, *type, *help;
+} server_metrics[] = {
+    {"clonegate_server_up", "gauge", "1 while the clone passes its checks."},
+    {"clonegate_server_draining", "gauge", "1 while an operator drains the clone."},
+    {"clonegate_server_checks_total", "counter", "Active health checks of the clone, by result."},
+    {"clonegate_server_traffic_failures_total", "counter",
+     "Failures seen on requests sent to the clone."},
+    {"clonegate_server_active_requests", "gauge", "Requests in flight to the clone."},
+    {"clonegate_server_requests_total", "counter", "Responses the clone gave."},
+    {"clonegate_server_retries_total", "counter", "Attempts on the clone that were a retry."},
+    {"clonegate_server_response_duration_seconds", "histogram",
+     "Time from sending a request to the clone to the answer's last byte."},
+};
+
+static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, struct evbuffer *out)
+{
+    struct health_server_view *views = calloc(STATS_MAX_VIEWS, sizeof(*views)); /* freed below */
+    struct totals *t = malloc(sizeof(*t));                                      /* freed below */
+    struct server_totals *st = malloc(sizeof(*st));                             /* freed below */
+    if (!views || !t || !st) {
+        free(views);
+        free(t);
+        free(st);
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    size_t n = health_snapshot(a->hl, views, STATS_MAX_VIEWS);
+    sum_workers(a, t, now);
+
+    metric_head(out, "clonegate_uptime_seconds", "gauge", "Seconds since the proxy started.");
+    metric_value(out, "clonegate_uptime_seconds", "", (uint64_t)(now - a->started));
+    metric_head(out, "clonegate_connections_open", "gauge", "Client connections open now.");
+    metric_value(out, "clonegate_connections_open", "", t->connections_open);
+    metric_head(out, "clonegate_connections_total", "counter", "Client connections accepted.");
+    metric_value(out, "clonegate_connections_total", "", t->connections_total);
+    metric_head(out, "clonegate_accept_pauses_total", "counter",
+                "Times accepting paused at max_connections.");
+    metric_value(out, "clonegate_accept_pauses_total", "", t->accept_pauses);
+    metric_head(out, "clonegate_requests_total", "counter",
+                "Requests answered, by status class (none: closed without a status).");
+    static const char *const classes[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    for (unsigned i = 0; i < 6; i++) {
+        char label[24];
+        snprintf(label, sizeof(label), "class=\"%s\"", classes[i]);
+        metric_value(out, "clonegate_requests_total", label, t->status_class[i]);
+    }
+    metric_head(out, "clonegate_received_bytes_total", "counter", "Bytes read from clients.");
+    metric_value(out, "clonegate_received_bytes_total", "", t->bytes_in);
+    metric_head(out, "clonegate_sent_bytes_total", "counter", "Bytes written to clients.");
+    metric_value(out, "clonegate_sent_bytes_total", "", t->bytes_out);
+    metric_head(out, "clonegate_upstream_failures_total", "counter",
+                "Attempts to clones that failed.");
+    metric_value(out, "clonegate_upstream_failures_total", "", t->upstream_failures);
+    metric_head(out, "clonegate_upstream_retries_total", "counter",
+                "Attempts that were a retry on another clone.");
+    metric_value(out, "clonegate_upstream_retries_total", "", t->retries);
+    metric_head(out, "clonegate_request_duration_seconds", "histogram",
+                "Time from a request's first byte to its answer's last byte.");
+    metric_histogram(out, "clonegate_request_duration_seconds", "", &t->latency);
+
+    for (unsigned m = 0; m < sizeof(server_metrics) / sizeof(server_metrics[0]); m++) {
+        const char *name = server_metrics[m].name;
+        metric_head(out, name, server_metrics[m].type, server_metrics[m].help);
+        for (size_t i = 0; i < n; i++) {
+            const struct health_server_view *v = &views[i];
+            char label[CONFIG_ADDR_TEXT + 32];
+            snprintf(label, sizeof(label), "server=\"%s\"", v->addr);
+            sum_server(a, v->id, st, now);
+            switch ((enum server_metric)m) {
+            case SM_UP:
+                metric_value(out, name, label, v->up);
+                break;
+            case SM_DRAINING:
+                metric_value(out, name, label, v->draining);
+                break;
+            case SM_CHECKS: {
+                char with[CONFIG_ADDR_TEXT + 64];
+                snprintf(with, sizeof(with), "%s,result=\"passed\"", label);
+                metric_value(out, name, with, v->checks_passed);
+                snprintf(with, sizeof(with), "%s,result=\"failed\"", label);
+                metric_value(out, name, with, v->checks_failed);
+                break;
+            }
+            case SM_TRAFFIC_FAILURES:
+                metric_value(out, name, label, v->traffic_failures);
+                break;
+            case SM_ACTIVE:
+                metric_value(out, name, label, st->active);
+                break;
+            case SM_REQUESTS:
+                metric_value(out, name, label, st->requests);
+                break;
+            case SM_RETRIES:
+                metric_value(out, name, label, st->retries);
+                break;
+            case SM_DURATION:
+                metric_histogram(out, name, label, &st->latency);
+                break;
+            }
+        }
+    }
+    free(views);
+    free(t);
+    free(st);
+    reply(req, 200, "OK", out, "text/plain; version=0.0.4; charset=utf-8");
 }
 
 /* POST /servers/<addr>/drain|ready */
@@ -163,6 +525,8 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
 
     if (strcmp(path, "/stats") == 0 && get) {
         serve_stats(a, req, out);
+    } else if (strcmp(path, "/metrics") == 0 && get) {
+        serve_metrics(a, req, out);
     } else if (strcmp(path, "/health") == 0 && get) {
         bool draining = __atomic_load_n(a->draining, __ATOMIC_RELAXED);
         evbuffer_add_printf(out, draining ? "draining\n" : "ok\n");

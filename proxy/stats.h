@@ -8,15 +8,91 @@
  *   POST /servers/<host:port>/ready     takes requests again
  * It never serves proxy traffic, and the proxy listeners never serve these
  * paths.
+ *
+ * Counting: each worker owns one struct stats_worker and is its only
+ * writer; it bumps plain fields with relaxed atomic stores (no locked
+ * read-modify-write, nothing shared between workers per request). The
+ * admin listener sums the workers' structs with relaxed loads when asked.
+ * Latencies go into a fixed-size histogram (STATS_LAT_BUCKETS bounds), kept
+ * both since start and for the last minute in six 10-second slots.
  */
 #ifndef CLONEGATE_STATS_H
 #define CLONEGATE_STATS_H
+
+#include <stdint.h>
 
 #include "config.h"
 
 struct event_base;
 struct health;
 struct stats_admin;
+
+#define STATS_MAX_SERVERS  256 /* per-clone counters, by health's stable server id */
+#define STATS_LAT_BUCKETS  36  /* latency buckets, the last one unbounded */
+#define STATS_WINDOW_SLOTS 6   /* the last minute ... */
+#define STATS_SLOT_SECONDS 10  /* ... in slots of this many seconds */
+
+/* Upper bounds of the latency buckets, in microseconds (the last bucket
+ * has none). */
+extern const uint32_t stats_latency_bounds_us[STATS_LAT_BUCKETS - 1];
+
+struct stats_latency {
+    uint64_t bucket[STATS_LAT_BUCKETS]; /* requests per bucket */
+    uint64_t count;                     /* requests */
+    uint64_t sum_us;                    /* their total time */
+};
+
+struct stats_window {
+    int64_t epoch[STATS_WINDOW_SLOTS]; /* which 10-s period each slot holds */
+    struct stats_latency slot[STATS_WINDOW_SLOTS];
+};
+
+/* One clone, as one worker saw it. */
+struct stats_server {
+    uint64_t requests;            /* answered (any status) */
+    uint64_t failures;            /* attempts that failed */
+    uint64_t retries;             /* attempts that were a retry */
+    uint64_t active;              /* gauge: requests in flight */
+    struct stats_latency latency; /* upstream time, since start */
+    struct stats_window window;   /* upstream time, last minute */
+};
+
+/* Everything one worker counts. */
+struct stats_worker {
+    uint64_t connections_total;   /* accepted */
+    uint64_t connections_open;    /* gauge */
+    uint64_t accept_pauses;       /* times max_connections paused accepting */
+    uint64_t requests;            /* answered, all statuses */
+    uint64_t status_class[6];     /* [n] = nxx; [0] = closed without a status */
+    uint64_t bytes_in;            /* from clients */
+    uint64_t bytes_out;           /* to clients */
+    uint64_t upstream_failures;   /* failed attempts, all clones */
+    uint64_t retries;             /* attempts that were a retry */
+    struct stats_latency latency; /* total time, since start */
+    struct stats_window window;   /* total time, last minute */
+    struct stats_server server[STATS_MAX_SERVERS];
+};
+
+/* Adds one to a counter its worker alone writes (a plain store, visible to
+ * the admin thread's relaxed loads). */
+#define STATS_INC(field)    __atomic_store_n(&(field), (field) + 1, __ATOMIC_RELAXED)
+#define STATS_ADD(field, n) __atomic_store_n(&(field), (field) + (n), __ATOMIC_RELAXED)
+#define STATS_DEC(field)    __atomic_store_n(&(field), (field)-1, __ATOMIC_RELAXED)
+
+/*
+ * Records a finished request in <sw>: <status> sent (0 if none), bytes from
+ * and to the client, total time, and when a clone answered (<server> >= 0,
+ * its stable id) the upstream time. <now_s> is the wall clock in seconds.
+ * The owning worker thread only.
+ */
+void stats_record_request(struct stats_worker *sw, unsigned status, uint64_t bytes_in,
+                          uint64_t bytes_out, uint64_t total_us, int server, uint64_t upstream_us,
+                          int64_t now_s);
+
+/* Hands the admin listener the workers' counters (borrowed; they outlive
+ * it). Main thread, before the workers start. */
+void stats_admin_set_workers(struct stats_admin *a, struct stats_worker *const *workers,
+                             unsigned count);
 
 /*
  * Opens the admin listener(s) of <cfg> on <base> (the health thread's).

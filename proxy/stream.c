@@ -145,6 +145,7 @@ static ssize_t read_once(struct stream *s, size_t want)
         errno = saved;
         return r;
     }
+    s->bytes_read += (uint64_t)r;
     size_t left = (size_t)r;
     int used = 0;
     for (int i = 0; i < n && left > 0; i++, used++) {
@@ -220,8 +221,10 @@ static int write_some(struct stream *s)
 {
     while (evbuffer_get_length(s->out) > 0) {
         int n = evbuffer_write_atmost(s->out, s->fd, -1);
-        if (n > 0)
+        if (n > 0) {
+            s->bytes_written += (uint64_t)n;
             continue;
+        }
         if (n == -1 && (errno == EAGAIN || errno == EINTR))
             return 0;
         if (n == -1)

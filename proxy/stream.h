@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include <event2/event_struct.h>
@@ -53,12 +54,14 @@ struct stream {
     size_t read_high;               /* stop reading while <in> holds this much; 0 none */
     size_t write_low;               /* call on_drained when <out> is at or below it */
     int error;                      /* errno of the last STREAM_EV_ERROR */
-    bool reading;                   /* the owner wants bytes */
-    bool connecting;                /* connect(2) in progress */
-    bool eof;                       /* the peer closed; no more reads */
-    bool eof_reported;              /* on_event heard of the end */
-    bool write_pending;             /* write_ev is added */
-    bool notify_drained;            /* call on_drained at write_low */
+    uint64_t bytes_read;            /* since the stream was set up */
+    uint64_t bytes_written;
+    bool reading;        /* the owner wants bytes */
+    bool connecting;     /* connect(2) in progress */
+    bool eof;            /* the peer closed; no more reads */
+    bool eof_reported;   /* on_event heard of the end */
+    bool write_pending;  /* write_ev is added */
+    bool notify_drained; /* call on_drained at write_low */
 };
 
 /*

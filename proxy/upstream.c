@@ -125,6 +125,12 @@ int upstream_pick(struct upstream_pool *pool, uint64_t skip)
     return balancer_pick(pool->balancer, skip, pool->active);
 }
 
+int upstream_server_id(const struct upstream_pool *pool, unsigned server)
+{
+    const struct health_server *hs = server < pool->count ? pool->health[server] : NULL;
+    return hs ? health_server_id(hs) : -1;
+}
+
 void upstream_report(struct upstream_pool *pool, unsigned server, const char *why)
 {
     struct health_server *hs = server < pool->count ? pool->health[server] : NULL;

@@ -66,6 +66,9 @@ void upstream_release(struct upstream_conn *u, bool reusable);
  * response head, else the failure (a short static text). */
 void upstream_report(struct upstream_pool *pool, unsigned server, const char *why);
 
+/* The stable id (for stats) of server <server>, -1 when health has none. */
+int upstream_server_id(const struct upstream_pool *pool, unsigned server);
+
 /* "host:port" of server <server> (borrowed from the config). */
 const char *upstream_server_name(const struct upstream_pool *pool, unsigned server);
 

@@ -25,6 +25,7 @@
 #include <event2/listener.h>
 
 #include "conn.h"
+#include "stats.h"
 #include "upstream.h"
 
 #define WORKER_TICK_MS        100  /* access log flush and accept-resume check */
@@ -60,6 +61,7 @@ static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struc
     conn_accept(w, fd, sa);
     if ((unsigned)now >= w->cfg->max_connections && !w->accept_paused) {
         log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
+        STATS_INC(w->stats->accept_pauses);
         set_accepting(w, false);
     }
 }
@@ -214,6 +216,11 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
         return NULL;
     w->id = id;
     w->wake_fd = -1;
+    w->stats = calloc(1, sizeof(*w->stats)); /* freed in worker_join_free() */
+    if (!w->stats) {
+        free(w);
+        return NULL;
+    }
     w->shared = shared;
     w->health = hl;
     w->cfg = config_ref(cfg);
@@ -319,5 +326,6 @@ void worker_join_free(struct worker *w)
     config_unref(w->next_cfg);
     config_unref(w->cfg);
     pthread_mutex_destroy(&w->next_lock);
+    free(w->stats);
     free(w);
 }

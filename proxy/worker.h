@@ -25,6 +25,7 @@ struct event;
 struct event_base;
 struct evconnlistener;
 struct health;
+struct stats_worker;
 struct upstream_pool;
 
 TAILQ_HEAD(worker_conn_list, conn);
@@ -61,6 +62,7 @@ struct worker {
     const struct timeval *response_tv; /* common timeout for upstream.response_timeout */
     bool draining;                     /* this worker is draining */
     struct log_access_buf access;      /* this worker's pending access lines */
+    struct stats_worker *stats;        /* owned; this worker's counters, read by the admin */
 };
 
 /*
