@@ -162,6 +162,9 @@ static const struct key_def keys[] = {
     /* [stats] */
     {"stats", "listen", T_ADDR_LIST, 0, CONFIG_MAX_LISTEN, "", FIELD(stats_listen),
      COUNT(stats_listen_count)},
+    {"stats", "allow", T_CIDR_LIST, 0, CONFIG_MAX_CIDRS, "", FIELD(stats_allow),
+     COUNT(stats_allow_count)},
+    {"stats", "auth", T_PATH, 0, 0, "", FIELD(stats_auth)},
 };
 
 #define KEY_COUNT ARRAY_LEN(keys)

@@ -113,6 +113,9 @@ struct config {
     /* [stats] (admin listener; absent when stats_listen_count == 0) */
     struct config_addr stats_listen[CONFIG_MAX_LISTEN];
     unsigned stats_listen_count;
+    struct config_cidr stats_allow[CONFIG_MAX_CIDRS]; /* clients allowed; none = any */
+    unsigned stats_allow_count;
+    char stats_auth[CONFIG_PATH_MAX]; /* file with a bearer token; "" = none asked */
 };
 
 /*

@@ -8,6 +8,8 @@
  */
 #include "stats.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
 #include "health.h"
@@ -31,6 +34,9 @@ struct stats_admin {
     time_t started;                       /* for uptime */
     unsigned workers;                     /* as configured at start */
     struct stats_worker *const *counters; /* borrowed: one per worker */
+    struct config_cidr allow[CONFIG_MAX_CIDRS]; /* copy of stats.allow */
+    unsigned allow_count;                       /* 0: any client */
+    char token[256];                            /* stats.auth's token, "" none */
     unsigned counter_count;
 };
 
@@ -466,6 +472,75 @@ static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, str
     reply(req, 200, "OK", out, "text/plain; version=0.0.4; charset=utf-8");
 }
 
+/* ------------------------------------------------------------ dashboard */
+
+/* The whole page: no external asset, it polls /stats every 2 s. */
+static const char dashboard_html[] =
+    "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+    "<title>Clonegate</title>\n<style>\n"
+    "body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\n"
+    "header{background:#1d2330;color:#fff;padding:10px 16px}header b{font-size:18px}\n"
+    "main{padding:12px 16px;max-width:1100px}\n"
+    ".cards{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:14px}\n"
+    ".card{background:#fff;border-radius:6px;padding:10px 14px;min-width:120px;"
+    "box-shadow:0 1px 2px #0002}\n"
+    ".card .v{font-size:22px;font-weight:600}.card .k{color:#667;font-size:12px}\n"
+    "table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0002}\n"
+    "th,td{padding:6px 8px;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}\n"
+    ".wrap{overflow-x:auto}.up{color:#0a7d28;font-weight:600}.down{color:#c0162c;"
+    "font-weight:600}.draining{color:#b26a00;font-weight:600}.removed{color:#889}\n"
+    "#err{color:#c0162c}\n</style></head><body>\n"
+    "<header><b>Clonegate</b> <span id=\"ver\"></span> <span id=\"err\"></span></header>\n"
+    "<main><div class=\"cards\">\n"
+    "<div class=\"card\"><div class=\"v\" id=\"rate\">-</div><div class=\"k\">requests/s</div>"
+    "</div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"p50\">-</div><div class=\"k\">p50 ms (1 min)</div>"
+    "</div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"p99\">-</div><div class=\"k\">p99 ms (1 min)</div>"
+    "</div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"err5\">-</div><div class=\"k\">5xx</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"hit\">n/a</div><div class=\"k\">cache hit ratio"
+    "</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"conns\">-</div><div class=\"k\">connections open"
+    "</div></div>\n"
+    "</div><div class=\"wrap\"><table><thead><tr><th>clone</th><th>state</th><th>req/s</th>"
+    "<th>p50 ms</th><th>p99 ms</th><th>active</th><th>failures</th><th>checks ok/failed</th>"
+    "<th>last error</th></tr></thead><tbody id=\"servers\"></tbody></table></div>\n"
+    "<p id=\"up\"></p></main>\n<script>\n"
+    "let last=null;\n"
+    "function esc(s){return String(s).replace(/[&<>\"]/g,c=>({'&':'&amp;','<':'&lt;',"
+    "'>':'&gt;','\"':'&quot;'}[c]));}\n"
+    "function rate(now,prev,dt){return prev===undefined||dt<=0?'-':((now-prev)/dt).toFixed(1);}\n"
+    "async function tick(){\n"
+    " try{const r=await fetch('stats'+location.search,{cache:'no-store'});const s=await r.json();\n"
+    "  const t=Date.now()/1000;const dt=last?t-last.t:0;\n"
+    "  document.getElementById('ver').textContent='v'+s.version+' \\u00b7 '+s.workers+"
+    "' worker(s)'+(s.draining?' \\u00b7 draining':'');\n"
+    "  document.getElementById('err').textContent='';\n"
+    "  document.getElementById('rate').textContent=rate(s.requests.total,"
+    "last&&last.s.requests.total,dt);\n"
+    "  document.getElementById('p50').textContent=s.latency_ms.p50.toFixed(2);\n"
+    "  document.getElementById('p99').textContent=s.latency_ms.p99.toFixed(2);\n"
+    "  document.getElementById('err5').textContent=s.requests.by_class['5xx'];\n"
+    "  document.getElementById('conns').textContent=s.connections.open;\n"
+    "  if(s.cache&&s.cache.hits!==undefined){const h=s.cache.hits,m=s.cache.misses;"
+    "document.getElementById('hit').textContent=h+m?(100*h/(h+m)).toFixed(1)+'%':'-';}\n"
+    "  const prev={};if(last)for(const x of last.s.servers)prev[x.address]=x.requests;\n"
+    "  document.getElementById('servers').innerHTML=s.servers.map(x=>'<tr data-server=\"'+"
+    "esc(x.address)+'\"><td>'+esc(x.address)+'</td><td class=\"state '+x.state+'\">'+x.state+"
+    "'</td><td>'+rate(x.requests,prev[x.address],dt)+'</td><td>'+x.latency_ms.p50.toFixed(2)+"
+    "'</td><td>'+x.latency_ms.p99.toFixed(2)+'</td><td>'+x.active+'</td><td>'+"
+    "x.traffic_failures+'</td><td>'+x.checks_passed+' / '+x.checks_failed+'</td><td>'+"
+    "esc(x.last_error)+'</td></tr>').join('');\n"
+    "  document.getElementById('up').textContent='up '+s.uptime+' s, updated '+"
+    "new Date().toLocaleTimeString();\n"
+    "  last={s:s,t:t};\n"
+    " }catch(e){document.getElementById('err').textContent='\\u2014 no answer from /stats';}\n"
+    "}\n"
+    "tick();setInterval(tick,2000);\n"
+    "</script></body></html>\n";
+
 /* POST /servers/<addr>/drain|ready */
 static void serve_server_action(struct stats_admin *a, struct evhttp_request *req,
                                 struct evbuffer *out, const char *rest)
@@ -505,6 +580,79 @@ static void serve_server_action(struct stats_admin *a, struct evhttp_request *re
     reply(req, 200, "OK", out, "application/json");
 }
 
+/* Whether the client may use the admin listener: its address in
+ * stats.allow (when set) and the bearer token of stats.auth (when set). */
+static bool allowed(const struct stats_admin *a, struct evhttp_request *req)
+{
+    if (a->allow_count > 0) {
+        char *host = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(evhttp_request_get_connection(req), &host, &port);
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        if (host && inet_pton(AF_INET, host, &s4->sin_addr) == 1)
+            s4->sin_family = AF_INET;
+        else if (host && inet_pton(AF_INET6, host, &s6->sin6_addr) == 1)
+            s6->sin6_family = AF_INET6;
+        else
+            return false;
+        if (!config_cidr_match(a->allow, a->allow_count, (const struct sockaddr *)&ss))
+            return false;
+    }
+    if (a->token[0] != '\0') {
+        const char *auth =
+            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+        char query_token[sizeof(a->token)] = "";
+        const char *given = NULL;
+        if (auth && strncmp(auth, "Bearer ", 7) == 0) {
+            given = auth + 7;
+        } else {
+            /* a browser opening the dashboard passes it as ?token= */
+            const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+            struct evkeyvalq args;
+            if (q && evhttp_parse_query_str(q, &args) == 0) {
+                const char *t = evhttp_find_header(&args, "token");
+                if (t)
+                    snprintf(query_token, sizeof(query_token), "%s", t);
+                evhttp_clear_headers(&args);
+                given = query_token;
+            }
+        }
+        if (!given)
+            return false;
+        /* compare in constant time: the token is a secret */
+        size_t want = strlen(a->token), got = strlen(given);
+        unsigned char diff = (unsigned char)(want != got);
+        for (size_t i = 0; i < want; i++)
+            diff |= (unsigned char)(a->token[i] ^ (i < got ? given[i] : 0));
+        if (diff)
+            return false;
+    }
+    return true;
+}
+
+/* Reads the bearer token from <path> into a->token (first line, trimmed).
+ * 0, or -1 with the reason logged. */
+static int load_token(struct stats_admin *a, const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        log_warn("stats.auth: cannot read %s", path);
+        return -1;
+    }
+    if (!fgets(a->token, sizeof(a->token), f))
+        a->token[0] = '\0';
+    fclose(f);
+    a->token[strcspn(a->token, "\r\n")] = '\0';
+    if (a->token[0] == '\0') {
+        log_warnx("stats.auth: %s holds no token", path);
+        return -1;
+    }
+    return 0;
+}
+
 static void stats_on_request(struct evhttp_request *req, void *arg)
 {
     struct stats_admin *a = arg;
@@ -523,7 +671,12 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     bool get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
 
-    if (strcmp(path, "/stats") == 0 && get) {
+    if (!allowed(a, req)) {
+        evhttp_send_error(req, 403, "Forbidden");
+    } else if (strcmp(path, "/") == 0 && get) {
+        evbuffer_add(out, dashboard_html, sizeof(dashboard_html) - 1);
+        reply(req, 200, "OK", out, "text/html; charset=utf-8");
+    } else if (strcmp(path, "/stats") == 0 && get) {
         serve_stats(a, req, out);
     } else if (strcmp(path, "/metrics") == 0 && get) {
         serve_metrics(a, req, out);
@@ -550,8 +703,12 @@ struct stats_admin *stats_admin_start(struct event_base *base, const struct conf
     a->draining = draining;
     a->started = time(NULL);
     a->workers = cfg->workers;
+    memcpy(a->allow, cfg->stats_allow, sizeof(a->allow));
+    a->allow_count = cfg->stats_allow_count;
     if (cfg->stats_listen_count == 0)
         return a;
+    if (cfg->stats_auth[0] != '\0' && load_token(a, cfg->stats_auth) == -1)
+        goto fail;
     a->http = evhttp_new(base);
     if (!a->http)
         goto fail;

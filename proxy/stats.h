@@ -2,12 +2,15 @@
  * stats: the admin listener ([stats] listen) and what it shows.
  *
  * Serves, on the health thread's event_base so no worker is ever blocked:
- *   GET  /stats                         JSON: version, uptime, servers
+ *   GET  /                              an HTML dashboard polling /stats
+ *   GET  /stats                         JSON: connections, requests, latency, servers
+ *   GET  /metrics                       the same in Prometheus text format
  *   GET  /health                        200 while serving, 503 while draining
  *   POST /servers/<host:port>/drain     no new requests for that server
  *   POST /servers/<host:port>/ready     takes requests again
  * It never serves proxy traffic, and the proxy listeners never serve these
- * paths.
+ * paths. stats.allow (address blocks) and stats.auth (a bearer token in a
+ * file) restrict it; other clients get 403.
  *
  * Counting: each worker owns one struct stats_worker and is its only
  * writer; it bumps plain fields with relaxed atomic stores (no locked
