@@ -56,6 +56,7 @@ struct health_check {
     struct health_server *hs; /* borrowed: what is checked */
     struct event *timer;      /* owned: every interval */
     struct event *deadline;   /* owned: timeout of the attempt under way */
+    struct event *kick;       /* owned: the first attempt, at once */
     struct stream s;          /* the attempt's connection, open while busy */
     bool busy;                /* an attempt is under way */
 };
@@ -404,6 +405,8 @@ static void check_free(struct health_check *chk)
         event_free(chk->timer);
     if (chk->deadline)
         event_free(chk->deadline);
+    if (chk->kick)
+        event_free(chk->kick);
     chk->hs->check = NULL;
     free(chk);
 }
@@ -428,15 +431,18 @@ static void rebuild_checks(struct health *hl)
         chk->s.fd = -1;
         chk->timer = event_new(hl->base, -1, EV_PERSIST, check_start, chk);
         chk->deadline = event_new(hl->base, -1, 0, health_on_deadline, chk);
+        chk->kick = event_new(hl->base, -1, 0, check_start, chk);
         hs->check = chk;
-        if (!chk->timer || !chk->deadline) {
+        if (!chk->timer || !chk->deadline || !chk->kick) {
             check_free(chk);
             continue;
         }
         struct timeval tv = {cfg->health_interval_ms / 1000,
                              (cfg->health_interval_ms % 1000) * 1000};
+        /* the periodic timer keeps its own schedule; the first attempt
+         * goes through a separate event so it does not shift that */
         event_add(chk->timer, &tv);
-        event_active(chk->timer, EV_TIMEOUT, 1);
+        event_active(chk->kick, EV_TIMEOUT, 1);
     }
     pthread_mutex_unlock(&hl->lock);
 }
@@ -451,13 +457,13 @@ static void health_on_reload(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_lock(&hl->lock);
     struct config *cfg = hl->pending;
     hl->pending = NULL;
-    if (cfg && adopt_config_locked(hl, cfg, false) == -1)
-        log_warnx("health: too many servers over reloads; some are not checked");
+    struct config *old = cfg ? hl->cfg : NULL;
+    if (cfg)
+        hl->cfg = cfg;
     pthread_mutex_unlock(&hl->lock);
     if (!cfg)
         return;
-    config_unref(hl->cfg);
-    hl->cfg = cfg;
+    config_unref(old);
     rebuild_checks(hl);
 }
 
@@ -512,6 +518,10 @@ int health_start(struct health *hl)
 void health_reload(struct health *hl, struct config *cfg)
 {
     pthread_mutex_lock(&hl->lock);
+    /* states for new servers exist (down) before any worker's new pool
+     * looks them up: the caller reloads the workers right after this */
+    if (adopt_config_locked(hl, cfg, false) == -1)
+        log_warnx("health: too many servers over reloads; some are not checked");
     config_unref(hl->pending);
     hl->pending = config_ref(cfg);
     pthread_mutex_unlock(&hl->lock);
