@@ -77,24 +77,24 @@ struct conn {
     TAILQ_ENTRY(conn) link;           /* in w->conns */
 
     /* the exchange in progress */
-    struct upstream_conn *up;  /* owned while set; upstream_release() gives it back */
-    int server;                /* index of the clone in the worker's pool, -1 none */
-    uint64_t tried;            /* bit i: clone i was tried for this request */
-    unsigned attempts;         /* connections tried for this request */
-    bool req_done;             /* the request, body included, went to the clone */
-    bool head_kept;            /* request head (and body) still at the front of the input */
-    bool resp_started;         /* the response head went to the client */
-    bool resp_bytes;           /* the clone sent at least one byte */
-    bool keep_alive;           /* the connection goes on after this response */
-    bool decode_body;          /* chunked response de-chunked for an HTTP/1.0 client */
-    bool client_eof;           /* the client closed its side */
-    bool client_read_paused;   /* client reading stopped for backpressure */
-    bool up_read_paused;       /* clone reading stopped for backpressure */
-    unsigned status;           /* status sent to the client, for the log */
-    uint64_t bytes_sent;       /* response body bytes sent, for the log */
-    struct timeval t_start;    /* first byte of the request */
-    struct timeval t_upstream; /* request sent to the clone */
-    double upstream_time;      /* seconds, -1 when no clone answered */
+    struct upstream_conn *up; /* owned while set; upstream_release() gives it back */
+    int server;               /* index of the clone in the worker's pool, -1 none */
+    uint64_t tried;           /* bit i: clone i was tried for this request */
+    unsigned attempts;        /* connections tried for this request */
+    bool req_done;            /* the request, body included, went to the clone */
+    bool head_kept;           /* request head (and body) still at the front of the input */
+    bool resp_started;        /* the response head went to the client */
+    bool resp_bytes;          /* the clone sent at least one byte */
+    bool keep_alive;          /* the connection goes on after this response */
+    bool decode_body;         /* chunked response de-chunked for an HTTP/1.0 client */
+    bool client_eof;          /* the client closed its side */
+    bool client_read_paused;  /* client reading stopped for backpressure */
+    bool up_read_paused;      /* clone reading stopped for backpressure */
+    unsigned status;          /* status sent to the client, for the log */
+    uint64_t bytes_sent;      /* response body bytes sent, for the log */
+    int64_t t_start;          /* us, monotonic: first byte of the request */
+    int64_t t_upstream;       /* us, monotonic: request sent to the clone */
+    double upstream_time;     /* seconds, -1 when no clone answered */
     char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
     int server_id;                        /* stable id of that clone (stats), -1 none */
     uint64_t bytes_read_mark;             /* cs.bytes_read already counted */
@@ -125,11 +125,17 @@ static const struct config *cfg_of(const struct conn *c)
     return c->w->cfg;
 }
 
-static double seconds_since(const struct conn *c, const struct timeval *since)
+/* Monotonic microseconds (vDSO, no system call). */
+static int64_t now_us(void)
 {
-    struct timeval now;
-    event_base_gettimeofday_cached(c->w->base, &now);
-    return (double)(now.tv_sec - since->tv_sec) + (double)(now.tv_usec - since->tv_usec) / 1e6;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static double seconds_since(int64_t since_us)
+{
+    return (double)(now_us() - since_us) / 1e6;
 }
 
 static void copy_field(char *dst, size_t room, size_t *dst_len, const char *src, size_t len)
@@ -175,16 +181,13 @@ static void count_bytes(struct conn *c, uint64_t *in, uint64_t *out)
 static void request_done(struct conn *c)
 {
     struct stats_worker *sw = c->w->stats;
-    struct timeval now;
     uint64_t in, out;
-    event_base_gettimeofday_cached(c->w->base, &now);
-    int64_t total_us =
-        (int64_t)(now.tv_sec - c->t_start.tv_sec) * 1000000 + (now.tv_usec - c->t_start.tv_usec);
+    int64_t total_us = now_us() - c->t_start;
     count_bytes(c, &in, &out);
     stats_record_request(sw, c->status, in, out, total_us > 0 ? (uint64_t)total_us : 0,
                          c->upstream_time >= 0 ? c->server_id : -1,
                          c->upstream_time >= 0 ? (uint64_t)(c->upstream_time * 1e6) : 0,
-                         now.tv_sec);
+                         (int64_t)time(NULL));
     if (!log_access_enabled() || c->status == 0)
         return;
     const struct conn_log_fields *l = &c->log;
@@ -203,7 +206,7 @@ static void request_done(struct conn *c)
         .user_agent_len = l->user_agent_len,
         .upstream = c->upstream_name[0] ? c->upstream_name : NULL,
         .upstream_time = c->upstream_time,
-        .total_time = seconds_since(c, &c->t_start),
+        .total_time = seconds_since(c->t_start),
     };
     log_access(&c->w->access, &e);
 }
@@ -279,7 +282,7 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
     c->status = status;
     c->bytes_sent = strlen(http_reason(status)) + 5;
     if (status >= 500 || status == 408)
-        log_info("%s: %u %s", c->client_ip, status, why);
+        log_debug("%s: %s: %u %s", __func__, c->client_ip, status, why);
     request_done(c);
     drop_upstream(c, false);
     if (!keep) {
@@ -517,7 +520,7 @@ static void process_input(struct conn *c)
     }
     if (c->state == CONN_IDLE) {
         conn_set_state(c, CONN_READING_HEAD);
-        event_base_gettimeofday_cached(c->w->base, &c->t_start);
+        c->t_start = now_us();
         memset(&c->log, 0, sizeof(c->log));
         c->log.version_minor = 1; /* until the request line says otherwise */
         timer_arm(c, c->w->header_tv);
@@ -617,7 +620,7 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
         dispatch(c);
         return;
     }
-    c->upstream_time = seconds_since(c, &c->t_upstream);
+    c->upstream_time = seconds_since(c->t_upstream);
     send_error(c, status, request_consumed(c), why);
 }
 
@@ -625,7 +628,7 @@ static void finish_exchange(struct conn *c)
 {
     bool reusable =
         c->resp.keep_alive && c->req_done && !c->decode_body && !http_body_until_close(&c->resp);
-    c->upstream_time = seconds_since(c, &c->t_upstream);
+    c->upstream_time = seconds_since(c->t_upstream);
     drop_upstream(c, reusable);
     request_done(c);
     if (c->up_read_paused)
@@ -888,8 +891,11 @@ static void dispatch(struct conn *c)
             return;
         }
     }
-    snprintf(c->upstream_name, sizeof(c->upstream_name), "%s",
-             upstream_server_name(w->pool, (unsigned)c->server));
+    /* the name outlives the pool (access log): keep a copy */
+    const char *name = upstream_server_name(w->pool, (unsigned)c->server);
+    size_t name_len = strnlen(name, sizeof(c->upstream_name) - 1);
+    memcpy(c->upstream_name, name, name_len);
+    c->upstream_name[name_len] = '\0';
     struct stream *us = &c->up->s;
     stream_set_callbacks(us, conn_on_up_read, conn_on_up_drained, conn_on_up_event, c);
     us->read_high = CONN_BUF_HIGH;
@@ -911,7 +917,7 @@ static void dispatch(struct conn *c)
     http_head_reset(&c->resp);
     c->resp.skip_body = c->req.method.len == 4 && memcmp(head + c->req.method.off, "HEAD", 4) == 0;
     c->resp_bytes = false;
-    event_base_gettimeofday_cached(w->base, &c->t_upstream);
+    c->t_upstream = now_us();
     stream_read_enable(us, true);
     stream_flush(us);
 

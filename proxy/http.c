@@ -63,9 +63,10 @@ static void classify(struct http_header *hd, const char *name, size_t len)
 {
     hd->id = HTTP_H_OTHER;
     hd->hop = 0;
+    char first = (char)(name[0] | 0x20); /* ASCII lower case; names are tokens */
     for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
         const struct known_header *k = &known_headers[i];
-        if (k->len == len && strncasecmp(k->name, name, len) == 0) {
+        if (k->len == len && k->name[0] == first && strncasecmp(k->name, name, len) == 0) {
             hd->id = (uint8_t)k->id;
             hd->hop = k->hop;
             return;
@@ -583,8 +584,12 @@ static void put_span(struct writer *w, const char *buf, struct http_span s)
 static void put_uint(struct writer *w, unsigned v)
 {
     char tmp[16];
-    int n = snprintf(tmp, sizeof(tmp), "%u", v);
-    put(w, tmp, (size_t)n);
+    size_t n = sizeof(tmp);
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0 && n > 0);
+    put(w, tmp + n, sizeof(tmp) - n);
 }
 
 /* Opens the line "Name: v1, v2, " from every header with <id> (or just

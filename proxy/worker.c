@@ -233,10 +233,8 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
     struct event_config *ec = event_config_new();
     if (!ec)
         goto fail;
-    /* NOLOCK: only this thread touches the base. PRECISE_TIMER: the cached
-     * loop time stamps the access log's times, which want better than the
-     * coarse clock's 4 ms ticks. */
-    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER);
+    /* only this thread touches the base */
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
     w->base = event_base_new_with_config(ec);
     event_config_free(ec);
     if (!w->base)
