@@ -33,7 +33,7 @@ LDFLAGS  += $(SAN)
 # Every Debian package the build, the tests and `make run` use.
 DEPS_PKGS := gcc make pkg-config libevent-dev libssl-dev libhiredis-dev libinih-dev \
              libcmocka-dev node-llhttp redis-server python3 python3-pytest clang \
-             clang-format curl man-db groff-base
+             clang-format curl man-db groff-base chromium prometheus
 BENCH_PKGS := wrk haproxy nginx-light varnish redis-server
 
 PROXY_SRCS := $(wildcard proxy/*.c)
@@ -80,7 +80,8 @@ deps:
 	    echo "installing:" $$missing; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	        $$missing; \
 	fi
 
 bench-deps:

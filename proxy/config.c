@@ -1220,6 +1220,25 @@ static void check_health(struct load_state *st)
     report(st, 0, "health", "timeout", "%s must be below interval (%s)", timeout, interval);
 }
 
+/* stats.auth names a file that must hold a token: found now, not at start. */
+static void check_stats_auth(struct load_state *st)
+{
+    const char *path = st->cfg->stats_auth;
+    if (path[0] == '\0' || key_failed(st, "stats", "auth"))
+        return;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        report(st, 0, "stats", "auth", "cannot read '%s': %s", path, strerror(errno));
+        return;
+    }
+    char line[8] = "";
+    bool empty = !fgets(line, sizeof(line), f) || line[strspn(line, " \t")] == '\n' ||
+                 line[strspn(line, " \t")] == '\r' || line[0] == '\0';
+    fclose(f);
+    if (empty)
+        report(st, 0, "stats", "auth", "'%s' holds no token", path);
+}
+
 static void check_whole_file(struct load_state *st)
 {
     check_list_minimums(st);
@@ -1227,6 +1246,7 @@ static void check_whole_file(struct load_state *st)
     check_listeners(st);
     check_tls(st);
     check_health(st);
+    check_stats_auth(st);
 }
 
 /* ------------------------------------------------------------------------

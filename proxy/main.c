@@ -34,6 +34,8 @@ struct main_state {
     struct event_base *base;     /* owned; signals only */
     struct health *health;       /* owned; its thread checks the clones */
     struct stats_admin *admin;   /* owned; runs on the health thread */
+    /* owned; read by the admin listener, so freed only after it stops */
+    struct stats_worker *counters[CONFIG_MAX_WORKERS];
 };
 
 static void usage(FILE *out)
@@ -165,7 +167,9 @@ static int run(const char *path)
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &old);
     for (unsigned i = 0; i < m.cfg->workers; i++) {
-        struct worker *w = worker_new(i, m.cfg, &m.shared, m.health);
+        m.counters[i] = calloc(1, sizeof(*m.counters[i])); /* freed at the end of run() */
+        struct worker *w =
+            m.counters[i] ? worker_new(i, m.cfg, &m.shared, m.health, m.counters[i]) : NULL;
         if (!w) {
             pthread_sigmask(SIG_SETMASK, &old, NULL);
             goto fail;
@@ -181,10 +185,7 @@ static int run(const char *path)
             goto fail;
         }
     }
-    struct stats_worker *counters[CONFIG_MAX_WORKERS];
-    for (unsigned i = 0; i < m.worker_count; i++)
-        counters[i] = m.workers[i]->stats;
-    stats_admin_set_workers(m.admin, counters, m.worker_count);
+    stats_admin_set_workers(m.admin, m.counters, m.worker_count);
     if (health_start(m.health) == -1) {
         log_warn("cannot start the health thread");
         pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -206,6 +207,8 @@ fail:
     health_stop(m.health);
     stats_admin_free(m.admin);
     health_free(m.health);
+    for (unsigned i = 0; i < CONFIG_MAX_WORKERS; i++)
+        free(m.counters[i]);
     if (status == 0)
         log_info("stopped");
     if (sig_hup)

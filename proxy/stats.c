@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -606,7 +607,7 @@ static bool allowed(const struct stats_admin *a, struct evhttp_request *req)
             evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
         char query_token[sizeof(a->token)] = "";
         const char *given = NULL;
-        if (auth && strncmp(auth, "Bearer ", 7) == 0) {
+        if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
             given = auth + 7;
         } else {
             /* a browser opening the dashboard passes it as ?token= */

@@ -209,18 +209,14 @@ static void worker_on_tick(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------------ life cycle */
 
 struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared,
-                          struct health *hl)
+                          struct health *hl, struct stats_worker *stats)
 {
     struct worker *w = calloc(1, sizeof(*w)); /* freed by worker_join_free() */
     if (!w)
         return NULL;
     w->id = id;
     w->wake_fd = -1;
-    w->stats = calloc(1, sizeof(*w->stats)); /* freed in worker_join_free() */
-    if (!w->stats) {
-        free(w);
-        return NULL;
-    }
+    w->stats = stats;
     w->shared = shared;
     w->health = hl;
     w->cfg = config_ref(cfg);
@@ -324,6 +320,5 @@ void worker_join_free(struct worker *w)
     config_unref(w->next_cfg);
     config_unref(w->cfg);
     pthread_mutex_destroy(&w->next_lock);
-    free(w->stats);
     free(w);
 }

@@ -62,15 +62,16 @@ struct worker {
     const struct timeval *response_tv; /* common timeout for upstream.response_timeout */
     bool draining;                     /* this worker is draining */
     struct log_access_buf access;      /* this worker's pending access lines */
-    struct stats_worker *stats;        /* owned; this worker's counters, read by the admin */
+    struct stats_worker *stats;        /* borrowed from main: outlives the admin listener */
 };
 
 /*
  * Creates worker <id> with its event_base and listeners for <cfg> (a
- * reference is taken). Returns NULL with the reason logged. Main thread.
+ * reference is taken). <hl> and <stats> (this worker's counters) are
+ * borrowed and must outlive the worker. Returns NULL with the reason logged. Main thread.
  */
 struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared *shared,
-                          struct health *hl);
+                          struct health *hl, struct stats_worker *stats);
 
 /* Starts the worker's thread. 0 or -1. Main thread. */
 int worker_start(struct worker *w);

@@ -1,0 +1,650 @@
+"""The admin listener's figures (issue 7): /stats JSON, /metrics in
+Prometheus text, the HTML dashboard in a real browser, and who may see them
+(stats.allow, stats.auth).
+
+Every test starts its own origins and one clonegate with the cache off (so
+each request reaches an origin and the counts are exact) and one worker
+unless it says otherwise. Counters are read before and after the traffic a
+test makes, and the difference is asserted exactly; the proxy books a
+request when it ends, so a read waits (bounded) for the booking to land.
+
+Needs, beyond the suite's usual tools: promtool (Debian package
+`prometheus`) and chromium (Debian package `chromium`); the tests that use
+them are skipped, saying so, when they are missing.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import browser_check
+import helpers
+
+BASE = {"server.workers": 1, "cache.enabled": "no"}
+# No active check may take a clone out, nor traffic mark one down, while a
+# test counts failures on purpose.
+QUIET_HEALTH = {"health.interval": "60s", "health.timeout": "1s", "health.fall": 100}
+# Log lines the proxy may write about clones a test kills or never starts.
+UPSTREAM_ERRORS = r"(?i)upstream|clone|connect|refused|reset|timed? ?out|health|check|down|50[234]"
+SETTLE_S = 5.0  # s a counter may take to reflect traffic that has ended
+
+LATENCY_KEYS = ("window_seconds", "count", "p50", "p90", "p99", "p999")
+SERVER_KEYS = {
+    "address": str, "state": str, "up": bool, "draining": bool, "checks_passed": int,
+    "checks_failed": int, "traffic_failures": int, "consecutive": int, "last_change": int,
+    "last_error": str, "active": int, "requests": int, "failures": int, "retries": int,
+    "latency_ms": dict,
+}
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+
+
+def start(clonegate, servers=None, **overrides):
+    ini = dict(BASE)
+    ini.update(overrides)
+    return clonegate(ini, servers=servers)
+
+
+def dead_addr():
+    """"127.0.0.1:port" where nothing listens."""
+    port = helpers.free_port()
+    assert not helpers.port_open(port)
+    return f"127.0.0.1:{port}"
+
+
+def by_addr(stats):
+    return {s["address"]: s for s in stats["servers"]}
+
+
+def settled(cg, cond, what, timeout=SETTLE_S):
+    """Polls /stats until cond(stats) holds; returns that /stats."""
+    box = {}
+
+    def check():
+        box["s"] = cg.stats()
+        return cond(box["s"])
+
+    try:
+        helpers.wait_for(check, timeout=timeout, interval=0.02, what=what)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; last /stats: {json.dumps(box.get('s'))}") from None
+    return box["s"]
+
+
+def requests_settled(cg, before, n):
+    """/stats once requests.total has grown by at least <n> since <before>
+    and every client connection is closed (the test closed its own: once the
+    proxy has too, nothing of them is left to book)."""
+    want = before["requests"]["total"] + n
+    return settled(cg, lambda s: s["requests"]["total"] >= want
+                   and s["connections"]["open"] == 0,
+                   f"requests.total to reach {want} and no connection open")
+
+
+def is_int(v):
+    return type(v) is int
+
+
+def is_number(v):
+    return type(v) in (int, float)
+
+
+def check_latency(lat, where):
+    assert isinstance(lat, dict), (where, lat)
+    assert set(LATENCY_KEYS) <= set(lat), (where, sorted(lat))
+    assert is_int(lat["window_seconds"]) and lat["window_seconds"] == 60, (where, lat)
+    assert is_int(lat["count"]) and lat["count"] >= 0, (where, lat)
+    for q in ("p50", "p90", "p99", "p999"):
+        assert is_number(lat[q]) and lat[q] >= 0, (where, q, lat)
+    assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"], (where, lat)
+
+
+def check_schema(s):
+    """Every documented key of /stats with the right JSON type."""
+    assert isinstance(s["version"], str) and s["version"], s
+    assert is_int(s["uptime"]) and s["uptime"] >= 0, s
+    assert is_int(s["workers"]) and s["workers"] >= 1, s
+    assert type(s["draining"]) is bool, s
+    conns = s["connections"]
+    for k in ("open", "total", "accept_pauses"):
+        assert is_int(conns[k]) and conns[k] >= 0, (k, conns)
+    req = s["requests"]
+    assert is_int(req["total"]) and req["total"] >= 0, req
+    assert set(req["by_class"]) == set(CLASSES), req
+    for c in CLASSES:
+        assert is_int(req["by_class"][c]) and req["by_class"][c] >= 0, (c, req)
+    assert sum(req["by_class"].values()) == req["total"], req
+    for k in ("in", "out"):
+        assert is_int(s["bytes"][k]) and s["bytes"][k] >= 0, s["bytes"]
+    for k in ("failures", "retries"):
+        assert is_int(s["upstream"][k]) and s["upstream"][k] >= 0, s["upstream"]
+    check_latency(s["latency_ms"], "latency_ms")
+    assert isinstance(s["servers"], list), s
+    for srv in s["servers"]:
+        for k, t in SERVER_KEYS.items():
+            assert k in srv, (k, srv)
+            if t is int:
+                assert is_int(srv[k]) and srv[k] >= 0, (k, srv)
+            else:
+                assert type(srv[k]) is t, (k, srv)
+        assert srv["state"] in ("up", "down", "draining", "removed"), srv
+        check_latency(srv["latency_ms"], srv["address"])
+
+
+# ---------------------------------------------------------------------------
+# 1. /stats
+
+
+def test_issue_7_stats_json_has_every_documented_key_with_its_type(origins, clonegate):
+    o1, o2 = origins(2)
+    cg = start(clonegate)
+    r = cg.admin("/stats")
+    assert r.status == 200, r
+    assert r.header("Content-Type", "").startswith("application/json"), r
+    assert r.header("Cache-Control") == "no-store", r
+    s = json.loads(r.body)
+    check_schema(s)
+    assert s["workers"] == 1 and s["draining"] is False, s
+    assert [x["address"] for x in s["servers"]] == [o1.addr, o2.addr], s["servers"]
+    assert s["requests"]["total"] == 0 and s["bytes"] == {"in": 0, "out": 0}, s
+    # and once traffic has gone through
+    assert cg.get("/x").status == 200
+    s = requests_settled(cg, s, 1)
+    check_schema(s)
+    assert cg.admin("/health").status == 200
+
+
+def test_issue_7_counters_move_exactly_with_2xx_and_4xx_traffic(origins, clonegate):
+    o1, o2 = origins(2)
+    cg = start(clonegate)
+    n = 20
+    before = cg.stats()
+    with cg.conn() as c:
+        seen = [c.get(f"/count-me?i={i}").header("X-Origin") for i in range(n)]
+        r404 = c.get("/status?code=404")
+    assert r404.status == 404 and r404.header("X-Origin"), r404
+    after = requests_settled(cg, before, n + 1)
+    again = cg.stats()
+
+    delta = {c: after["requests"]["by_class"][c] - before["requests"]["by_class"][c]
+             for c in CLASSES}
+    assert after["requests"]["total"] - before["requests"]["total"] == n + 1, (before, after)
+    assert delta == {"1xx": 0, "2xx": n, "3xx": 0, "4xx": 1, "5xx": 0, "none": 0}, delta
+    assert again["requests"] == after["requests"], (after["requests"], again["requests"])
+
+    # round robin, one worker, one connection: strictly alternating, so n / 2
+    # each, plus the 404 on whichever came next
+    assert seen.count("origin1") == seen.count("origin2") == n // 2, seen
+    b, a = by_addr(before), by_addr(after)
+    got = {o.name: a[o.addr]["requests"] - b[o.addr]["requests"] for o in (o1, o2)}
+    want = {"origin1": n // 2, "origin2": n // 2}
+    want[r404.header("X-Origin")] += 1
+    assert got == want, (got, want)
+    # the origins agree
+    for o in (o1, o2):
+        assert o.count("/count-me") == n // 2, o.counts()
+    assert after["upstream"] == before["upstream"] == {"failures": 0, "retries": 0}, after
+    for o in (o1, o2):
+        assert a[o.addr]["failures"] == a[o.addr]["retries"] == 0, a[o.addr]
+        assert a[o.addr]["active"] == 0, a[o.addr]
+
+
+def test_issue_7_counters_add_up_across_two_workers(origins, clonegate):
+    origins(2)
+    cg = start(clonegate, **{"server.workers": 2})
+    n = 40
+    before = cg.stats()
+    assert before["workers"] == 2, before
+    for i in range(n):  # a fresh connection each: the kernel spreads them
+        assert cg.get(f"/w?i={i}").status == 200
+    after = requests_settled(cg, before, n)
+    assert after["requests"]["total"] - before["requests"]["total"] == n, after
+    assert after["requests"]["by_class"]["2xx"] - before["requests"]["by_class"]["2xx"] == n
+    per_server = sum(s["requests"] for s in after["servers"]) - sum(
+        s["requests"] for s in before["servers"])
+    assert per_server == n, after["servers"]
+    assert after["connections"]["total"] - before["connections"]["total"] >= n, after
+
+
+def test_issue_7_dead_clone_counts_upstream_failures_and_retries(origins, clonegate):
+    (o,) = origins(1)
+    dead = dead_addr()
+    cg = start(clonegate, servers=[dead, o], **QUIET_HEALTH, **{"upstream.retries": 1})
+    cg.allowed_errors.append(UPSTREAM_ERRORS)
+    before = cg.stats()
+    n = 6
+    for i in range(n):  # round robin sends some first tries to the dead clone
+        r = cg.get(f"/retry-me?i={i}")
+        assert r.status == 200 and r.header("X-Origin") == "origin1", (i, r)
+    after = requests_settled(cg, before, n)
+    failures = after["upstream"]["failures"] - before["upstream"]["failures"]
+    retries = after["upstream"]["retries"] - before["upstream"]["retries"]
+    assert failures >= 1, (before["upstream"], after["upstream"])
+    # every failure was a refused connect, retried once on the live clone
+    assert retries == failures, (failures, retries)
+    a, b = by_addr(after), by_addr(before)
+    assert a[dead]["failures"] - b[dead]["failures"] == failures, a[dead]
+    assert a[dead]["requests"] == b[dead]["requests"] == 0, a[dead]
+    assert a[o.addr]["retries"] - b[o.addr]["retries"] == retries, a[o.addr]
+    assert a[o.addr]["failures"] == 0, a[o.addr]
+    assert a[o.addr]["requests"] - b[o.addr]["requests"] == n, a[o.addr]
+    assert a[dead]["traffic_failures"] >= failures, a[dead]
+    # the clients saw only 200s
+    assert after["requests"]["total"] - before["requests"]["total"] == n
+    assert after["requests"]["by_class"]["2xx"] - before["requests"]["by_class"]["2xx"] == n
+    assert after["requests"]["by_class"]["5xx"] == before["requests"]["by_class"]["5xx"]
+
+
+def test_issue_7_bytes_in_and_out_grow_by_what_went_through(origins, clonegate):
+    origins(2)
+    cg = start(clonegate)
+    before = cg.stats()
+    upload = helpers.pattern_bytes(100_000)
+    raw_post = helpers.build_request("POST", "/sink", body=upload)
+    raw_get = helpers.build_request("GET", "/bytes?n=300000")
+    r1 = helpers.parse_response(helpers.http_request(cg.port, raw_post), 0, "POST", eof=True)[0]
+    r2 = helpers.parse_response(helpers.http_request(cg.port, raw_get), 0, "GET", eof=True)[0]
+    assert r1.status == 200 and json.loads(r1.body)["length"] == len(upload), r1
+    assert r2.status == 200 and len(r2.body) == 300_000, r2
+    sent = len(raw_post) + len(raw_get)
+    received = len(r1.raw) + len(r2.raw)
+    # both connections are closed: wait until every byte of them is booked
+    after = settled(cg, lambda s: s["bytes"]["in"] - before["bytes"]["in"] >= sent
+                    and s["bytes"]["out"] - before["bytes"]["out"] >= received
+                    and s["connections"]["open"] == 0,
+                    f"bytes in +{sent}, out +{received}")
+    din = after["bytes"]["in"] - before["bytes"]["in"]
+    dout = after["bytes"]["out"] - before["bytes"]["out"]
+    print(f"\n[issue 7] bytes: sent={sent} in+={din} received={received} out+={dout}")
+    # every byte booked once: at the request's end or at the connection's close
+    assert (din, dout) == (sent, received)
+
+
+def test_issue_7_latency_percentiles_are_ordered_and_plausible_for_a_50ms_origin(
+        origins, clonegate):
+    o1, o2 = origins(2)
+    cg = start(clonegate)
+    n = 12
+    t0 = time.monotonic()
+    with cg.conn() as c:
+        for i in range(n):
+            r = c.get(f"/slow?ms=50&i={i}")
+            assert r.status == 200, r
+    wall_ms = (time.monotonic() - t0) * 1000 / n
+    s = settled(cg, lambda s: s["latency_ms"]["count"] >= n, f"latency count {n}")
+    lat = s["latency_ms"]
+    print(f"\n[issue 7] latency over {n} x /slow?ms=50: {lat}, client mean {wall_ms:.1f} ms")
+    assert lat["count"] == n, lat
+    assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"], lat
+    assert lat["p50"] >= 50, lat
+    assert lat["p999"] < 2000, lat  # 50 ms answers on loopback
+    for o in (o1, o2):
+        sl = by_addr(s)[o.addr]["latency_ms"]
+        assert sl["count"] == n // 2, sl
+        assert 50 <= sl["p50"] <= sl["p90"] <= sl["p99"] <= sl["p999"] < 2000, sl
+
+
+def test_issue_7_connections_open_follows_keep_alive_sockets(origins, clonegate):
+    origins(2)
+    cg = start(clonegate)
+    base = settled(cg, lambda s: s["connections"]["open"] == 0, "no client connection open")
+    conns = [cg.conn() for _ in range(3)]
+    try:
+        for c in conns:  # a request on each: accepted and kept alive
+            assert c.get("/ka").status == 200
+        s = settled(cg, lambda s: s["connections"]["open"] >= 3, "3 open connections")
+        assert s["connections"]["open"] == 3, s["connections"]
+        assert s["connections"]["total"] - base["connections"]["total"] == 3, s["connections"]
+    finally:
+        for c in conns:
+            c.close()
+    s = settled(cg, lambda s: s["connections"]["open"] == 0, "open back to 0 after close")
+    assert s["connections"]["total"] - base["connections"]["total"] == 3, s["connections"]
+
+
+# ---------------------------------------------------------------------------
+# 2. /metrics
+
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """{(name, ((label, value), ...)): float} of a Prometheus text page."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = METRIC_LINE.match(line)
+        assert m, f"unparsable metrics line {line!r}"
+        labels = tuple(sorted(LABEL.findall(m.group(2) or "")))
+        key = (m.group(1), labels)
+        assert key not in out, f"duplicate series {line!r}"
+        out[key] = float(m.group(3))
+    return out
+
+
+def metric(series, name, **labels):
+    key = (name, tuple(sorted(labels.items())))
+    assert key in series, f"no series {name}{labels}"
+    return series[key]
+
+
+def promtool():
+    path = shutil.which("promtool")
+    if not path:
+        pytest.skip("promtool not installed (Debian package prometheus; make deps)")
+    return path
+
+
+def test_issue_7_metrics_pass_promtool_and_equal_stats(origins, clonegate):
+    tool = promtool()
+    o = origins(1)[0]
+    dead = dead_addr()
+    cg = start(clonegate, servers=[o, dead], **QUIET_HEALTH, **{"upstream.retries": 1})
+    cg.allowed_errors.append(UPSTREAM_ERRORS)
+    n = 10
+    for i in range(n):
+        assert cg.get(f"/m?i={i}").status == 200
+    # a different count in each class, so no two classes can be mixed up
+    want = {"1xx": 0, "2xx": n, "3xx": 1, "4xx": 2, "5xx": 3, "none": 0}
+    for code, cls in ((302, "3xx"), (404, "4xx"), (503, "5xx")):
+        for _ in range(want[cls]):
+            assert cg.get(f"/status?code={code}").status == code
+    total = sum(want.values())
+    settled(cg, lambda s: s["requests"]["total"] >= total
+            and s["connections"]["open"] == 0, f"{total} requests booked")
+
+    s1 = cg.stats()
+    r = cg.admin("/metrics")
+    s2 = cg.stats()
+    assert r.status == 200, r
+    assert r.header("Content-Type", "").startswith("text/plain"), r
+    assert "version=0.0.4" in r.header("Content-Type", ""), r
+    text = r.text()
+
+    check = subprocess.run([tool, "check", "metrics"], input=r.body, capture_output=True,
+                           timeout=30)
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), (
+        check.returncode, check.stdout.decode(), check.stderr.decode())
+
+    # nothing moved while we read: /stats before and after /metrics agree
+    for k in ("requests", "bytes", "upstream"):
+        assert s1[k] == s2[k], (k, s1[k], s2[k])
+    assert s1["connections"]["total"] == s2["connections"]["total"]
+    s = s2
+    m = parse_metrics(text)
+
+    classes = {c: metric(m, "clonegate_requests_total", **{"class": c}) for c in CLASSES}
+    assert sum(classes.values()) == s["requests"]["total"] == total, (classes, s["requests"])
+    assert classes == {c: float(v) for c, v in s["requests"]["by_class"].items()}, classes
+    assert classes == want, classes
+    assert metric(m, "clonegate_connections_total") == s["connections"]["total"]
+    assert metric(m, "clonegate_connections_open") == s["connections"]["open"] == 0
+    assert metric(m, "clonegate_accept_pauses_total") == s["connections"]["accept_pauses"]
+    assert metric(m, "clonegate_received_bytes_total") == s["bytes"]["in"] > 0
+    assert metric(m, "clonegate_sent_bytes_total") == s["bytes"]["out"] > 0
+    assert metric(m, "clonegate_upstream_failures_total") == s["upstream"]["failures"] >= 1
+    assert metric(m, "clonegate_upstream_retries_total") == s["upstream"]["retries"] >= 1
+    assert abs(metric(m, "clonegate_uptime_seconds") - s["uptime"]) <= 1
+
+    # the request histogram: cumulative buckets, +Inf == _count == requests
+    hist = "clonegate_request_duration_seconds"
+    buckets = sorted(((float(dict(lbl)["le"]), v) for (name, lbl), v in m.items()
+                      if name == hist + "_bucket"), key=lambda x: x[0])
+    assert buckets and buckets[-1][0] == float("inf"), buckets
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts), buckets
+    assert buckets[-1][1] == metric(m, hist + "_count") == total
+    assert metric(m, hist + "_sum") > 0
+
+    srv = by_addr(s)
+    for addr in (o.addr, dead):
+        v = srv[addr]
+        lbl = {"server": addr}
+        assert metric(m, "clonegate_server_up", **lbl) == (1 if v["up"] else 0), v
+        assert metric(m, "clonegate_server_draining", **lbl) == (1 if v["draining"] else 0)
+        assert metric(m, "clonegate_server_requests_total", **lbl) == v["requests"], v
+        assert metric(m, "clonegate_server_retries_total", **lbl) == v["retries"], v
+        assert metric(m, "clonegate_server_active_requests", **lbl) == v["active"] == 0, v
+        assert metric(m, "clonegate_server_traffic_failures_total", **lbl) == \
+            v["traffic_failures"], v
+        assert metric(m, "clonegate_server_checks_total", result="passed", **lbl) == \
+            v["checks_passed"], v
+        assert metric(m, "clonegate_server_checks_total", result="failed", **lbl) == \
+            v["checks_failed"], v
+        assert metric(m, "clonegate_server_response_duration_seconds_count", **lbl) == \
+            v["requests"], v
+    assert srv[o.addr]["requests"] == total and srv[dead]["requests"] == 0, srv
+
+
+# ---------------------------------------------------------------------------
+# 3. The dashboard, in a real browser
+
+ROWS_JS = ("JSON.stringify(Array.from(document.querySelectorAll('tr[data-server]')).map(r=>"
+           "{const c=r.querySelector('td.state');return [r.dataset.server,"
+           "c?c.textContent:null,c?c.className:null];}))")
+
+
+def chromium():
+    if not browser_check.chromium_binary():
+        pytest.skip("chromium not installed (Debian package chromium; make deps)")
+
+
+def page_rows(b):
+    return {a: (state, cls) for a, state, cls in json.loads(b.evaluate(ROWS_JS))}
+
+
+def wait_page(b, cond, what, timeout=8.0):
+    """Polls the live page's rows until cond(rows) holds (the dashboard
+    refreshes every 2 s); returns the rows."""
+    box = {}
+
+    def check():
+        box["rows"] = page_rows(b)
+        return cond(box["rows"])
+
+    try:
+        helpers.wait_for(check, timeout=timeout, interval=0.1, what=what)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; page rows: {box.get('rows')}") from None
+    return box["rows"]
+
+
+def test_issue_7_dashboard_is_self_contained_and_polls_stats(origins, clonegate):
+    origins(2)
+    cg = start(clonegate)
+    r = cg.admin("/")
+    assert r.status == 200, r
+    assert r.header("Content-Type", "").startswith("text/html"), r
+    page = r.text()
+    # no external asset: no src/href/url() to anything, no import
+    assert not re.search(r"""(?i)\b(src|href)\s*=|url\(|@import|//[a-z0-9.-]+\.[a-z]""", page), \
+        re.findall(r"""(?i).{0,40}(?:src|href|url\(|@import|//[a-z]).{0,40}""", page)
+    assert "setInterval(tick,2000)" in page.replace(" ", ""), page
+    assert "fetch('stats'+location.search" in page.replace(" ", ""), page
+
+
+@pytest.mark.hard_timeout(110)
+def test_issue_7_dashboard_in_chromium_shows_clones_and_follows_a_kill(origins, clonegate,
+                                                                       tmp_path):
+    chromium()
+    o1, o2 = origins(2)
+    cg = start(clonegate, **{"health.interval": "500ms", "health.timeout": "250ms",
+                             "health.fall": 2})
+    cg.allowed_errors.append(UPSTREAM_ERRORS)
+    for i in range(4):
+        assert cg.get(f"/d?i={i}").status == 200
+    url = f"http://{cg.stats_host}:{cg.stats_port}/"
+    shots = tmp_path / "browser"
+
+    # one page kept open at phone width for the whole test
+    with browser_check.Browser(url, shots, window="390,844") as live:
+        rows = wait_page(live, lambda r: {o1.addr, o2.addr} <= set(r)
+                         and all(r[o.addr][0] == "up" for o in (o1, o2)),
+                         "both clones up in the open page")
+        assert rows[o1.addr][1].split() == ["state", "up"], rows
+        # a mark only this page load has: a reload would lose it
+        live.evaluate("window.__issue7 = 'same page'; "
+                      "document.getElementById('up').textContent")
+        first_update = live.evaluate("document.getElementById('up').textContent")
+        assert first_update.startswith("up "), first_update
+        # it fits a phone: the page does not scroll sideways
+        widths = live.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+
+        # a fresh load: each clone's row says up
+        dom = browser_check.dump_dom(url, shots)
+        rows = browser_check.server_rows(dom)
+        assert {o1.addr, o2.addr} <= set(rows), (rows, dom[-3000:])
+        for o in (o1, o2):
+            assert rows[o.addr]["state"] == "up", rows
+            assert "up" in rows[o.addr]["classes"], rows
+
+        png = browser_check.screenshot(url, shots / "dashboard-390.png", shots, 390, 844)
+        assert png.exists() and png.stat().st_size > 0, png
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+        o2.kill9()
+        settled(cg, lambda s: by_addr(s)[o2.addr]["state"] == "down", "/stats: origin2 down",
+                timeout=10)
+
+        dom = browser_check.dump_dom(url, shots)
+        rows = browser_check.server_rows(dom)
+        assert rows[o2.addr]["state"] == "down", rows
+        assert "down" in rows[o2.addr]["classes"], rows
+        assert rows[o1.addr]["state"] == "up", rows
+
+        # the page opened before the kill shows it too, by itself
+        rows = wait_page(live, lambda r: r.get(o2.addr, ("",))[0] == "down",
+                         "origin2 down in the page opened before the kill")
+        assert rows[o1.addr][0] == "up", rows
+        assert live.evaluate("window.__issue7") == "same page", "the page was reloaded"
+        assert live.evaluate("document.getElementById('up').textContent") != first_update
+        assert live.evaluate("document.getElementById('err').textContent") == ""
+
+
+@pytest.mark.hard_timeout(90)
+def test_issue_7_dashboard_with_token_in_the_query_works_in_chromium(origins, clonegate,
+                                                                     tmp_path):
+    chromium()
+    o1, o2 = origins(2)
+    token = "s3cret-Token_7"
+    tok = tmp_path / "token"
+    tok.write_text(token + "\n")
+    cg = start(clonegate, **{"stats.auth": str(tok)})
+    base = f"http://{cg.stats_host}:{cg.stats_port}/"
+    dom = browser_check.dump_dom(base + "?token=" + token, tmp_path / "browser")
+    rows = browser_check.server_rows(dom)
+    assert {o1.addr: "up", o2.addr: "up"} == {a: v["state"] for a, v in rows.items()}, (
+        rows, dom[-2000:])
+
+
+# ---------------------------------------------------------------------------
+# 4. Who may see it
+
+
+def test_issue_7_allow_outside_loopback_refuses_with_403(origins, clonegate):
+    o1, _ = origins(2)
+    cg = start(clonegate, **{"stats.allow": "10.0.0.0/8"})
+    for path in ("/stats", "/", "/metrics", "/health", "/stats?token=x"):
+        r = cg.admin(path)
+        assert r.status == 403, (path, r)
+        assert b"<script" not in r.body and b'"servers"' not in r.body, (path, r)
+    r = cg.admin(f"/servers/{o1.addr}/drain", "POST")
+    assert r.status == 403, r
+    # the refused drain did nothing, and the proxy itself still serves
+    assert cg.get("/x").status == 200
+    assert cg.get("/x").status == 200
+    assert o1.count("/x") == 1
+
+
+def test_issue_7_allow_loopback_serves(origins, clonegate):
+    origins(2)
+    cg = start(clonegate, **{"stats.allow": "10.0.0.0/8, 127.0.0.0/8"})
+    for path in ("/stats", "/", "/metrics", "/health"):
+        assert cg.admin(path).status == 200, path
+    check_schema(cg.stats())
+
+
+def test_issue_7_auth_token_by_header_or_query_else_403(origins, clonegate, tmp_path):
+    origins(2)
+    token = "tok-" + "a1B2c3D4e5F6" * 3
+    tok = tmp_path / "stats.token"
+    tok.write_text(token + "\n")
+    cg = start(clonegate, **{"stats.auth": str(tok)})
+    for path in ("/stats", "/", "/metrics"):
+        assert cg.admin(path).status == 403, path
+        bad = [{"Authorization": "Bearer wrong"},
+               {"Authorization": "Bearer " + token[:-1]},  # a prefix
+               {"Authorization": "Bearer " + token + "x"},  # longer
+               {"Authorization": "Bearer "},
+               {"Authorization": "Basic " + token},
+               {"Authorization": token}]
+        for h in bad:
+            assert cg.admin(path, headers=h).status == 403, (path, h)
+        for q in ("?token=wrong", "?token=", "?token=" + token[:-1], "?tok=" + token):
+            assert cg.admin(path + q).status == 403, (path, q)
+        r = cg.admin(path, headers={"Authorization": "Bearer " + token})
+        assert r.status == 200, (path, r)
+        r = cg.admin(path + "?token=" + token)
+        assert r.status == 200, (path, r)
+    s = json.loads(cg.admin("/stats?token=" + token).body)
+    check_schema(s)
+
+
+def test_issue_7_allow_and_auth_both_apply(origins, clonegate, tmp_path):
+    origins(2)
+    tok = tmp_path / "stats.token"
+    tok.write_text("both-apply\n")
+    cg = start(clonegate, **{"stats.auth": str(tok), "stats.allow": "10.0.0.0/8"})
+    # the right token from an address outside stats.allow is still refused
+    assert cg.admin("/stats", headers={"Authorization": "Bearer both-apply"}).status == 403
+    assert cg.admin("/stats?token=both-apply").status == 403
+
+
+def test_issue_7_proxy_port_forwards_admin_paths_and_admin_port_does_not_proxy(
+        origins, clonegate):
+    o1, o2 = origins(2)
+    cg = start(clonegate)
+    before = cg.stats()
+    for path in ("/stats", "/metrics", "/"):
+        r = cg.get(path)
+        assert r.status == 200, (path, r)
+        assert r.header("X-Origin") in ("origin1", "origin2"), (path, r)
+    assert o1.count("/stats") + o2.count("/stats") == 1
+    assert o1.count("/metrics") + o2.count("/metrics") == 1
+    requests_settled(cg, before, 3)
+
+    for path in ("/anything", "/echo", "/stats/extra", "/x/stats"):
+        r = cg.admin(path)
+        assert r.status == 404, (path, r)
+        assert r.header("X-Origin") is None, (path, r)
+    r = cg.admin("/echo", "POST", body=b"hello")
+    assert r.status in (404, 405), r
+    assert r.header("X-Origin") is None, r
+    # none of it reached an origin
+    for path in ("/anything", "/echo", "/stats/extra", "/x/stats"):
+        assert o1.count(path) + o2.count(path) == 0, path
+    assert o1.count("/echo") + o2.count("/echo") == 0
+    after = cg.stats()
+    assert after["requests"]["total"] == before["requests"]["total"] + 3, after["requests"]
+
+
+@pytest.mark.parametrize("content", [None, "", "\n"], ids=["missing", "empty", "blank-line"])
+def test_issue_7_unusable_auth_file_stops_the_start(origins, clonegate, tmp_path, content):
+    origins(2)
+    tok = tmp_path / "stats.token"
+    if content is not None:
+        tok.write_text(content)
+    cg = clonegate(dict(BASE, **{"stats.auth": str(tok)}), wait=False)
+    cg.expected_exit = None  # any failure status; asserted below
+    cg.allowed_errors.append(r"stats\.auth|token")
+    code = cg.proc.wait(helpers.READY_TIMEOUT)
+    # fails closed: no admin listener open to anyone, and the reason logged
+    assert code is not None and code != 0, cg.stderr_text()
+    assert not helpers.port_open(cg.stats_port)
+    assert str(tok) in cg.stderr_text(), cg.stderr_text()
