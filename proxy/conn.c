@@ -97,6 +97,9 @@ struct conn {
     double upstream_time;     /* seconds, -1 when no clone answered */
     char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
     int server_id;                        /* stable id of that clone (stats), -1 none */
+    int64_t deadline_us;                  /* idle or header deadline, monotonic us; 0 none */
+    int64_t timer_expiry_us;              /* when the armed timer fires */
+    bool timer_armed;                     /* <timer> is pending */
     uint64_t bytes_read_mark;             /* cs.bytes_read already counted */
     uint64_t bytes_written_mark;          /* cs.bytes_written already counted */
     int stale_server;                     /* clone whose pooled connection went stale, -1 none */
@@ -211,14 +214,35 @@ static void request_done(struct conn *c)
     log_access(&c->w->access, &e);
 }
 
-static void timer_arm(struct conn *c, const struct timeval *tv)
+/*
+ * The connection's one timer is lazy: a deadline is a time stamp, and the
+ * timer event is armed only when none is pending or the new deadline comes
+ * before the pending expiry. A timer that fires before the deadline arms
+ * itself again for what is left; one that fires with no deadline does
+ * nothing. Keep-alive requests so cost no timer operation at all.
+ */
+static void deadline_set(struct conn *c, int64_t deadline_us)
 {
-    event_add(&c->timer, tv);
+    c->deadline_us = deadline_us;
+    if (c->timer_armed && c->timer_expiry_us <= deadline_us)
+        return;
+    int64_t left = deadline_us - now_us();
+    if (left < 0)
+        left = 0;
+    struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+    event_add(&c->timer, &tv);
+    c->timer_armed = true;
+    c->timer_expiry_us = deadline_us;
 }
 
-static void timer_stop(struct conn *c)
+static void deadline_after_ms(struct conn *c, int64_t from_us, unsigned ms)
 {
-    event_del(&c->timer);
+    deadline_set(c, from_us + (int64_t)ms * 1000);
+}
+
+static void deadline_clear(struct conn *c)
+{
+    c->deadline_us = 0;
 }
 
 /* ------------------------------------------------------------ teardown */
@@ -255,7 +279,7 @@ static void conn_close(struct conn *c, const char *why)
 static void close_after_flush(struct conn *c, const char *why)
 {
     conn_set_state(c, CONN_CLOSING);
-    timer_stop(c);
+    deadline_clear(c);
     drop_upstream(c, false);
     if (evbuffer_get_length(c->cs.out) == 0) {
         conn_close(c, why);
@@ -465,7 +489,7 @@ static enum http_parse parse_head_in(struct http_head *h, struct evbuffer *in, s
 
 static void start_exchange(struct conn *c, const char *buf)
 {
-    timer_stop(c);
+    deadline_clear(c);
     conn_set_state(c, CONN_FORWARDING);
     c->server = -1;
     c->tried = 0;
@@ -515,7 +539,7 @@ static void process_input(struct conn *c)
             conn_close(c, "draining");
             return;
         }
-        timer_arm(c, c->w->idle_tv);
+        deadline_after_ms(c, now_us(), cfg->idle_timeout_ms);
         return;
     }
     if (c->state == CONN_IDLE) {
@@ -523,7 +547,7 @@ static void process_input(struct conn *c)
         c->t_start = now_us();
         memset(&c->log, 0, sizeof(c->log));
         c->log.version_minor = 1; /* until the request line says otherwise */
-        timer_arm(c, c->w->header_tv);
+        deadline_clear(c);        /* a header deadline only if the head is incomplete */
     }
     size_t limit = cfg->max_header_size + 1;
     c->req.max_head = cfg->max_header_size;
@@ -538,6 +562,9 @@ static void process_input(struct conn *c)
     }
     switch (r) {
     case HTTP_PARSE_AGAIN:
+        /* counted from the head's first byte, not from this read */
+        if (c->deadline_us == 0)
+            deadline_after_ms(c, c->t_start, cfg->header_timeout_ms);
         if (n > cfg->max_header_size) {
             c->keep_alive = false;
             send_error(c, 431, false, "request head too large");
@@ -1005,6 +1032,14 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     (void)fd;
     (void)what;
+    c->timer_armed = false;
+    if (c->deadline_us == 0)
+        return;
+    if (now_us() + 1000 < c->deadline_us) {
+        deadline_set(c, c->deadline_us);
+        return;
+    }
+    c->deadline_us = 0;
     if (c->state == CONN_READING_HEAD) {
         c->keep_alive = false;
         send_error(c, 408, false, "request head not received in time");
@@ -1061,7 +1096,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
     stream_set_timeouts(&c->cs, NULL, w->idle_tv);
     stream_read_enable(&c->cs, true);
     conn_set_state(c, CONN_IDLE);
-    timer_arm(c, w->idle_tv);
+    deadline_after_ms(c, now_us(), cfg->idle_timeout_ms);
     /* the listener defers accepting until the request arrives: read it now */
     stream_read_now(&c->cs);
 }
