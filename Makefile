@@ -25,7 +25,11 @@ SAN      ?=
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -DCLONEGATE_VERSION='"$(VERSION)"' -DLLHTTP_STRICT_MODE=1 \
                -I$(LLHTTP_INC) -Iproxy
 CFLAGS   := $(CFLAGS_BASE) $(OPT) $(SAN) $(WARN) $(EXTRA_CFLAGS)
-LLFLAGS  := $(CFLAGS_BASE) $(OPT) $(SAN) -Wall -Wextra -Werror -Wno-unused-parameter
+# llhttp scans header values with SSE4.2 when the compiler may use it; the
+# build runs where the binary runs, so ask this CPU.
+LLHTTP_SIMD := $(shell grep -qw sse4_2 /proc/cpuinfo 2>/dev/null && echo -msse4.2)
+LLFLAGS  := $(CFLAGS_BASE) $(OPT) $(SAN) $(LLHTTP_SIMD) -Wall -Wextra -Werror -Wno-unused-parameter \
+            $(if $(LLHTTP_SIMD),-Wno-unused-variable)
 LIBS     := -levent_openssl -levent_pthreads -levent_core -levent_extra -lhiredis -linih \
             -lssl -lcrypto -lpthread -lm
 LDFLAGS  += $(SAN)

@@ -59,20 +59,49 @@ static const struct known_header known_headers[] = {
 };
 #undef KH
 
+/* Whether <name> (a token) equals the lower-case literal <lit> of the same
+ * length, ignoring ASCII case: token bytes are letters, digits and marks,
+ * and OR-ing 0x20 folds only letters' case among those a literal holds. */
+static bool eq_lower(const char *name, const char *lit, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((char)(name[i] | 0x20) != lit[i])
+            return false;
+    return true;
+}
+
+/* Lengths of the known names, as a bit mask: most fields are ruled out by
+ * their length alone. */
+static uint32_t known_lengths(void)
+{
+    uint32_t mask = 0;
+    for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++)
+        mask |= UINT32_C(1) << known_headers[i].len;
+    return mask;
+}
+
 static void classify(struct http_header *hd, const char *name, size_t len)
 {
+    static uint32_t mask; /* computed once; every thread computes the same value */
+    uint32_t m = __atomic_load_n(&mask, __ATOMIC_RELAXED);
+    if (m == 0) {
+        m = known_lengths();
+        __atomic_store_n(&mask, m, __ATOMIC_RELAXED);
+    }
     hd->id = HTTP_H_OTHER;
     hd->hop = 0;
-    char first = (char)(name[0] | 0x20); /* ASCII lower case; names are tokens */
-    for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
-        const struct known_header *k = &known_headers[i];
-        if (k->len == len && k->name[0] == first && strncasecmp(k->name, name, len) == 0) {
-            hd->id = (uint8_t)k->id;
-            hd->hop = k->hop;
-            return;
+    if (len < 32 && (m & (UINT32_C(1) << len))) {
+        char first = (char)(name[0] | 0x20);
+        for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
+            const struct known_header *k = &known_headers[i];
+            if (k->len == len && k->name[0] == first && eq_lower(name, k->name, len)) {
+                hd->id = (uint8_t)k->id;
+                hd->hop = k->hop;
+                return;
+            }
         }
     }
-    if (len > 6 && strncasecmp(name, "proxy-", 6) == 0)
+    if (len > 6 && eq_lower(name, "proxy-", 6))
         hd->hop = 1;
 }
 
@@ -186,6 +215,8 @@ static bool token_eq(const char *a, size_t alen, const char *lit)
  * framed as it came in. */
 static void apply_connection_tokens(struct http_head *h)
 {
+    if (h->index[HTTP_H_CONNECTION] < 0)
+        return;
     for (unsigned i = 0; i < h->header_count; i++) {
         const struct http_header *c = &h->headers[i];
         if (c->id != HTTP_H_CONNECTION)
