@@ -275,6 +275,16 @@ static void conn_close(struct conn *c, const char *why)
     free(c);
 }
 
+/* The response already began and cannot be finished: log the request as it
+ * went (status sent, bytes so far) and close, which the client sees as a
+ * truncated answer. */
+static void abort_response(struct conn *c, const char *why)
+{
+    c->upstream_time = seconds_since(c->t_upstream);
+    request_done(c);
+    conn_close(c, why);
+}
+
 /* Stops reading and closes once the output is flushed. */
 static void close_after_flush(struct conn *c, const char *why)
 {
@@ -403,7 +413,7 @@ static void pump_request_body(struct conn *c)
         log_info("%s: request body refused: %s", c->client_ip, c->req.error_text);
         drop_upstream(c, false);
         if (c->resp_started) {
-            conn_close(c, "bad request body after the response began");
+            abort_response(c, "bad request body after the response began");
             return;
         }
         c->keep_alive = false;
@@ -634,7 +644,7 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
     drop_upstream(c, false);
 
     if (c->resp_started) {
-        conn_close(c, "clone failed mid-response");
+        abort_response(c, "clone failed mid-response");
         return;
     }
     /* A reused keep-alive connection that failed may only have gone stale:
@@ -773,7 +783,7 @@ static void pump_response_body(struct conn *c)
     if (r == HTTP_PARSE_ERROR) {
         log_warnx("upstream %s sent a broken body: %s, client %s", c->upstream_name,
                   c->resp.error_text ? c->resp.error_text : "invalid", c->client_ip);
-        conn_close(c, "broken response body");
+        abort_response(c, "broken response body");
         return;
     }
     if (r != HTTP_PARSE_AGAIN) {
@@ -803,7 +813,7 @@ static void finish_on_eof(struct conn *c)
     }
     log_warnx("upstream %s closed mid-response, client %s", c->upstream_name, c->client_ip);
     upstream_report(c->up->pool, c->up->server, "closed mid-response");
-    conn_close(c, "clone closed mid-response");
+    abort_response(c, "clone closed mid-response");
 }
 
 static void conn_on_up_read(struct stream *st, void *arg)

@@ -7,7 +7,9 @@
  * SIGTERM/SIGINT drain and exit 0, SIGUSR1 reopens the access log. Never
  * parses HTTP.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +29,8 @@
 #include "worker.h"
 
 struct main_state {
-    struct config *cfg;                         /* referenced; the one in force */
+    struct config *cfg;      /* referenced; the one in force */
+    struct config *boot_cfg; /* referenced; its listen, workers, logs stay in force */
     struct worker *workers[CONFIG_MAX_WORKERS]; /* owned */
     unsigned worker_count;
     struct worker_shared shared; /* read by every worker */
@@ -65,9 +68,40 @@ static void warn_unreloadable(const struct config *old, const struct config *cfg
         log_warnx("reload: server.listen changed; it takes a restart to apply");
     if (old->workers != cfg->workers)
         log_warnx("reload: server.workers changed; it takes a restart to apply");
-    if (strcmp(old->access_log, cfg->access_log) != 0 ||
-        old->access_log_format != cfg->access_log_format)
-        log_warnx("reload: access_log changed; it takes a restart to apply");
+    if (strcmp(old->access_log, cfg->access_log) != 0)
+        log_warnx("reload: server.access_log changed; it takes a restart to apply");
+    if (old->access_log_format != cfg->access_log_format)
+        log_warnx("reload: server.access_log_format changed; it takes a restart to apply");
+    bool same_stats = old->stats_listen_count == cfg->stats_listen_count;
+    for (unsigned i = 0; same_stats && i < cfg->stats_listen_count; i++)
+        same_stats = strcmp(old->stats_listen[i].text, cfg->stats_listen[i].text) == 0;
+    if (!same_stats || strcmp(old->stats_auth, cfg->stats_auth) != 0 ||
+        old->stats_allow_count != cfg->stats_allow_count)
+        log_warnx("reload: [stats] changed; it takes a restart to apply");
+}
+
+/* Whether something already accepts connections at <addr>. Our listeners
+ * share their port through SO_REUSEPORT, which would let a second
+ * clonegate join the first one silently: ask before binding. */
+static bool already_listening(const struct config_addr *addr)
+{
+    struct sockaddr_storage ss = addr->sa;
+    /* a wildcard address is asked through loopback */
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        if (s4->sin_addr.s_addr == htonl(INADDR_ANY))
+            s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        if (IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr))
+            s6->sin6_addr = in6addr_loopback;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return false;
+    bool busy = connect(fd, (const struct sockaddr *)&ss, addr->salen) == 0;
+    close(fd);
+    return busy;
 }
 
 static void main_on_hup(evutil_socket_t sig, short what, void *arg)
@@ -82,7 +116,8 @@ static void main_on_hup(evutil_socket_t sig, short what, void *arg)
                   m->cfg->path);
         return;
     }
-    warn_unreloadable(m->cfg, cfg);
+    /* compared with what is really in force: the file read at start */
+    warn_unreloadable(m->boot_cfg, cfg);
     if (log_set_level(cfg->error_log_level) == -1)
         log_warnx("reload: unknown error_log_level %s", cfg->error_log_level);
     /* health first: new pools look their servers' state up there */
@@ -126,11 +161,18 @@ static int run(const char *path)
     m.cfg = config_load(path, stderr);
     if (!m.cfg)
         return 1;
+    m.boot_cfg = config_ref(m.cfg);
     if (log_set_level(m.cfg->error_log_level) == -1)
         log_warnx("unknown error_log_level %s", m.cfg->error_log_level);
     if (log_access_open(m.cfg->access_log, m.cfg->access_log_format == CONFIG_LOG_JSON) == -1) {
         log_warn("cannot open the access log %s", m.cfg->access_log);
         goto fail;
+    }
+    for (unsigned i = 0; i < m.cfg->listen_count; i++) {
+        if (already_listening(&m.cfg->listen[i])) {
+            log_error("cannot listen on %s: address already in use", m.cfg->listen[i].text);
+            goto fail;
+        }
     }
     /* a peer closing mid-write is an error return, not a signal */
     signal(SIGPIPE, SIG_IGN);
@@ -222,6 +264,7 @@ fail:
     if (m.base)
         event_base_free(m.base);
     config_unref(m.cfg);
+    config_unref(m.boot_cfg);
     return status;
 }
 

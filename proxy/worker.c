@@ -96,7 +96,7 @@ static int listen_on(struct worker *w, const struct config_addr *addr)
         evconnlistener_new_bind(w->base, worker_on_accept, w, flags, WORKER_BACKLOG,
                                 (const struct sockaddr *)&addr->sa, (int)addr->salen);
     if (!l) {
-        log_warn("cannot listen on %s", addr->text);
+        log_write(LOG_LEVEL_ERROR, 1, "cannot listen on %s", addr->text);
         return -1;
     }
     evconnlistener_set_error_cb(l, worker_on_accept_error);
@@ -252,7 +252,7 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
             goto fail;
     return w;
 fail:
-    log_warnx("worker %u: cannot start", id);
+    log_error("worker %u: cannot start", id);
     worker_join_free(w);
     return NULL;
 }
