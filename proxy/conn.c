@@ -100,6 +100,7 @@ struct conn {
     int64_t deadline_us;                  /* idle or header deadline, monotonic us; 0 none */
     int64_t timer_expiry_us;              /* when the armed timer fires */
     bool timer_armed;                     /* <timer> is pending */
+    bool resume_input;                    /* process_input() on the next loop turn */
     uint64_t bytes_read_mark;             /* cs.bytes_read already counted */
     uint64_t bytes_written_mark;          /* cs.bytes_written already counted */
     int stale_server;                     /* clone whose pooled connection went stale, -1 none */
@@ -209,7 +210,7 @@ static void request_done(struct conn *c)
         .user_agent_len = l->user_agent_len,
         .upstream = c->upstream_name[0] ? c->upstream_name : NULL,
         .upstream_time = c->upstream_time,
-        .total_time = seconds_since(c->t_start),
+        .total_time = (double)total_us / 1e6,
     };
     log_access(&c->w->access, &e);
 }
@@ -329,7 +330,11 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
     }
     http_head_reset(&c->req);
     conn_set_state(c, CONN_IDLE);
-    process_input(c);
+    /* The next pipelined request waits for the next loop turn: answering
+     * it at once could answer the one after it at once too, and so on,
+     * one stack frame deeper each time. */
+    c->resume_input = true;
+    event_active(&c->timer, EV_TIMEOUT, 1);
 }
 
 /* ------------------------------------------------------------ moving bytes */
@@ -1042,6 +1047,12 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     (void)fd;
     (void)what;
+    if (c->resume_input) {
+        /* not the timer running out: send_error() asked for the next request */
+        c->resume_input = false;
+        process_input(c);
+        return;
+    }
     c->timer_armed = false;
     if (c->deadline_us == 0)
         return;
@@ -1071,6 +1082,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
     if (!c) {
         log_warn("accept: cannot allocate a connection");
         close(fd);
+        __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
         return;
     }
     c->w = w;
@@ -1092,6 +1104,9 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
         log_warnx("accept: cannot allocate buffers");
         close(fd);
         free(c);
+        /* counted by the listener and above, never opened after all */
+        __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+        STATS_DEC(w->stats->connections_open);
         return;
     }
     const struct config *cfg = w->cfg;

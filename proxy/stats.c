@@ -131,7 +131,8 @@ static void window_sum(struct stats_latency *to, const struct stats_window *w, i
     int64_t epoch = now_s / STATS_SLOT_SECONDS;
     for (unsigned i = 0; i < STATS_WINDOW_SLOTS; i++) {
         int64_t e = __atomic_load_n(&w->epoch[i], __ATOMIC_ACQUIRE);
-        if (e > epoch - STATS_WINDOW_SLOTS && e <= epoch)
+        /* six slots: the seventh is the one a worker may be clearing */
+        if (e > epoch - (STATS_WINDOW_SLOTS - 1) && e <= epoch)
             latency_sum(to, &w->slot[i]);
     }
 }
@@ -164,7 +165,7 @@ static void render_quantiles(struct evbuffer *out, const struct stats_latency *l
     evbuffer_add_printf(out,
                         "{\"window_seconds\":%d,\"count\":%llu,\"p50\":%.3f,\"p90\":%.3f,"
                         "\"p99\":%.3f,\"p999\":%.3f}",
-                        STATS_WINDOW_SLOTS * STATS_SLOT_SECONDS, (unsigned long long)l->count,
+                        (STATS_WINDOW_SLOTS - 1) * STATS_SLOT_SECONDS, (unsigned long long)l->count,
                         quantile_ms(l, 0.5), quantile_ms(l, 0.9), quantile_ms(l, 0.99),
                         quantile_ms(l, 0.999));
 }

@@ -32,7 +32,7 @@ struct stats_admin;
 
 #define STATS_MAX_SERVERS  256 /* per-clone counters, by health's stable server id */
 #define STATS_LAT_BUCKETS  36  /* latency buckets, the last one unbounded */
-#define STATS_WINDOW_SLOTS 6   /* the last minute ... */
+#define STATS_WINDOW_SLOTS 7   /* the last minute (6 read, 1 being reset) ... */
 #define STATS_SLOT_SECONDS 10  /* ... in slots of this many seconds */
 
 /* Upper bounds of the latency buckets, in microseconds (the last bucket

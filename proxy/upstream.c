@@ -103,11 +103,6 @@ void upstream_pool_retire(struct upstream_pool *pool)
         close_idle(pool);
 }
 
-const struct config *upstream_pool_config(const struct upstream_pool *pool)
-{
-    return pool->cfg;
-}
-
 int upstream_pick(struct upstream_pool *pool, uint64_t skip)
 {
     bool ramp = pool->cfg->health_slow_start_ms > 0;
@@ -145,11 +140,6 @@ void upstream_report(struct upstream_pool *pool, unsigned server, const char *wh
 const char *upstream_server_name(const struct upstream_pool *pool, unsigned server)
 {
     return pool->cfg->servers[server].addr.text;
-}
-
-unsigned upstream_server_count(const struct upstream_pool *pool)
-{
-    return pool->count;
 }
 
 /* ------------------------------------------------------------ idle pooled */

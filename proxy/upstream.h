@@ -42,9 +42,6 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *
  * is freed when its last active connection is released. */
 void upstream_pool_retire(struct upstream_pool *pool);
 
-/* The configuration the pool was built from (borrowed). */
-const struct config *upstream_pool_config(const struct upstream_pool *pool);
-
 /* Picks the server for the next request among those health lets take
  * requests, skipping those whose bit is set in <skip>; -1 when none is left. */
 int upstream_pick(struct upstream_pool *pool, uint64_t skip);
@@ -71,8 +68,5 @@ int upstream_server_id(const struct upstream_pool *pool, unsigned server);
 
 /* "host:port" of server <server> (borrowed from the config). */
 const char *upstream_server_name(const struct upstream_pool *pool, unsigned server);
-
-/* Number of servers in the pool. */
-unsigned upstream_server_count(const struct upstream_pool *pool);
 
 #endif /* CLONEGATE_UPSTREAM_H */

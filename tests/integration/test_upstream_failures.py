@@ -313,3 +313,22 @@ def test_responses_never_cross_under_load_and_kill9(origins, clonegate):
     assert late, "no request was sent after the kill"
     assert {a[1] for a in late} == {"origin1"}, [a for a in late if a[1] != "origin1"][:5]
     assert_next_request_works(cg, {"origin1"})
+
+
+def test_issue_3_pipelined_error_answers_all_come(clonegate, origins):
+    """With no clone able to answer, every pipelined request gets its own
+    error answer without waiting on a clone: 10,000 of them in one send are
+    all answered 503, and the proxy serves normally afterwards. (The proxy
+    answers each on its own loop turn so a batch cannot deepen its stack.)"""
+    (o,) = origins(1)
+    cg = world(clonegate, [o])
+    cg.admin(f"/servers/{o.addr}/drain", method="POST")
+    count = 10000
+    raw = b"GET /p HTTP/1.1\r\nHost: test\r\n\r\n" * count
+    data = helpers.http_request(cg.port, raw, timeout=30, responses=count)
+    answers = helpers.parse_responses(data, eof=False)
+    assert len(answers) == count, len(answers)
+    assert all(r.status == 503 for r in answers), {r.status for r in answers}
+    assert cg.proc.alive(), "clonegate died answering a pipelined batch"
+    cg.admin(f"/servers/{o.addr}/ready", method="POST")
+    assert_next_request_works(cg, {o.name})
