@@ -101,6 +101,7 @@ struct conn {
     int64_t timer_expiry_us;              /* when the armed timer fires */
     bool timer_armed;                     /* <timer> is pending */
     bool resume_input;                    /* process_input() on the next loop turn */
+    bool tunnel_half_closed;              /* the client closed its side of a tunnel */
     uint64_t bytes_read_mark;             /* cs.bytes_read already counted */
     uint64_t bytes_written_mark;          /* cs.bytes_written already counted */
     int stale_server;                     /* clone whose pooled connection went stale, -1 none */
@@ -839,8 +840,14 @@ static void conn_on_up_read(struct stream *st, void *arg)
 static void conn_on_up_drained(struct stream *st, void *arg)
 {
     struct conn *c = arg;
-    (void)st;
     if (c->state == CONN_TUNNEL) {
+        if (c->tunnel_half_closed) {
+            if (evbuffer_get_length(st->out) == 0)
+                shutdown(st->fd, SHUT_WR);
+            else
+                stream_notify_drained(st, 0);
+            return;
+        }
         stream_read_enable(&c->cs, true);
         return;
     }
@@ -1030,11 +1037,20 @@ static void conn_on_event(struct stream *st, enum stream_event what, void *arg)
             c->keep_alive = false;
             return;
         case CONN_TUNNEL:
-            if (c->up && evbuffer_get_length(c->cs.in)) {
-                evbuffer_add_buffer(c->up->s.out, c->cs.in);
-                stream_flush(&c->up->s);
+            /* a half-close: pass it on once the clone has every byte, and
+             * keep relaying what the clone still says until it closes */
+            if (!c->up) {
+                conn_close(c, "tunnel closed by the client");
+                return;
             }
-            conn_close(c, "tunnel closed by the client");
+            if (evbuffer_get_length(c->cs.in))
+                evbuffer_add_buffer(c->up->s.out, c->cs.in);
+            stream_flush(&c->up->s);
+            c->tunnel_half_closed = true;
+            if (evbuffer_get_length(c->up->s.out) == 0)
+                shutdown(c->up->s.fd, SHUT_WR);
+            else
+                stream_notify_drained(&c->up->s, 0);
             return;
         }
         return;

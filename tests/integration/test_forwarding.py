@@ -452,6 +452,27 @@ def test_upgraded_tunnel_closed_by_client_closes_origin_side(clonegate, tunnel_o
     assert tunnel_origin.peer_closed.wait(3), "origin side stayed open after the client closed"
 
 
+def test_issue_3_tunnel_half_close_still_delivers_the_origins_last_bytes(clonegate, tunnel_origin):
+    """A client that shuts down its sending side still reads what the origin
+    answers to its last bytes, then sees the close."""
+    cg = start(clonegate, servers=[tunnel_origin.addr])
+    c = open_tunnel(cg, tunnel_origin)
+    try:
+        c.send(b"last words")
+        c.sock.shutdown(socket.SHUT_WR)
+        got = b""
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            piece = c.sock.recv(65536)
+            if not piece:
+                break
+            got += piece
+        assert got == b"last words", got
+        assert tunnel_origin.peer_closed.wait(3), "the half-close never reached the origin"
+    finally:
+        c.close()
+
+
 def test_upgraded_tunnel_closed_by_origin_closes_client_side(clonegate, tunnel_origin):
     cg = start(clonegate, servers=[tunnel_origin.addr])
     with open_tunnel(cg, tunnel_origin) as c:
