@@ -82,7 +82,9 @@ def test_workers_auto_starts_one_per_cpu(origins, clonegate):
     origins(2)
     cg = clonegate({"server.workers": "auto", "cache.enabled": "no"})
     cpus = min(os.sysconf("SC_NPROCESSORS_ONLN"), 64)
-    assert len(tasks(cg.pid)) >= 1 + cpus, (tasks(cg.pid), cpus)
+    # the listeners open before the worker threads start: wait for them
+    helpers.wait_for(lambda: len(tasks(cg.pid)) >= 1 + cpus, timeout=10,
+                     what=f"{1 + cpus} threads (main + one worker per CPU)")
     problems = run_concurrent(cg, n=16, per_conn=2)
     assert not problems, problems[:10]
 
