@@ -309,7 +309,11 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
 {
     struct evbuffer *out = c->cs.out;
     keep = keep && c->keep_alive && !c->w->draining;
-    const char *extra = status == 503 ? "Retry-After: 1\r\n" : NULL;
+    /* 503 says when to come back; 405 must say what is allowed (RFC 9110) */
+    const char *extra = status == 503   ? "Retry-After: 1\r\n"
+                        : status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, "
+                                          "TRACE\r\n"
+                                        : NULL;
     if (http_error_response(status, keep, extra, out) == -1) {
         conn_close(c, "out of memory");
         return;

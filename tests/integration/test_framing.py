@@ -55,6 +55,9 @@ def refused(cg, raw, status, timeout=5.0):
         assert c.closed_by_peer(timeout=CLOSE_WITHIN), (
             f"connection left open after {status} to {raw[:300]!r}")
     assert r.body, "an error response carries a short body"
+    if status == 405:
+        # RFC 9110 15.5.6: a 405 names the methods the target does allow
+        assert "GET" in (r.header("Allow") or ""), r.raw[:300]
     return r
 
 
