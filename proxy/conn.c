@@ -596,6 +596,17 @@ static void process_input(struct conn *c)
         log_info("%s: request refused: %s", c->client_ip,
                  c->req.error_text ? c->req.error_text : "malformed");
         c->keep_alive = false;
+        /* the access log names what was refused, as far as it was read */
+        if (p && log_access_enabled()) {
+            struct conn_log_fields *l = &c->log;
+            const struct http_head *h = &c->req;
+            if (h->method.len && (size_t)h->method.off + h->method.len <= n)
+                copy_field(l->method, sizeof(l->method), &l->method_len, p + h->method.off,
+                           h->method.len);
+            if (h->target.len && (size_t)h->target.off + h->target.len <= n)
+                copy_field(l->target, sizeof(l->target), &l->target_len, p + h->target.off,
+                           h->target.len);
+        }
         send_error(c, http_error_status(c->req.error), false,
                    c->req.error_text ? c->req.error_text : "malformed request");
         return;
