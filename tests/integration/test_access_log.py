@@ -185,3 +185,17 @@ def test_access_log_off_writes_nothing(origins, clonegate, tmp_path):
     text = cg.stderr_text()
     assert not any(t in text for t in targets), text
     assert not (helpers.REPO / "off").exists()
+
+
+def test_issue_3_refused_request_is_logged_with_its_target(origins, clonegate):
+    """A request refused after its request line was read (two Host fields)
+    is logged with its method, target and 400, not as '-'."""
+    origins(1)
+    cg = clonegate({"server.access_log": "stderr", "server.access_log_format": "combined",
+                    "cache.enabled": "no"})
+    target = unique("/refused")
+    raw = f"GET {target} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".encode()
+    helpers.http_request(cg.port, raw, timeout=5)
+    (line,) = wait_lines(cg.stderr_text, target)
+    assert f'"GET {target} HTTP/1.1" 400 ' in line, line
+    assert "upstream=-" in line, line
