@@ -125,7 +125,8 @@ fuzz-replay: $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/replay_%)
 	@set -e; for t in $^; do n=$$(basename $$t); n=$${n#replay_}; \
 	    echo "== $$t"; $$t tests/fuzz/corpus/$$n/*; done
 
-$(BUILD)/fuzz/replay_%: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libclonegate.a | $(BUILD)/fuzz
+$(BUILD)/fuzz/replay_%: tests/fuzz/%.c tests/fuzz/replay_main.c tests/fuzz/fuzz_common.h \
+                      $(BUILD)/libclonegate.a | $(BUILD)/fuzz
 	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay_main.c $(BUILD)/libclonegate.a $(LDFLAGS) $(LIBS)
 
 fuzz: deps

@@ -689,8 +689,7 @@ static void finish_exchange(struct conn *c)
     c->upstream_time = seconds_since(c->t_upstream);
     drop_upstream(c, reusable);
     request_done(c);
-    if (c->up_read_paused)
-        c->up_read_paused = false;
+    c->up_read_paused = false;
     if (!c->keep_alive || !c->req_done) {
         close_after_flush(c, "response sent, connection not kept");
         return;

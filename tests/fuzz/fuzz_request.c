@@ -22,36 +22,15 @@
 
 #include <event2/buffer.h>
 
+#include "fuzz_common.h"
+
 #define FUZZ_MAX_HEAD     2048 /* bytes: small, so the 431 paths are reached */
 #define FUZZ_MAX_TARGET   256  /* bytes: 414 */
 #define FUZZ_MAX_BODY     1024 /* bytes: 413 */
 #define FUZZ_MAX_MESSAGES 8    /* pipelined requests followed per input */
 #define FUZZ_ADDED_FIELDS 7    /* most fields serialising adds (X-F-F, X-F-P, ...) */
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* A copy of <buf>[0..<len>) in a block of exactly <len> bytes; caller frees. */
-static char *exact_copy(const char *buf, size_t len)
-{
-    char *p = malloc(len ? len : 1);
-
-    CHECK(p != NULL);
-    memcpy(p, buf, len);
-    return p;
-}
-
-static void check_span(const struct http_head *h, struct http_span s)
-{
-    CHECK((uint64_t)s.off + s.len <= h->head_len);
-}
 
 /* Invariants of a completed head over <len> bytes. */
 static void check_head(const struct http_head *h, size_t len)
@@ -75,15 +54,6 @@ static void check_head(const struct http_head *h, size_t len)
         CHECK(h->index[i] >= -1 && h->index[i] < (int)h->header_count);
     if (h->max_body && !h->chunked)
         CHECK(h->content_length <= h->max_body);
-}
-
-/* Whether <e> is a size limit tripping, which a parse may see on a partial
- * element before another parse of the same bytes sees a bad byte after it:
- * the same bytes, split elsewhere, may then be refused for the other reason
- * (fuzz finding, reported; both are refusals). */
-static int is_limit(enum http_error e)
-{
-    return e == HTTP_ERR_URI_TOO_LONG || e == HTTP_ERR_HEAD_TOO_LARGE;
 }
 
 static void check_same(const struct http_head *a, const struct http_head *b)
@@ -113,21 +83,6 @@ static void check_same(const struct http_head *a, const struct http_head *b)
         CHECK(x->value.off == y->value.off && x->value.len == y->value.len);
         CHECK(x->id == y->id && x->hop == y->hop);
     }
-}
-
-/* Whether the head in <out> (<len> bytes) has a field named <name>. */
-static int has_field(const char *out, size_t len, const char *name, size_t name_len)
-{
-    const char *line = memchr(out, '\n', len);
-
-    while (line && (size_t)(line + 1 - out) < len) {
-        line++;
-        size_t left = len - (size_t)(line - out);
-        if (left > name_len && line[name_len] == ':' && strncasecmp(line, name, name_len) == 0)
-            return 1;
-        line = memchr(line, '\n', left);
-    }
-    return 0;
 }
 
 /* The proxy writes these fields itself, whatever the client sent. */

@@ -25,17 +25,11 @@
 
 #include <event2/buffer.h>
 
+#include "fuzz_common.h"
+
 #define FUZZ_MAX_HEAD     2048 /* bytes: small, so the too-large paths are reached */
 #define FUZZ_MAX_MESSAGES 8    /* responses followed per input */
 #define FUZZ_ADDED_FIELDS 3    /* most fields serialising adds (Via, Connection, Upgrade) */
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -47,21 +41,6 @@ struct forward_mode {
     uint8_t drop_framing;  /* <drop_framing> */
     uint8_t decode;        /* frame the body into an evbuffer too */
 };
-
-/* A copy of <buf>[0..<len>) in a block of exactly <len> bytes; caller frees. */
-static char *exact_copy(const char *buf, size_t len)
-{
-    char *p = malloc(len ? len : 1);
-
-    CHECK(p != NULL);
-    memcpy(p, buf, len);
-    return p;
-}
-
-static void check_span(const struct http_head *h, struct http_span s)
-{
-    CHECK((uint64_t)s.off + s.len <= h->head_len);
-}
 
 /* Invariants of a completed response head over <len> bytes. */
 static void check_head(const struct http_head *h, size_t len)
@@ -86,15 +65,6 @@ static void check_head(const struct http_head *h, size_t len)
         CHECK(!h->has_body && !http_body_until_close(h));
     if (h->status == 101)
         CHECK(h->upgrade);
-}
-
-/* Whether <e> is a size limit tripping, which a parse may see on a partial
- * element before another parse of the same bytes sees a bad byte after it:
- * the same bytes, split elsewhere, may then be refused for the other reason
- * (fuzz finding, reported; both are refusals). */
-static int is_limit(enum http_error e)
-{
-    return e == HTTP_ERR_URI_TOO_LONG || e == HTTP_ERR_HEAD_TOO_LARGE;
 }
 
 static void check_same(const struct http_head *a, const struct http_head *b)
@@ -124,21 +94,6 @@ static void check_same(const struct http_head *a, const struct http_head *b)
         CHECK(x->value.off == y->value.off && x->value.len == y->value.len);
         CHECK(x->id == y->id && x->hop == y->hop);
     }
-}
-
-/* Whether the head in <out> (<len> bytes) has a field named <name>. */
-static int has_field(const char *out, size_t len, const char *name, size_t name_len)
-{
-    const char *line = memchr(out, '\n', len);
-
-    while (line && (size_t)(line + 1 - out) < len) {
-        line++;
-        size_t left = len - (size_t)(line - out);
-        if (left > name_len && line[name_len] == ':' && strncasecmp(line, name, name_len) == 0)
-            return 1;
-        line = memchr(line, '\n', left);
-    }
-    return 0;
 }
 
 /* The proxy writes these fields itself, whatever the clone sent. */
