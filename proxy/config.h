@@ -107,6 +107,12 @@ struct config {
     size_t cache_max_object_size;      /* bytes, default 8m */
     unsigned cache_default_ttl_ms;     /* default 0 */
     char cache_tag_header[64];         /* default Surrogate-Key */
+    bool cache_expose_tags;            /* keep the tag header toward clients; default no */
+    unsigned cache_redis_timeout_ms;   /* longest wait on Redis per request; default 50ms */
+    unsigned cache_lock_timeout_ms;    /* longest wait on another request's fill; default 5s */
+    unsigned cache_stale_while_revalidate_ms; /* default window when the response names none */
+    unsigned cache_stale_if_error_ms;         /* default window when the response names none */
+    bool cache_store_set_cookie; /* store Set-Cookie responses (the cookie itself is never stored) */
     struct config_cidr purge_allow[CONFIG_MAX_CIDRS];
     unsigned purge_allow_count; /* default 127.0.0.1/32, ::1/128 */
 

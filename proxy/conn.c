@@ -753,7 +753,7 @@ static bool read_response_head(struct conn *c)
         if (status < 200 && status != 101) {
             /* interim response: pass it on (HTTP/1.1 clients only) and read the next */
             if (c->req.version_minor >= 1 &&
-                http_response_serialize(&c->resp, p, true, false, false, client_out) == -1) {
+                http_response_serialize(&c->resp, p, NULL, true, false, false, client_out) == -1) {
                 conn_close(c, "out of memory");
                 return false;
             }
@@ -776,7 +776,7 @@ static bool read_response_head(struct conn *c)
         if (c->decode_body)
             c->keep_alive = false;
         c->status = status;
-        if (http_response_serialize(&c->resp, p, c->keep_alive, c->req.version_minor == 0,
+        if (http_response_serialize(&c->resp, p, NULL, c->keep_alive, c->req.version_minor == 0,
                                     c->decode_body, client_out) == -1) {
             conn_close(c, "out of memory");
             return false;

@@ -56,6 +56,24 @@ static const struct known_header known_headers[] = {
     KH("user-agent", HTTP_H_USER_AGENT, 0),
     KH("date", HTTP_H_DATE, 0),
     KH("server", HTTP_H_SERVER, 0),
+    KH("cache-control", HTTP_H_CACHE_CONTROL, 0),
+    KH("pragma", HTTP_H_PRAGMA, 0),
+    KH("expires", HTTP_H_EXPIRES, 0),
+    KH("age", HTTP_H_AGE, 0),
+    KH("last-modified", HTTP_H_LAST_MODIFIED, 0),
+    KH("etag", HTTP_H_ETAG, 0),
+    KH("vary", HTTP_H_VARY, 0),
+    KH("set-cookie", HTTP_H_SET_COOKIE, 0),
+    KH("authorization", HTTP_H_AUTHORIZATION, 0),
+    KH("if-none-match", HTTP_H_IF_NONE_MATCH, 0),
+    KH("if-modified-since", HTTP_H_IF_MODIFIED_SINCE, 0),
+    KH("if-match", HTTP_H_IF_MATCH, 0),
+    KH("if-unmodified-since", HTTP_H_IF_UNMODIFIED_SINCE, 0),
+    KH("if-range", HTTP_H_IF_RANGE, 0),
+    KH("range", HTTP_H_RANGE, 0),
+    KH("location", HTTP_H_LOCATION, 0),
+    KH("content-location", HTTP_H_CONTENT_LOCATION, 0),
+    KH("cache-status", HTTP_H_CACHE_STATUS, 0),
 };
 #undef KH
 
@@ -570,6 +588,36 @@ const char *http_header_value(const struct http_head *h, const char *buf, enum h
     return buf + h->headers[i].value.off;
 }
 
+const char *http_header_next(const struct http_head *h, const char *buf, enum http_header_id id,
+                             unsigned *pos, size_t *len)
+{
+    if (*pos == 0) {
+        int first = h->index[id];
+        if (first < 0)
+            return NULL;
+        *pos = (unsigned)first;
+    }
+    for (unsigned i = *pos; i < h->header_count; i++) {
+        if (h->headers[i].id == id) {
+            *pos = i + 1;
+            *len = h->headers[i].value.len;
+            return buf + h->headers[i].value.off;
+        }
+    }
+    *pos = h->header_count;
+    return NULL;
+}
+
+int http_header_find(const struct http_head *h, const char *buf, const char *name, size_t name_len)
+{
+    for (unsigned i = 0; i < h->header_count; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->name.len == name_len && strncasecmp(buf + hd->name.off, name, name_len) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
 bool http_method_idempotent(const struct http_head *h)
 {
     switch (llhttp_get_method((llhttp_t *)(uintptr_t)&h->parser)) {
@@ -688,7 +736,7 @@ int http_request_serialize(const struct http_head *h, const char *buf,
                            const struct http_forward_info *info, struct evbuffer *out)
 {
     struct evbuffer_iovec vec;
-    size_t room = h->head_len + extra_room(h);
+    size_t room = h->head_len + extra_room(h) + (info->extra ? strlen(info->extra) : 0);
     if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
         return -1;
     struct writer w = {vec.iov_base, (char *)vec.iov_base + room};
@@ -712,6 +760,8 @@ int http_request_serialize(const struct http_head *h, const char *buf,
     put(&w, "\r\n", 2);
     put_joined(&w, h, buf, HTTP_H_VIA, "Via");
     put_str(&w, h->version_minor ? "1.1 " VIA_TOKEN "\r\n" : "1.0 " VIA_TOKEN "\r\n");
+    if (info->extra)
+        put_str(&w, info->extra);
     if (h->index[HTTP_H_HOST] < 0 && info->default_host) {
         put_str(&w, "Host: ");
         put_str(&w, info->default_host);
@@ -723,11 +773,12 @@ int http_request_serialize(const struct http_head *h, const char *buf,
     return commit(out, &vec, &w);
 }
 
-int http_response_serialize(const struct http_head *h, const char *buf, bool keep_alive,
-                            bool http10_client, bool drop_framing, struct evbuffer *out)
+int http_response_serialize(const struct http_head *h, const char *buf, const char *extra_first,
+                            bool keep_alive, bool http10_client, bool drop_framing,
+                            struct evbuffer *out)
 {
     struct evbuffer_iovec vec;
-    size_t room = h->head_len + extra_room(h);
+    size_t room = h->head_len + extra_room(h) + (extra_first ? strlen(extra_first) : 0);
     if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
         return -1;
     struct writer w = {vec.iov_base, (char *)vec.iov_base + room};
@@ -740,6 +791,8 @@ int http_response_serialize(const struct http_head *h, const char *buf, bool kee
     else
         put_str(&w, http_reason(h->status));
     put(&w, "\r\n", 2);
+    if (extra_first)
+        put_str(&w, extra_first);
     put_headers(&w, h, buf, drop_framing);
     put_joined(&w, h, buf, HTTP_H_VIA, "Via");
     put_str(&w, h->version_minor ? "1.1 " VIA_TOKEN "\r\n" : "1.0 " VIA_TOKEN "\r\n");

@@ -51,6 +51,25 @@ enum http_header_id {
     HTTP_H_USER_AGENT,
     HTTP_H_DATE,
     HTTP_H_SERVER,
+    /* caching (RFC 9111) */
+    HTTP_H_CACHE_CONTROL,
+    HTTP_H_PRAGMA,
+    HTTP_H_EXPIRES,
+    HTTP_H_AGE,
+    HTTP_H_LAST_MODIFIED,
+    HTTP_H_ETAG,
+    HTTP_H_VARY,
+    HTTP_H_SET_COOKIE,
+    HTTP_H_AUTHORIZATION,
+    HTTP_H_IF_NONE_MATCH,
+    HTTP_H_IF_MODIFIED_SINCE,
+    HTTP_H_IF_MATCH,
+    HTTP_H_IF_UNMODIFIED_SINCE,
+    HTTP_H_IF_RANGE,
+    HTTP_H_RANGE,
+    HTTP_H_LOCATION,
+    HTTP_H_CONTENT_LOCATION,
+    HTTP_H_CACHE_STATUS,
     HTTP_H_COUNT_,
 };
 
@@ -169,6 +188,7 @@ struct http_forward_info {
     const char *client_ip;    /* text, for X-Forwarded-For / Forwarded */
     const char *proto;        /* "http" or "https" */
     const char *default_host; /* Host to send when an HTTP/1.0 request has none; may be NULL */
+    const char *extra;        /* complete header lines ("Name: v\r\n...") to add; may be NULL */
 };
 
 /*
@@ -183,13 +203,25 @@ int http_request_serialize(const struct http_head *h, const char *buf,
 
 /*
  * Appends the response head <h> (bytes in <buf>) to <out> as it goes to the
- * client: status line, end-to-end headers, Via, and Connection as given by
- * <keep_alive> / <http10_client>; for an upgrade (101) Connection: upgrade
- * and Upgrade. <drop_framing> leaves Transfer-Encoding out (the body is
- * sent decoded, close-delimited, to an HTTP/1.0 client). 0 or -1.
+ * client: status line, <extra_first> (complete header lines, or NULL: the
+ * proxy's own Cache-Status goes before any the clone sent), end-to-end
+ * headers, Via, and Connection as given by <keep_alive> / <http10_client>;
+ * for an upgrade (101) Connection: upgrade and Upgrade. <drop_framing>
+ * leaves Transfer-Encoding out (the body is sent decoded, close-delimited,
+ * to an HTTP/1.0 client). A header the caller marked hop (say the cache's
+ * tag header) is left out as hop-by-hop ones are. 0 or -1.
  */
-int http_response_serialize(const struct http_head *h, const char *buf, bool keep_alive,
-                            bool http10_client, bool drop_framing, struct evbuffer *out);
+int http_response_serialize(const struct http_head *h, const char *buf, const char *extra_first,
+                            bool keep_alive, bool http10_client, bool drop_framing,
+                            struct evbuffer *out);
+
+/* Every header of <h> with <id>, in order: call with *<pos> = 0 first;
+ * returns the next one's value (length in *<len>) or NULL after the last. */
+const char *http_header_next(const struct http_head *h, const char *buf, enum http_header_id id,
+                             unsigned *pos, size_t *len);
+
+/* The header of <h> named <name> (any case; for names without an id), or -1. */
+int http_header_find(const struct http_head *h, const char *buf, const char *name, size_t name_len);
 
 /* Appends a complete short error response (status line, Content-Type,
  * Content-Length, Connection: close unless <keep_alive>, a one-line body). */

@@ -117,7 +117,7 @@ static void check_forward(const struct http_head *h, const char *buf,
     struct evbuffer *out = evbuffer_new();
 
     CHECK(out != NULL);
-    CHECK(http_response_serialize(h, buf, mode->keep_alive, mode->http10_client, mode->drop_framing,
+    CHECK(http_response_serialize(h, buf, NULL, mode->keep_alive, mode->http10_client, mode->drop_framing,
                                   out) == 0);
     size_t len = evbuffer_get_length(out);
     const char *text = (const char *)evbuffer_pullup(out, -1);

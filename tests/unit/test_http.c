@@ -873,7 +873,7 @@ static struct request_out_case request_out_cases[] = {
 static void test_request_out(void **state)
 {
     const struct request_out_case *c = *state;
-    const struct http_forward_info info = {c->client_ip, c->proto, c->default_host};
+    const struct http_forward_info info = {c->client_ip, c->proto, c->default_host, NULL};
     struct http_head h;
     struct evbuffer *out = evbuffer_new();
 
@@ -940,7 +940,7 @@ static void test_response_out(void **state)
     assert_non_null(out);
     head_ok(&h, true, c->raw, strlen(c->raw));
     assert_int_equal(
-        http_response_serialize(&h, c->raw, c->keep_alive, c->http10_client, c->drop_framing, out),
+        http_response_serialize(&h, c->raw, NULL, c->keep_alive, c->http10_client, c->drop_framing, out),
         0);
     char *text = buffer_text(out);
     assert_string_equal(text, c->expected);
@@ -1184,7 +1184,7 @@ static void test_issue_3_response_coding_trailing_tab(void **state)
         evbuffer_free(out);
         return;
     }
-    assert_int_equal(http_response_serialize(&h, raw, false, false, false, out), 0);
+    assert_int_equal(http_response_serialize(&h, raw, NULL, false, false, false, out), 0);
     char *text = buffer_text(out);
     http_head_init(&back, true, 0, 0, 0);
     assert_int_equal(http_head_parse(&back, text, strlen(text)), HTTP_PARSE_DONE);
