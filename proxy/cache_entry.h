@@ -31,6 +31,8 @@ struct evbuffer;
 enum cache_entry_kind {
     CACHE_ENTRY_RESPONSE = 1, /* a stored response */
     CACHE_ENTRY_VARY = 2,     /* a URL's Vary record: names the headers its variants differ by */
+    CACHE_ENTRY_PASS = 3,     /* L1 only, never encoded for Redis: the URL's last response was
+                                 not storable, so requests for it go straight to a clone */
 };
 
 enum cache_entry_flag {
@@ -71,6 +73,7 @@ struct cache_entry {
     struct cache_entry *lru_next;
     uint64_t l1_hash;      /* hash of the key text */
     int64_t l1_expires_ms; /* drop after this: freshness + stale windows */
+    int l1_refreshing;     /* atomic: a background refresh was started from it */
 };
 
 /* What an entry is built from; strings need not be NUL-terminated. */

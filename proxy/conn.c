@@ -17,10 +17,14 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,19 +32,26 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "cache.h"
+#include "cache_entry.h"
+#include "cache_policy.h"
 #include "http.h"
 #include "log.h"
 #include "stats.h"
+#include "store_redis.h"
 #include "stream.h"
 #include "upstream.h"
 #include "worker.h"
 
-#define CONN_BUF_HIGH      (256 * 1024) /* stop reading a side past this many buffered bytes */
-#define CONN_BUF_LOW       (64 * 1024)  /* resume when the other side drained below this */
-#define CONN_RESP_HEAD_MAX (64 * 1024)  /* a clone's response head larger than this: 502 */
-#define CONN_PEEK_VECS     16           /* evbuffer chains framed per parser pass */
-#define CONN_LOG_TARGET    512          /* request target bytes kept for the access log */
-#define CONN_LOG_FIELD     128          /* referer / user agent bytes kept for the log */
+#define CONN_BUF_HIGH         (256 * 1024) /* stop reading a side past this many buffered bytes */
+#define CONN_BUF_LOW          (64 * 1024)  /* resume when the other side drained below this */
+#define CONN_RESP_HEAD_MAX    (64 * 1024)  /* a clone's response head larger than this: 502 */
+#define CONN_PEEK_VECS        16           /* evbuffer chains framed per parser pass */
+#define CONN_LOG_TARGET       512          /* request target bytes kept for the access log */
+#define CONN_LOG_FIELD        128          /* referer / user agent bytes kept for the log */
+#define CONN_CACHE_KEEP_MS    (10 * 60 * 1000) /* a validatable entry outlives its windows by this */
+#define CONN_CACHE_PASS_MS    (60 * 1000) /* a URL found not storable is not waited on for this */
+#define CONN_CACHE_STATUS_MAX 256         /* bytes of our Cache-Status line */
 
 enum conn_state {
     CONN_IDLE = 0,         /* between requests: waiting for a first byte (idle timer) */
@@ -48,10 +59,12 @@ enum conn_state {
     CONN_FORWARDING = 2,   /* an exchange with a clone is under way */
     CONN_TUNNEL = 3,       /* upgraded: bytes relayed both ways until one side closes */
     CONN_CLOSING = 4,      /* the last bytes are being flushed, then close */
+    CONN_CACHE_LOOKUP = 5, /* the cache looks for a stored response (Redis may be asked) */
+    CONN_CACHE_WAIT = 6,   /* another request fills the same key: wait (lock timeout) */
 };
 
-static const char *const state_names[] = {"idle", "reading-head", "forwarding", "tunnel",
-                                          "closing"};
+static const char *const state_names[] = {"idle",    "reading-head", "forwarding", "tunnel",
+                                          "closing", "cache-lookup", "cache-wait"};
 
 /* The access log's copy of the request, taken when the head is parsed. */
 struct conn_log_fields {
@@ -66,6 +79,51 @@ struct conn_log_fields {
     bool has_referer;
     bool has_user_agent;
     uint8_t version_minor;
+};
+
+/*
+ * The cache's part of a request. Made the first time a connection sends a
+ * request the cache handles and kept for the connection's life (freed in
+ * conn_close()), so keep-alive requests allocate nothing; reset per
+ * request by cache_request_end().
+ */
+struct conn_cache {
+    struct cache_policy_request rq; /* what the request asks of the cache */
+    char *key;                      /* owned: URL key, then "\n" + variant for a Vary entry */
+    size_t key_cap;                 /* bytes allocated at key */
+    size_t key_len;                 /* current key (URL or variant) */
+    size_t url_len;                 /* the URL key's length: key[0..url_len) */
+    uint64_t url_hash;              /* cache_hash() of the URL key */
+    char redis_key[CACHE_REDIS_KEY_LEN + 1]; /* Redis key of the lookup in flight */
+    struct store_redis_op *op;               /* Redis lookup in flight; cancelled at request end */
+    struct cache_entry *stale;               /* referenced: stored entry being validated, or NULL */
+    struct cache_fill *fill;                 /* this request fills its key; ended at request end */
+    struct cache_waiter waiter;              /* while waiting on another request's fill */
+    struct conn_store *store;                /* owned: the response being stored, or NULL */
+    char cond[512];                          /* validators sent when revalidating ("" none) */
+    int64_t request_ms;                      /* wall clock when the request went to the clone */
+    uint8_t verdict;                         /* enum cache_policy_verdict of the response */
+    bool active;                             /* this request goes through the cache */
+    bool vary_checked;                       /* the key is the variant key */
+    bool redis_url_tried;                    /* Redis asked for the URL key */
+    bool redis_variant_tried;                /* Redis asked for the variant key */
+    bool no_coalesce;                        /* forward on its own (woken without an entry, pass) */
+    bool collapsed;                          /* waited on another request's fill */
+    bool stored;                             /* the response was stored */
+    bool invalidate;                         /* unsafe method: invalidate the URL on success */
+};
+
+/* A response being stored while it streams to the client. */
+struct conn_store {
+    struct cache_policy_response pr;  /* the policy's verdict and times */
+    struct evbuffer *head;            /* owned: the header lines to store */
+    struct evbuffer *body;            /* owned: the payload so far */
+    char vary[CACHE_POLICY_VARY_MAX]; /* Vary names ("" none) */
+    size_t vary_len;
+    char etag[256]; /* ETag value ("" none; a longer one is not kept) */
+    size_t etag_len;
+    char tags[1024]; /* purge tags, space-separated ("" none) */
+    size_t tags_len;
 };
 
 struct conn {
@@ -106,6 +164,8 @@ struct conn {
     uint64_t bytes_written_mark;          /* cs.bytes_written already counted */
     int stale_server;                     /* clone whose pooled connection went stale, -1 none */
     struct conn_log_fields log;           /* filled only while the access log is on */
+    struct conn_cache *cx;                /* owned (freed in conn_close()): the cache's part */
+    uint8_t cache_outcome;                /* enum stats_cache_outcome of the request */
     struct http_head req;                 /* current request head; reset per request */
     struct http_head resp;                /* current response head; reset per response */
 };
@@ -115,12 +175,23 @@ static void process_input(struct conn *c);
 static void dispatch(struct conn *c);
 static void pump_response_body(struct conn *c);
 static void conn_on_read(struct stream *st, void *arg);
+static bool cache_begin(struct conn *c, const char *buf);
+static void cache_request_end(struct conn *c);
+static bool cache_stale_if_error(struct conn *c, unsigned status);
+static void cache_status_line(const struct conn *c, char *out, size_t room, bool stored,
+                              int64_t ttl_s, unsigned fwd_status);
+static bool cache_response_head(struct conn *c, const char *p, char *line, size_t room);
+static void cache_store_check(struct conn *c);
+static void cache_store_finish(struct conn *c);
+static bool cache_refresh(struct conn *c, const char *p);
+static void cache_refresh_behind(struct conn *c, struct cache_entry *e);
+static int64_t wall_ms(void);
 
 /* ------------------------------------------------------------ small helpers */
 
 static void conn_set_state(struct conn *c, enum conn_state next)
 {
-    assert(next >= CONN_IDLE && next <= CONN_CLOSING);
+    assert(next >= CONN_IDLE && next <= CONN_CACHE_WAIT);
     log_debug("%s: %s %s -> %s", __func__, c->client_ip, state_names[c->state], state_names[next]);
     c->state = next;
 }
@@ -189,6 +260,10 @@ static void request_done(struct conn *c)
     uint64_t in, out;
     int64_t total_us = now_us() - c->t_start;
     count_bytes(c, &in, &out);
+    if (c->status)
+        STATS_INC(sw->cache.outcome[c->cache_outcome < STATS_CS_COUNT ? c->cache_outcome
+                                                                      : STATS_CS_BYPASS]);
+    cache_request_end(c);
     stats_record_request(sw, c->status, in, out, total_us > 0 ? (uint64_t)total_us : 0,
                          c->upstream_time >= 0 ? c->server_id : -1,
                          c->upstream_time >= 0 ? (uint64_t)(c->upstream_time * 1e6) : 0,
@@ -263,6 +338,12 @@ static void drop_upstream(struct conn *c, bool reusable)
 static void conn_close(struct conn *c, const char *why)
 {
     log_debug("%s: %s closed: %s", __func__, c->client_ip, why);
+    cache_request_end(c);
+    if (c->cx) {
+        free(c->cx->key);
+        free(c->cx);
+        c->cx = NULL;
+    }
     drop_upstream(c, false);
     if (event_initialized(&c->timer))
         event_del(&c->timer);
@@ -308,13 +389,19 @@ static void close_after_flush(struct conn *c, const char *why)
 static void send_error(struct conn *c, unsigned status, bool keep, const char *why)
 {
     struct evbuffer *out = c->cs.out;
+    if (status >= 500 && cache_stale_if_error(c, status))
+        return;
     keep = keep && c->keep_alive && !c->w->draining;
     /* 503 says when to come back; 405 must say what is allowed (RFC 9110) */
     const char *extra = status == 503   ? "Retry-After: 1\r\n"
                         : status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, "
                                           "TRACE\r\n"
-                                        : NULL;
-    if (http_error_response(status, keep, extra, out) == -1) {
+                                        : "";
+    char lines[CONN_CACHE_STATUS_MAX + 128];
+    size_t n = strlen(extra);
+    memcpy(lines, extra, n);
+    cache_status_line(c, lines + n, sizeof(lines) - n, false, 0, 0);
+    if (http_error_response(status, keep, lines, out) == -1) {
         conn_close(c, "out of memory");
         return;
     }
@@ -347,11 +434,13 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
 /*
  * Frames the body bytes at the front of <from> with <h>'s parser and moves
  * those that belong to the message to <to> (or, with <decode>, appends
- * only the payload to <to> and drops the framing). Sets *<moved> to the
+ * only the payload to <to> and drops the framing). Without <decode>, a
+ * <tee> gets a copy of the payload (a response being stored). Sets *<moved> to the
  * bytes taken from <from>. Returns the parser's verdict.
  */
 static enum http_parse frame_and_move(struct http_head *h, struct evbuffer *from,
-                                      struct evbuffer *to, bool decode, size_t *moved)
+                                      struct evbuffer *to, bool decode, struct evbuffer *tee,
+                                      size_t *moved)
 {
     struct evbuffer_iovec vec[CONN_PEEK_VECS];
     enum http_parse r = HTTP_PARSE_AGAIN;
@@ -366,14 +455,14 @@ static enum http_parse frame_and_move(struct http_head *h, struct evbuffer *from
         if (n <= 0) {
             /* no bytes: still let the parser end a message without a body */
             size_t used;
-            r = http_body_parse(h, "", 0, &used, decode ? to : NULL);
+            r = http_body_parse(h, "", 0, &used, decode ? to : tee);
             break;
         }
         if (n > CONN_PEEK_VECS)
             n = CONN_PEEK_VECS;
         for (int i = 0; i < n; i++) {
             size_t used;
-            r = http_body_parse(h, vec[i].iov_base, vec[i].iov_len, &used, decode ? to : NULL);
+            r = http_body_parse(h, vec[i].iov_base, vec[i].iov_len, &used, decode ? to : tee);
             total += used;
             if (r != HTTP_PARSE_AGAIN)
                 goto out;
@@ -415,7 +504,7 @@ static void pump_request_body(struct conn *c)
     struct evbuffer *out = c->up->s.out;
     size_t moved;
 
-    enum http_parse r = frame_and_move(&c->req, in, out, false, &moved);
+    enum http_parse r = frame_and_move(&c->req, in, out, false, NULL, &moved);
     if (moved)
         stream_flush(&c->up->s);
     if (r == HTTP_PARSE_ERROR) {
@@ -475,6 +564,10 @@ static void conn_on_read(struct stream *st, void *arg)
         evbuffer_drain(c->cs.in, evbuffer_get_length(c->cs.in));
         stream_read_resume(&c->cs);
         break;
+    case CONN_CACHE_LOOKUP:
+    case CONN_CACHE_WAIT:
+        /* a pipelined request waits in the input (bounded by the watermark) */
+        break;
     }
 }
 
@@ -533,6 +626,8 @@ static void start_exchange(struct conn *c, const char *buf)
     c->head_kept = true;
     if (c->req.has_body)
         stream_set_timeouts(&c->cs, c->w->idle_tv, c->w->idle_tv);
+    if (cache_begin(c, buf))
+        return;
     dispatch(c);
 }
 
@@ -565,6 +660,7 @@ static void process_input(struct conn *c)
     if (c->state == CONN_IDLE) {
         conn_set_state(c, CONN_READING_HEAD);
         c->t_start = now_us();
+        c->cache_outcome = STATS_CS_BYPASS;
         memset(&c->log, 0, sizeof(c->log));
         c->log.version_minor = 1; /* until the request line says otherwise */
         deadline_clear(c);        /* a header deadline only if the head is incomplete */
@@ -766,6 +862,9 @@ static bool read_response_head(struct conn *c)
         }
         /* the final response: the request can no longer be retried */
         upstream_report(c->up->pool, c->up->server, NULL);
+        char cache_status[CONN_CACHE_STATUS_MAX];
+        if (cache_response_head(c, p, cache_status, sizeof(cache_status)))
+            return false; /* answered from the cache */
         if (c->head_kept) {
             evbuffer_drain(c->cs.in, c->req.head_len);
             c->head_kept = false;
@@ -776,8 +875,8 @@ static bool read_response_head(struct conn *c)
         if (c->decode_body)
             c->keep_alive = false;
         c->status = status;
-        if (http_response_serialize(&c->resp, p, NULL, c->keep_alive, c->req.version_minor == 0,
-                                    c->decode_body, client_out) == -1) {
+        if (http_response_serialize(&c->resp, p, cache_status, c->keep_alive,
+                                    c->req.version_minor == 0, c->decode_body, client_out) == -1) {
             conn_close(c, "out of memory");
             return false;
         }
@@ -797,7 +896,8 @@ static void pump_response_body(struct conn *c)
     struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
 
-    enum http_parse r = frame_and_move(&c->resp, in, out, c->decode_body, &moved);
+    struct evbuffer *tee = c->cx && c->cx->store ? c->cx->store->body : NULL;
+    enum http_parse r = frame_and_move(&c->resp, in, out, c->decode_body, tee, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
     stream_flush(&c->cs);
     if (r == HTTP_PARSE_ERROR) {
@@ -806,7 +906,10 @@ static void pump_response_body(struct conn *c)
         abort_response(c, "broken response body");
         return;
     }
+    if (tee)
+        cache_store_check(c);
     if (r != HTTP_PARSE_AGAIN) {
+        cache_store_finish(c);
         finish_exchange(c);
         return;
     }
@@ -822,12 +925,16 @@ static void finish_on_eof(struct conn *c)
 {
     struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
-    enum http_parse r = frame_and_move(&c->resp, c->up->s.in, out, c->decode_body, &moved);
+    struct evbuffer *tee = c->cx && c->cx->store ? c->cx->store->body : NULL;
+    enum http_parse r = frame_and_move(&c->resp, c->up->s.in, out, c->decode_body, tee, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
     stream_flush(&c->cs);
     if (r == HTTP_PARSE_AGAIN)
         r = http_body_eof(&c->resp);
     if (r == HTTP_PARSE_DONE) {
+        if (tee)
+            cache_store_check(c);
+        cache_store_finish(c);
         finish_exchange(c);
         return;
     }
@@ -972,7 +1079,10 @@ static void dispatch(struct conn *c)
         .client_ip = c->client_ip,
         .proto = "http",
         .default_host = c->upstream_name,
+        .extra = c->cx && c->cx->active && c->cx->cond[0] ? c->cx->cond : NULL,
     };
+    if (c->cx && c->cx->active)
+        c->cx->request_ms = wall_ms();
     if (!head || http_request_serialize(&c->req, head, &info, us->out) == -1) {
         conn_close(c, "out of memory");
         return;
@@ -991,6 +1101,1048 @@ static void dispatch(struct conn *c)
     if (c->up->connected)
         send_body(c);
     /* else the body waits for STREAM_EV_CONNECTED */
+}
+
+/* ------------------------------------------------------------ cache side */
+
+static const char *const cache_fwd_names[STATS_CS_COUNT] = {
+    NULL, "uri-miss", "vary-miss", "miss", "stale", "request", "bypass",
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct cache *cache_of(const struct conn *c)
+{
+    return c->w->shared->cache;
+}
+
+/* How much longer <e> is worth keeping: fresh time left, then its stale
+ * windows, then (when it can be validated) CONN_CACHE_KEEP_MS. */
+static int64_t entry_keep_ms(const struct cache_entry *e, int64_t now)
+{
+    int64_t age = cache_policy_age_ms(e->initial_age_ms, e->response_ms, now);
+    int64_t stale = e->swr_ms > e->sie_ms ? e->swr_ms : e->sie_ms;
+    bool validatable = e->etag_len > 0 || e->last_modified_ms >= 0;
+    return e->freshness_ms - age + stale + (validatable ? CONN_CACHE_KEEP_MS : 0);
+}
+
+static void stored_facts(const struct cache_entry *e, struct cache_policy_stored *st)
+{
+    st->initial_age_ms = e->initial_age_ms;
+    st->response_ms = e->response_ms;
+    st->freshness_ms = e->freshness_ms;
+    st->swr_ms = e->swr_ms;
+    st->sie_ms = e->sie_ms;
+    st->must_revalidate = (e->flags & CACHE_ENTRY_MUST_REVALIDATE) != 0;
+    st->no_cache = (e->flags & CACHE_ENTRY_NO_CACHE) != 0;
+}
+
+static void store_free(struct conn_store *st)
+{
+    if (!st)
+        return;
+    if (st->head)
+        evbuffer_free(st->head);
+    if (st->body)
+        evbuffer_free(st->body);
+    free(st);
+}
+
+/* Everything the cache held for the request goes: the Redis lookup, the
+ * wait, the fill (waiters then forward on their own), the stale entry. */
+static void cache_request_end(struct conn *c)
+{
+    struct conn_cache *cx = c->cx;
+    if (!cx || !cx->active)
+        return;
+    cx->active = false;
+    if (cx->op) {
+        store_redis_cancel(cx->op);
+        cx->op = NULL;
+    }
+    cache_waiter_cancel(cache_of(c), &cx->waiter);
+    if (cx->fill) {
+        cache_fill_end(cache_of(c), cx->fill, cx->stored);
+        cx->fill = NULL;
+    }
+    if (cx->store) {
+        STATS_INC(c->w->stats->cache.stores_aborted);
+        store_free(cx->store);
+        cx->store = NULL;
+    }
+    cache_entry_unref(cx->stale);
+    cx->stale = NULL;
+}
+
+static bool key_room(struct conn_cache *cx, size_t need)
+{
+    if (need <= cx->key_cap)
+        return true;
+    size_t cap = cx->key_cap ? cx->key_cap : 256;
+    while (cap < need)
+        cap *= 2;
+    char *k = realloc(cx->key, cap); /* owned by cx, freed in conn_close() */
+    if (!k)
+        return false;
+    cx->key = k;
+    cx->key_cap = cap;
+    return true;
+}
+
+/* The "Cache-Status: ..." line for a forwarded response. */
+static void cache_status_line(const struct conn *c, char *out, size_t room, bool stored,
+                              int64_t ttl_s, unsigned fwd_status)
+{
+    int n = snprintf(out, room, "Cache-Status: clonegate; fwd=%s",
+                     cache_fwd_names[c->cache_outcome ? c->cache_outcome : STATS_CS_MISS]);
+    if (n < 0 || (size_t)n >= room)
+        goto end;
+    if (fwd_status)
+        n += snprintf(out + n, room - (size_t)n, "; fwd-status=%u", fwd_status);
+    if ((size_t)n < room && c->cx && c->cx->collapsed)
+        n += snprintf(out + n, room - (size_t)n, "; collapsed");
+    if ((size_t)n < room && stored)
+        n += snprintf(out + n, room - (size_t)n, "; stored; ttl=%lld", (long long)ttl_s);
+    else if ((size_t)n < room && c->cx && c->cx->active && c->cx->verdict != CACHE_STORE)
+        n += snprintf(out + n, room - (size_t)n, "; detail=%s",
+                      cache_policy_verdict_text(c->cx->verdict));
+end:
+    if ((size_t)n + 3 > room)
+        n = (int)room - 3;
+    memcpy(out + n, "\r\n", 3);
+}
+
+/* Whether header line <name> (of <len> bytes) is one a 304 carries. */
+static bool not_modified_field(const char *name, size_t len)
+{
+    static const char *const keep[] = {"cache-control", "content-location", "date", "etag",
+                                       "expires",       "last-modified",    "vary"};
+    for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+        if (strlen(keep[i]) == len && strncasecmp(keep[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+/* Appends <e>'s stored header lines to <out>; only the 304 ones when <nm>. */
+static int add_stored_head(const struct cache_entry *e, bool nm, struct evbuffer *out)
+{
+    if (!nm)
+        return evbuffer_add(out, e->head, e->head_len);
+    const char *p = e->head, *end = e->head + e->head_len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        size_t line = eol ? (size_t)(eol - p + 1) : (size_t)(end - p);
+        if (colon && colon < p + line && not_modified_field(p, (size_t)(colon - p)) &&
+            evbuffer_add(out, p, line) == -1)
+            return -1;
+        p += line;
+    }
+    return 0;
+}
+
+static void cache_after_answer(struct conn *c);
+
+/*
+ * Answers the request from <e> (the caller keeps its reference): 304 when
+ * the request's own validators match, else the stored response with Age
+ * and a Cache-Status for <outcome> (a hit, or a forward whose clone said
+ * <fwd_status>), the body referenced, not copied. <c> may be gone after.
+ */
+static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
+                        enum stats_cache_outcome outcome, unsigned fwd_status)
+{
+    struct evbuffer *out = c->cs.out;
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    bool nm = req && c->cx->rq.conditional &&
+              cache_policy_not_modified(&c->req, req, e->etag, e->etag_len, e->last_modified_ms);
+    unsigned status = nm ? 304 : e->status;
+    bool body = !nm && !c->cx->rq.is_head && status != 204 && status != 304 && status >= 200;
+    long long ttl_s = (long long)((e->freshness_ms - age_ms) / 1000);
+    int r;
+    if (outcome == STATS_CS_HIT)
+        r = evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\nCache-Status: clonegate; hit; ttl=%lld\r\n",
+                                status, http_reason(status), ttl_s);
+    else
+        r = evbuffer_add_printf(out,
+                                "HTTP/1.1 %u %s\r\nCache-Status: clonegate; fwd=%s; "
+                                "fwd-status=%u%s; ttl=%lld\r\n",
+                                status, http_reason(status), cache_fwd_names[outcome], fwd_status,
+                                fwd_status >= 500 ? "; detail=stale-if-error" : "", ttl_s);
+    r |= add_stored_head(e, nm, out);
+    r |=
+        evbuffer_add_printf(out, "Age: %lld\r\nVia: 1.1 clonegate\r\n", (long long)(age_ms / 1000));
+    if (!nm && status != 204 && status != 304)
+        r |= evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)e->body_len);
+    if (!c->keep_alive)
+        r |= evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (c->req.version_minor == 0)
+        r |= evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    r |= evbuffer_add(out, "\r\n", 2);
+    if (body && e->body_len)
+        r |= cache_entry_add_body(e, out);
+    if (r < 0) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    c->status = status;
+    c->bytes_sent = body ? e->body_len : 0;
+    c->cache_outcome = (uint8_t)outcome;
+    stream_flush(&c->cs);
+    cache_after_answer(c);
+}
+
+/* The request was answered without a clone: on to the next one. */
+static void cache_after_answer(struct conn *c)
+{
+    request_done(c);
+    drop_upstream(c, false);
+    if (c->head_kept) {
+        evbuffer_drain(c->cs.in, c->req.head_len);
+        c->head_kept = false;
+    }
+    if (!c->keep_alive) {
+        close_after_flush(c, "answered from the cache, connection not kept");
+        return;
+    }
+    http_head_reset(&c->req);
+    conn_set_state(c, CONN_IDLE);
+    if (evbuffer_get_length(c->cs.in) == 0) {
+        process_input(c); /* arms the idle deadline */
+        return;
+    }
+    /* a pipelined request: on the next loop turn, as send_error() does */
+    c->resume_input = true;
+    event_active(&c->timer, EV_TIMEOUT, 1);
+}
+
+static void cache_lookup(struct conn *c);
+
+/* A Redis lookup answered: keep what it found in L1 and look again. */
+static void conn_on_redis(void *arg, enum store_redis_result r, const char *data, size_t len)
+{
+    struct conn *c = arg;
+    struct conn_cache *cx = c->cx;
+    cx->op = NULL;
+    if (r == STORE_REDIS_FOUND) {
+        struct cache_entry *e = cache_entry_decode(data, len);
+        /* the full key is compared: a hash collision never serves a wrong body */
+        if (e && cache_entry_key_equals(e, cx->key, cx->key_len)) {
+            int64_t now = wall_ms();
+            int64_t keep = entry_keep_ms(e, now);
+            if (keep > 0) {
+                STATS_INC(c->w->stats->cache.l2_hits);
+                cache_put(cache_of(c), cx->url_hash, e, now + keep);
+                cache_entry_unref(e);
+                cache_lookup(c); /* finds it in L1 now, or serves it if L1 refused it */
+                return;
+            }
+        } else if (!e) {
+            log_warnx("cache: undecodable entry in Redis for %.*s", (int)cx->key_len, cx->key);
+        }
+        cache_entry_unref(e);
+    }
+    cache_lookup(c);
+}
+
+static void cache_forward(struct conn *c, enum stats_cache_outcome why);
+static void cache_use_entry(struct conn *c, struct cache_entry *e);
+
+/*
+ * Finds the stored response for the request: L1 first, then Redis (the
+ * request then waits, at most cache.redis_timeout, in conn_on_redis()). A
+ * URL with a Vary record is looked up again under the request's variant.
+ */
+static void cache_lookup(struct conn *c)
+{
+    struct conn_cache *cx = c->cx;
+    struct cache *cache = cache_of(c);
+    int64_t now = wall_ms();
+
+    struct cache_entry *e = cache_get(cache, cx->url_hash, cx->key, cx->key_len, now);
+    if (!e && c->w->redis) {
+        bool *tried = cx->vary_checked ? &cx->redis_variant_tried : &cx->redis_url_tried;
+        if (!*tried) {
+            *tried = true;
+            cache_redis_key("", cx->key, cx->key_len, cx->redis_key);
+            cx->op = store_redis_get(c->w->redis, cx->redis_key, strlen(cx->redis_key),
+                                     conn_on_redis, c);
+            if (cx->op)
+                return;
+        }
+    }
+    if (!e) {
+        cache_forward(c, cx->vary_checked ? STATS_CS_VARY_MISS : STATS_CS_URI_MISS);
+        return;
+    }
+    if (e->kind == CACHE_ENTRY_PASS) {
+        /* known not storable lately: forward alone, no wait, judge again */
+        cache_entry_unref(e);
+        cx->no_coalesce = true;
+        cache_forward(c, STATS_CS_URI_MISS);
+        return;
+    }
+    if (e->kind == CACHE_ENTRY_VARY && !cx->vary_checked) {
+        const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+        char variant[CACHE_POLICY_VARY_MAX];
+        int vlen =
+            req ? cache_policy_variant(&c->req, req, e->vary, e->vary_len, variant, sizeof(variant))
+                : -1;
+        cache_entry_unref(e);
+        if (vlen < 0 || !key_room(cx, cx->url_len + 1 + (size_t)vlen)) {
+            cache_forward(c, STATS_CS_BYPASS);
+            return;
+        }
+        cx->key[cx->url_len] = '\n';
+        memcpy(cx->key + cx->url_len + 1, variant, (size_t)vlen);
+        cx->key_len = cx->url_len + 1 + (size_t)vlen;
+        cx->vary_checked = true;
+        cache_lookup(c);
+        return;
+    }
+    if (e->kind != CACHE_ENTRY_RESPONSE) {
+        cache_entry_unref(e);
+        cache_forward(c, STATS_CS_MISS);
+        return;
+    }
+    cache_use_entry(c, e);
+}
+
+/* Decides what a found entry <e> (a reference, consumed) is good for. */
+static void cache_use_entry(struct conn *c, struct cache_entry *e)
+{
+    struct conn_cache *cx = c->cx;
+    struct cache_policy_stored st;
+    int64_t age;
+    stored_facts(e, &st);
+    enum cache_policy_use use = cache_policy_use(&st, &cx->rq, wall_ms(), &age);
+
+    switch (use) {
+    case CACHE_USE_FRESH:
+        serve_entry(c, e, age, STATS_CS_HIT, 0);
+        cache_entry_unref(e);
+        return;
+    case CACHE_USE_STALE:
+    case CACHE_USE_SWR:
+        STATS_INC(c->w->stats->cache.stale_served);
+        if (use == CACHE_USE_SWR)
+            cache_refresh_behind(c, e);
+        serve_entry(c, e, age, STATS_CS_HIT, 0);
+        cache_entry_unref(e);
+        return;
+    case CACHE_USE_VALIDATE:
+    case CACHE_USE_REQUEST:
+        break;
+    }
+    /* validate: forward with the stored validators; a 304 refreshes <e> */
+    cx->stale = e;
+    cx->cond[0] = '\0';
+    size_t n = 0;
+    if (e->etag_len && e->etag_len < sizeof(cx->cond) - 40)
+        n = (size_t)snprintf(cx->cond, sizeof(cx->cond), "If-None-Match: %.*s\r\n",
+                             (int)e->etag_len, e->etag);
+    if (e->last_modified_ms >= 0) {
+        char date[32];
+        cache_policy_format_date(e->last_modified_ms, date);
+        snprintf(cx->cond + n, sizeof(cx->cond) - n, "If-Modified-Since: %s\r\n", date);
+    }
+    if (cx->cond[0]) {
+        /* the client's own validators are answered here, from the result */
+        for (unsigned i = 0; i < c->req.header_count; i++) {
+            uint8_t id = c->req.headers[i].id;
+            if (id == HTTP_H_IF_NONE_MATCH || id == HTTP_H_IF_MODIFIED_SINCE)
+                c->req.headers[i].hop = 1;
+        }
+    }
+    cx->no_coalesce = true; /* a validation is quick and may not store */
+    cache_forward(c, use == CACHE_USE_REQUEST ? STATS_CS_REQUEST : STATS_CS_STALE);
+}
+
+/* Woken from a fill this request waited on (its own worker thread). */
+static void conn_on_fill_done(void *arg, bool filled)
+{
+    struct conn *c = arg;
+    struct conn_cache *cx = c->cx;
+    deadline_clear(c);
+    cx->no_coalesce = true;
+    if (!filled) {
+        cache_forward(c, STATS_CS_MISS);
+        return;
+    }
+    cx->redis_url_tried = cx->redis_variant_tried = true; /* L1 has it, or nobody has */
+    c->cache_outcome = STATS_CS_MISS;
+    cache_lookup(c);
+}
+
+/* Forwards the request to a clone: as the filler of its key when it may be
+ * stored and nobody fills it yet, else waiting for whoever does. */
+static void cache_forward(struct conn *c, enum stats_cache_outcome why)
+{
+    struct conn_cache *cx = c->cx;
+    if (!c->cache_outcome || c->cache_outcome == STATS_CS_URI_MISS)
+        c->cache_outcome = (uint8_t)why;
+    if (cx->collapsed)
+        c->cache_outcome = STATS_CS_MISS;
+    if (why != STATS_CS_BYPASS && !cx->no_coalesce && !cx->rq.is_head) {
+        cx->waiter.box = c->w->mailbox;
+        cx->waiter.wake = conn_on_fill_done;
+        cx->waiter.arg = c;
+        struct cache_fill *fill;
+        enum cache_fill_role role =
+            cache_fill_join(cache_of(c), cx->url_hash, cx->key, cx->url_len, &cx->waiter, &fill);
+        if (role == CACHE_FILL_WAITING) {
+            STATS_INC(c->w->stats->cache.coalesced);
+            cx->collapsed = true;
+            conn_set_state(c, CONN_CACHE_WAIT);
+            deadline_after_ms(c, now_us(), cfg_of(c)->cache_lock_timeout_ms);
+            return;
+        }
+        cx->fill = fill; /* NULL when out of memory: forward uncoalesced */
+    }
+    conn_set_state(c, CONN_FORWARDING);
+    dispatch(c);
+}
+
+/*
+ * Starts the cache's part of a request whose head is parsed (bytes at
+ * <buf>). Returns true when the cache took the request over (answered it,
+ * or it waits on Redis or on another request's fill); false to forward it.
+ */
+static bool cache_begin(struct conn *c, const char *buf)
+{
+    const struct config *cfg = cfg_of(c);
+    struct cache *cache = cache_of(c);
+
+    c->cache_outcome = STATS_CS_BYPASS;
+    if (!cache || !cfg->cache_enabled || c->req.upgrade)
+        return false;
+    if (!c->cx) {
+        c->cx = calloc(1, sizeof(*c->cx)); /* freed in conn_close() */
+        if (!c->cx)
+            return false;
+    }
+    struct conn_cache *cx = c->cx;
+    cache_policy_request(&c->req, buf, &cx->rq);
+    if (!(cx->rq.lookup && !c->req.has_body) && !cx->rq.unsafe)
+        return false;
+    if (!key_room(cx, CACHE_POLICY_KEY_MAX))
+        return false;
+    size_t len = cache_policy_key(&c->req, buf, "http", cx->key, cx->key_cap);
+    if (len == 0)
+        return false;
+    cx->active = true;
+    cx->key_len = cx->url_len = len;
+    cx->url_hash = cache_hash(cx->key, len);
+    cx->vary_checked = cx->redis_url_tried = cx->redis_variant_tried = false;
+    cx->no_coalesce = cx->collapsed = cx->stored = false;
+    cx->verdict = CACHE_STORE;
+    cx->cond[0] = '\0';
+    cx->invalidate = cx->rq.unsafe;
+    if (cx->rq.unsafe)
+        return false; /* forwarded; the URL is invalidated if it succeeds */
+    if (cx->rq.cc.flags & CACHE_CC_NO_STORE) {
+        cx->no_coalesce = true; /* nothing will be stored for it */
+    }
+    c->cache_outcome = 0;
+    conn_set_state(c, CONN_CACHE_LOOKUP);
+    cache_lookup(c);
+    return true;
+}
+
+/* ------------------------------------------------------------ cache: responses */
+
+/* Appends the header lines of <h> (bytes in <buf>) that a stored response
+ * replays: end-to-end ones but framing, Age, Set-Cookie and the tag header
+ * (which a clone sends for the cache, not for clients). */
+static int add_store_lines(struct evbuffer *out, const struct http_head *h, const char *buf)
+{
+    for (unsigned i = 0; i < h->header_count; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->hop || hd->id == HTTP_H_CONTENT_LENGTH || hd->id == HTTP_H_TRANSFER_ENCODING ||
+            hd->id == HTTP_H_AGE || hd->id == HTTP_H_SET_COOKIE)
+            continue;
+        if (evbuffer_add(out, buf + hd->name.off, hd->name.len) == -1 ||
+            evbuffer_add(out, ": ", 2) == -1 ||
+            evbuffer_add(out, buf + hd->value.off, hd->value.len) == -1 ||
+            evbuffer_add(out, "\r\n", 2) == -1)
+            return -1;
+    }
+    return 0;
+}
+
+/* Copies the tag header's values (space-separated tokens) into <st>. */
+static void keep_tags(struct conn_store *st, const struct http_head *h, const char *buf, int first)
+{
+    st->tags_len = 0;
+    for (unsigned i = (unsigned)first; i < h->header_count; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->name.len != h->headers[first].name.len ||
+            strncasecmp(buf + hd->name.off, buf + h->headers[first].name.off, hd->name.len) != 0)
+            continue;
+        if (st->tags_len + hd->value.len + 1 >= sizeof(st->tags))
+            break; /* more tags than kept: the first ones still purge */
+        if (st->tags_len)
+            st->tags[st->tags_len++] = ' ';
+        memcpy(st->tags + st->tags_len, buf + hd->value.off, hd->value.len);
+        st->tags_len += hd->value.len;
+    }
+}
+
+/* The URL was changed by an unsafe request: its entries go, here and in
+ * Redis, with those of Location / Content-Location on the same origin. */
+static void cache_invalidate_url(struct conn *c, const char *url, size_t len)
+{
+    char rkey[CACHE_REDIS_KEY_LEN + 1], skey[CACHE_REDIS_KEY_LEN + 4];
+    cache_remove_url(cache_of(c), cache_hash(url, len), url, len);
+    if (c->w->redis) {
+        size_t rl = cache_redis_key("", url, len, rkey);
+        size_t sl = cache_redis_key("vs:", url, len, skey);
+        store_redis_del(c->w->redis, rkey, rl, skey, sl, NULL, NULL);
+    }
+    STATS_INC(c->w->stats->cache.invalidations);
+}
+
+static void cache_invalidate(struct conn *c, const char *buf)
+{
+    struct conn_cache *cx = c->cx;
+    cache_invalidate_url(c, cx->key, cx->url_len);
+    /* the origin: "scheme://host" ends at the third slash of the key */
+    const char *slash = memchr(cx->key + 7, '/', cx->url_len > 7 ? cx->url_len - 7 : 0);
+    size_t origin_len = slash ? (size_t)(slash - cx->key) : cx->url_len;
+    const enum http_header_id ids[] = {HTTP_H_LOCATION, HTTP_H_CONTENT_LOCATION};
+    for (size_t i = 0; i < 2; i++) {
+        size_t vlen;
+        const char *v = http_header_value(&c->resp, buf, ids[i], &vlen);
+        if (!v || vlen == 0)
+            continue;
+        char url[CACHE_POLICY_KEY_MAX];
+        size_t n = 0;
+        if (v[0] == '/' && !(vlen > 1 && v[1] == '/') && origin_len + vlen < sizeof(url)) {
+            memcpy(url, cx->key, origin_len);
+            memcpy(url + origin_len, v, vlen);
+            n = origin_len + vlen;
+        } else if (vlen > origin_len && strncasecmp(v, cx->key, origin_len) == 0 &&
+                   v[origin_len] == '/' && vlen < sizeof(url)) {
+            memcpy(url, cx->key, origin_len); /* the origin as keyed (lower case) */
+            memcpy(url + origin_len, v + origin_len, vlen - origin_len);
+            n = vlen;
+        }
+        if (n && !(n == cx->url_len && memcmp(url, cx->key, n) == 0))
+            cache_invalidate_url(c, url, n);
+    }
+}
+
+/* Remembers for a while that the URL's responses are not storable, so the
+ * next requests neither wait on each other nor ask Redis. */
+static void cache_mark_pass(struct conn *c)
+{
+    struct conn_cache *cx = c->cx;
+    int64_t now = wall_ms();
+    struct cache_entry_parts p = {
+        .kind = CACHE_ENTRY_PASS,
+        .response_ms = now,
+        .last_modified_ms = -1,
+        .key = cx->key,
+        .key_len = cx->url_len,
+    };
+    struct cache_entry *e = cache_entry_build(&p);
+    if (!e)
+        return;
+    cache_put(cache_of(c), cx->url_hash, e, now + CONN_CACHE_PASS_MS);
+    cache_entry_unref(e);
+}
+
+/* Sets up storing the response whose head is <p>, judged storable. */
+static void cache_store_begin(struct conn *c, const char *req, const char *p,
+                              const struct cache_policy_response *pr, int tag_index)
+{
+    struct conn_cache *cx = c->cx;
+    struct conn_store *st = calloc(1, sizeof(*st)); /* freed by store_free() at its end */
+    if (!st)
+        return;
+    st->pr = *pr;
+    st->head = evbuffer_new();
+    st->body = evbuffer_new();
+    int vlen = cache_policy_vary_names(&c->resp, p, st->vary, sizeof(st->vary));
+    if (!st->head || !st->body || vlen < 0 || add_store_lines(st->head, &c->resp, p) == -1)
+        goto fail;
+    st->vary_len = (size_t)vlen;
+    if (tag_index >= 0)
+        keep_tags(st, &c->resp, p, tag_index);
+    size_t elen;
+    const char *etag = http_header_value(&c->resp, p, HTTP_H_ETAG, &elen);
+    if (etag && elen < sizeof(st->etag)) {
+        memcpy(st->etag, etag, elen);
+        st->etag_len = elen;
+    }
+    /* a Vary response is keyed by the request's variant */
+    if (st->vary_len) {
+        char variant[CACHE_POLICY_VARY_MAX];
+        int n =
+            cache_policy_variant(&c->req, req, st->vary, st->vary_len, variant, sizeof(variant));
+        if (n < 0 || !key_room(cx, cx->url_len + 1 + (size_t)n))
+            goto fail;
+        cx->key[cx->url_len] = '\n';
+        memcpy(cx->key + cx->url_len + 1, variant, (size_t)n);
+        cx->key_len = cx->url_len + 1 + (size_t)n;
+    } else {
+        cx->key_len = cx->url_len;
+    }
+    cx->store = st;
+    return;
+fail:
+    store_free(st);
+}
+
+/*
+ * Everything the cache does when a clone's final response head <p> came:
+ * invalidation after an unsafe method, a 304 that refreshes the entry
+ * being validated, stale-if-error, and the storing decision. Writes the
+ * Cache-Status line into <line>. Returns true when the cache answered the
+ * client itself (the clone's response is then dropped).
+ */
+static bool cache_response_head(struct conn *c, const char *p, char *line, size_t room)
+{
+    struct conn_cache *cx = c->cx;
+    const struct config *cfg = cfg_of(c);
+    int tag_index = -1;
+
+    if (cache_of(c) && cfg->cache_enabled) {
+        tag_index =
+            http_header_find(&c->resp, p, cfg->cache_tag_header, strlen(cfg->cache_tag_header));
+        if (tag_index >= 0 && !cfg->cache_expose_tags)
+            for (unsigned i = (unsigned)tag_index; i < c->resp.header_count; i++)
+                if (c->resp.headers[i].name.len == c->resp.headers[tag_index].name.len &&
+                    strncasecmp(p + c->resp.headers[i].name.off, cfg->cache_tag_header,
+                                c->resp.headers[i].name.len) == 0)
+                    c->resp.headers[i].hop = 1;
+    }
+    if (!cx || !cx->active) {
+        cache_status_line(c, line, room, false, 0, 0);
+        return false;
+    }
+    unsigned status = c->resp.status;
+    if (cx->invalidate) {
+        if (status >= 200 && status < 400)
+            cache_invalidate(c, p);
+        cache_status_line(c, line, room, false, 0, 0);
+        return false;
+    }
+    if (cx->stale && status == 304 && cx->cond[0])
+        return cache_refresh(c, p);
+    if (cx->stale && status >= 500 && cache_stale_if_error(c, status))
+        return true;
+
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    struct cache_policy_opts opts = {
+        .default_ttl_ms = cfg->cache_default_ttl_ms,
+        .swr_ms = cfg->cache_stale_while_revalidate_ms,
+        .sie_ms = cfg->cache_stale_if_error_ms,
+        .store_set_cookie = cfg->cache_store_set_cookie,
+    };
+    struct cache_policy_response pr;
+    int64_t now = wall_ms();
+    if (!req || !c->head_kept) {
+        cx->verdict = CACHE_NOT_METHOD;
+        cache_status_line(c, line, room, false, 0, 0);
+        return false;
+    }
+    cache_policy_response(&c->req, req, &cx->rq, &c->resp, p, cx->request_ms, now, &opts, &pr);
+    cx->verdict = (uint8_t)pr.verdict;
+    bool too_large =
+        !c->resp.chunked && c->resp.has_body && c->resp.content_length > cfg->cache_max_object_size;
+    if (pr.verdict == CACHE_STORE && !too_large && !c->decode_body &&
+        !http_body_until_close(&c->resp))
+        cache_store_begin(c, req, p, &pr, tag_index);
+    if (!cx->store) {
+        if (pr.verdict != CACHE_STORE)
+            STATS_INC(c->w->stats->cache.not_stored);
+        switch (pr.verdict) {
+        case CACHE_NOT_NO_STORE:
+        case CACHE_NOT_PRIVATE:
+        case CACHE_NOT_SET_COOKIE:
+        case CACHE_NOT_VARY_STAR:
+        case CACHE_NOT_STATUS:
+        case CACHE_NOT_NO_LIFETIME:
+            if (!(cx->rq.cc.flags & CACHE_CC_NO_STORE))
+                cache_mark_pass(c);
+            break;
+        default:
+            break;
+        }
+        /* nothing will be stored: whoever waits forwards on their own */
+        cache_fill_end(cache_of(c), cx->fill, false);
+        cx->fill = NULL;
+    }
+    int64_t ttl = (pr.freshness_ms - pr.initial_age_ms) / 1000;
+    cache_status_line(c, line, room, cx->store != NULL, ttl, 0);
+    return false;
+}
+
+/* The body of a response being stored grew by what the parser appended;
+ * past max_object_size storing stops (the response goes on streaming). */
+static void cache_store_check(struct conn *c)
+{
+    struct conn_cache *cx = c->cx;
+    if (!cx || !cx->store ||
+        evbuffer_get_length(cx->store->body) <= cfg_of(c)->cache_max_object_size)
+        return;
+    STATS_INC(c->w->stats->cache.stores_aborted);
+    store_free(cx->store);
+    cx->store = NULL;
+    cache_fill_end(cache_of(c), cx->fill, false);
+    cx->fill = NULL;
+}
+
+/* Puts <e> into L1 and Redis; for a Vary variant, the URL's Vary record too. */
+static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct conn_store *st,
+                            int64_t keep, int64_t now)
+{
+    struct conn_cache *cx = c->cx;
+    struct cache *cache = cache_of(c);
+    char rkey[CACHE_REDIS_KEY_LEN + 1], skey[CACHE_REDIS_KEY_LEN + 4];
+    size_t sl = 0;
+
+    if (st && st->vary_len) {
+        struct cache_entry_parts vp = {
+            .kind = CACHE_ENTRY_VARY,
+            .status = e->status,
+            .response_ms = e->response_ms,
+            .initial_age_ms = e->initial_age_ms,
+            .freshness_ms = e->freshness_ms,
+            .swr_ms = e->swr_ms,
+            .sie_ms = e->sie_ms,
+            .last_modified_ms = -1,
+            .key = cx->key,
+            .key_len = cx->url_len,
+            .vary = st->vary,
+            .vary_len = st->vary_len,
+        };
+        struct cache_entry *ve = cache_entry_build(&vp);
+        if (ve) {
+            cache_put(cache, cx->url_hash, ve, now + keep);
+            if (c->w->redis) {
+                size_t rl = cache_redis_key("", cx->key, cx->url_len, rkey);
+                store_redis_set(c->w->redis, rkey, rl, ve->blob, ve->blob_len, (uint64_t)keep, NULL,
+                                0);
+            }
+            cache_entry_unref(ve);
+        }
+        sl = cache_redis_key("vs:", cx->key, cx->url_len, skey);
+    }
+    bool in_l1 = cache_put(cache, cx->url_hash, e, now + keep);
+    if (c->w->redis) {
+        size_t rl = cache_redis_key("", e->key, e->key_len, rkey);
+        store_redis_set(c->w->redis, rkey, rl, e->blob, e->blob_len, (uint64_t)keep,
+                        sl ? skey : NULL, sl);
+    }
+    cx->stored = in_l1 || c->w->redis != NULL;
+}
+
+/* The response being stored ended whole: store it, wake the waiters. */
+static void cache_store_finish(struct conn *c)
+{
+    struct conn_cache *cx = c->cx;
+    if (!cx || !cx->store)
+        return;
+    struct conn_store *st = cx->store;
+    cx->store = NULL;
+    int64_t now = wall_ms();
+    const struct cache_policy_response *pr = &st->pr;
+    struct cache_entry_parts parts = {
+        .kind = CACHE_ENTRY_RESPONSE,
+        .status = (uint16_t)c->resp.status,
+        .flags = (pr->must_revalidate ? CACHE_ENTRY_MUST_REVALIDATE : 0) |
+                 (pr->no_cache ? CACHE_ENTRY_NO_CACHE : 0) |
+                 (pr->heuristic ? CACHE_ENTRY_HEURISTIC : 0),
+        .response_ms = now,
+        .initial_age_ms = pr->initial_age_ms,
+        .freshness_ms = pr->freshness_ms,
+        .swr_ms = pr->swr_ms,
+        .sie_ms = pr->sie_ms,
+        .last_modified_ms = pr->last_modified_ms,
+        .key = cx->key,
+        .key_len = cx->key_len,
+        .head = (const char *)evbuffer_pullup(st->head, -1),
+        .head_len = evbuffer_get_length(st->head),
+        .etag = st->etag,
+        .etag_len = st->etag_len,
+        .vary = st->vary,
+        .vary_len = st->vary_len,
+        .tags = st->tags,
+        .tags_len = st->tags_len,
+        .body_buf = st->body,
+    };
+    struct cache_entry *e = parts.head || !parts.head_len ? cache_entry_build(&parts) : NULL;
+    int64_t keep = e ? entry_keep_ms(e, now) : 0;
+    if (e && keep > 0) {
+        cache_put_entry(c, e, st, keep, now);
+        STATS_INC(c->w->stats->cache.stores);
+        STATS_ADD(c->w->stats->cache.store_bytes, e->body_len);
+    }
+    cache_entry_unref(e);
+    store_free(st);
+    cache_fill_end(cache_of(c), cx->fill, cx->stored);
+    cx->fill = NULL;
+}
+
+/* The clone's response is not wanted (the cache answers instead): give the
+ * connection back when the response had no body to read, else close it. */
+static void drop_clone_response(struct conn *c)
+{
+    bool bodiless = c->resp.status == 304 || c->resp.skip_body;
+    bool reusable = bodiless && c->resp.keep_alive && c->req_done;
+    evbuffer_drain(c->up->s.in, c->resp.head_len);
+    c->upstream_time = seconds_since(c->t_upstream);
+    drop_upstream(c, reusable && evbuffer_get_length(c->up->s.in) == 0);
+}
+
+/*
+ * A 304 answered the validation of cx->stale: the stored head is updated
+ * with the 304's fields (RFC 9111 4.3.4), the entry stored again with new
+ * times, and the client answered from it. Returns true (answered).
+ */
+static bool cache_refresh(struct conn *c, const char *p)
+{
+    struct conn_cache *cx = c->cx;
+    const struct config *cfg = cfg_of(c);
+    struct cache_entry *old = cx->stale;
+    struct evbuffer *merged = evbuffer_new();
+    struct http_head *h = malloc(sizeof(*h)); /* freed below */
+    struct cache_entry *e = NULL;
+    int64_t now = wall_ms();
+
+    STATS_INC(c->w->stats->cache.revalidated);
+    drop_clone_response(c);
+    if (!merged || !h)
+        goto serve_old;
+    /* the old lines the 304 does not replace, then the 304's own */
+    evbuffer_add_printf(merged, "HTTP/1.1 %u OK\r\n", old->status);
+    const char *q = old->head, *end = old->head + old->head_len;
+    while (q < end) {
+        const char *eol = memchr(q, '\n', (size_t)(end - q));
+        size_t line = eol ? (size_t)(eol - q + 1) : (size_t)(end - q);
+        const char *colon = memchr(q, ':', line);
+        if (!colon || http_header_find(&c->resp, p, q, (size_t)(colon - q)) < 0)
+            evbuffer_add(merged, q, line);
+        q += line;
+    }
+    size_t head_start = 0;
+    {
+        /* the stored lines start after the status line */
+        struct evbuffer_ptr ptr = evbuffer_search(merged, "\r\n", 2, NULL);
+        head_start = ptr.pos >= 0 ? (size_t)ptr.pos + 2 : 0;
+    }
+    if (add_store_lines(merged, &c->resp, p) == -1)
+        goto serve_old;
+    size_t head_end = evbuffer_get_length(merged);
+    size_t alen;
+    const char *age = http_header_value(&c->resp, p, HTTP_H_AGE, &alen);
+    if (age)
+        evbuffer_add_printf(merged, "Age: %.*s\r\n", (int)alen, age);
+    evbuffer_add(merged, "\r\n", 2);
+    size_t total = evbuffer_get_length(merged);
+    const char *m = (const char *)evbuffer_pullup(merged, -1);
+    http_head_init(h, true, total + 1, 0, 0);
+    if (!m || http_head_parse(h, m, total) != HTTP_PARSE_DONE)
+        goto serve_old;
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    struct cache_policy_opts opts = {
+        .default_ttl_ms = cfg->cache_default_ttl_ms,
+        .swr_ms = cfg->cache_stale_while_revalidate_ms,
+        .sie_ms = cfg->cache_stale_if_error_ms,
+        .store_set_cookie = cfg->cache_store_set_cookie,
+    };
+    struct cache_policy_response pr;
+    if (!req)
+        goto serve_old;
+    cache_policy_response(&c->req, req, &cx->rq, h, m, cx->request_ms, now, &opts, &pr);
+    size_t etag_len;
+    const char *etag = http_header_value(h, m, HTTP_H_ETAG, &etag_len);
+    struct cache_entry_parts parts = {
+        .kind = CACHE_ENTRY_RESPONSE,
+        .status = old->status,
+        .flags = (pr.must_revalidate ? CACHE_ENTRY_MUST_REVALIDATE : 0) |
+                 (pr.no_cache ? CACHE_ENTRY_NO_CACHE : 0) |
+                 (pr.heuristic ? CACHE_ENTRY_HEURISTIC : 0),
+        .response_ms = now,
+        .initial_age_ms = pr.initial_age_ms,
+        .freshness_ms = pr.freshness_ms,
+        .swr_ms = pr.swr_ms,
+        .sie_ms = pr.sie_ms,
+        .last_modified_ms = pr.last_modified_ms >= 0 ? pr.last_modified_ms : old->last_modified_ms,
+        .key = old->key,
+        .key_len = old->key_len,
+        .head = m + head_start,
+        .head_len = head_end - head_start,
+        .etag = etag ? etag : old->etag,
+        .etag_len = etag ? etag_len : old->etag_len,
+        .vary = old->vary,
+        .vary_len = old->vary_len,
+        .tags = old->tags,
+        .tags_len = old->tags_len,
+        .body = old->body,
+        .body_len = old->body_len,
+    };
+    e = cache_entry_build(&parts);
+    if (!e)
+        goto serve_old;
+    int64_t keep = entry_keep_ms(e, now);
+    if (pr.verdict == CACHE_STORE && keep > 0 && cx->key_len == e->key_len) {
+        struct conn_store vs = {.vary_len = 0};
+        if (e->vary_len) {
+            memcpy(vs.vary, e->vary, e->vary_len);
+            vs.vary_len = e->vary_len;
+        }
+        cache_put_entry(c, e, &vs, keep, now);
+    }
+    int64_t age_ms = cache_policy_age_ms(e->initial_age_ms, e->response_ms, now);
+    evbuffer_free(merged);
+    free(h);
+    serve_entry(c, e, age_ms, c->cache_outcome, 304);
+    cache_entry_unref(e);
+    return true;
+serve_old:
+    if (merged)
+        evbuffer_free(merged);
+    free(h);
+    cache_entry_ref(old); /* serve_entry() ends the request, which drops cx->stale */
+    serve_entry(c, old, cache_policy_age_ms(old->initial_age_ms, old->response_ms, now),
+                c->cache_outcome, 304);
+    cache_entry_unref(old);
+    return true;
+}
+
+/* The clone failed (5xx from it, or our own 502/503/504) while a stale
+ * entry was at hand: serve it when its stale-if-error window allows. */
+static bool cache_stale_if_error(struct conn *c, unsigned status)
+{
+    struct conn_cache *cx = c->cx;
+    if (!cx || !cx->active || !cx->stale)
+        return false;
+    struct cache_policy_stored st;
+    stored_facts(cx->stale, &st);
+    int64_t now = wall_ms();
+    if (!cache_policy_stale_if_error(&st, &cx->rq, now))
+        return false;
+    if (c->up && c->resp.head_done)
+        drop_clone_response(c);
+    STATS_INC(c->w->stats->cache.stale_served);
+    struct cache_entry *e = cache_entry_ref(cx->stale); /* serve_entry() ends the request */
+    serve_entry(c, e, cache_policy_age_ms(st.initial_age_ms, st.response_ms, now), STATS_CS_STALE,
+                status);
+    cache_entry_unref(e);
+    return true;
+}
+
+/* ------------------------------------------------------------ cache: refresh behind */
+
+/* Reads and drops what a background refresh answers; closes at its end. */
+static void refresh_sink_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct event *ev = arg;
+    char buf[16384];
+    (void)what;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n > 0)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        break; /* end of the answer, or an error */
+    }
+    event_free(ev);
+    close(fd);
+}
+
+/* Whether a request header goes into a background refresh. */
+static bool refresh_keeps(const struct http_header *hd)
+{
+    switch (hd->id) {
+    case HTTP_H_CACHE_CONTROL:
+    case HTTP_H_PRAGMA:
+    case HTTP_H_IF_NONE_MATCH:
+    case HTTP_H_IF_MODIFIED_SINCE:
+    case HTTP_H_IF_MATCH:
+    case HTTP_H_IF_UNMODIFIED_SINCE:
+    case HTTP_H_IF_RANGE:
+    case HTTP_H_RANGE:
+    case HTTP_H_EXPECT:
+    case HTTP_H_CONTENT_LENGTH:
+    case HTTP_H_TRANSFER_ENCODING:
+        return false;
+    default:
+        return !hd->hop;
+    }
+}
+
+/*
+ * stale-while-revalidate: <e> was served stale; once per entry, the same
+ * request is replayed in the background, through a socket pair into this
+ * worker as if a client sent it, with "Cache-Control: no-cache" so it
+ * validates (or refetches) and stores the result. Its answer is dropped.
+ */
+static void cache_refresh_behind(struct conn *c, struct cache_entry *e)
+{
+    struct worker *w = c->w;
+    if (__atomic_exchange_n(&e->l1_refreshing, 1, __ATOMIC_ACQ_REL))
+        return; /* one refresh per stale entry */
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    struct evbuffer *head = evbuffer_new();
+    int sv[2] = {-1, -1};
+    if (!req || !head)
+        goto fail;
+    evbuffer_add_printf(head, "GET %.*s HTTP/1.1\r\n", (int)c->req.target.len,
+                        req + c->req.target.off);
+    for (unsigned i = 0; i < c->req.header_count; i++) {
+        const struct http_header *hd = &c->req.headers[i];
+        if (!refresh_keeps(hd))
+            continue;
+        evbuffer_add_printf(head, "%.*s: %.*s\r\n", (int)hd->name.len, req + hd->name.off,
+                            (int)hd->value.len, req + hd->value.off);
+    }
+    evbuffer_add_printf(head, "Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == -1)
+        goto fail;
+    size_t len = evbuffer_get_length(head);
+    if (write(sv[1], evbuffer_pullup(head, -1), len) != (ssize_t)len)
+        goto fail; /* a fresh socket pair takes a request head whole */
+    struct event *sink = event_new(w->base, sv[1], EV_READ | EV_PERSIST, refresh_sink_on_read,
+                                   event_self_cbarg()); /* freed by refresh_sink_on_read() */
+    if (!sink || event_add(sink, NULL) == -1) {
+        if (sink)
+            event_free(sink);
+        goto fail;
+    }
+    evbuffer_free(head);
+    STATS_INC(w->stats->cache.background_refreshes);
+    struct sockaddr_in self = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED); /* as the listener does */
+    conn_accept(w, sv[0], (const struct sockaddr *)&self);
+    return;
+fail:
+    log_warn("cache: cannot start a background refresh");
+    if (head)
+        evbuffer_free(head);
+    if (sv[0] != -1)
+        close(sv[0]);
+    if (sv[1] != -1)
+        close(sv[1]);
+    __atomic_store_n(&e->l1_refreshing, 0, __ATOMIC_RELEASE);
+}
+
+/* Waited cache.lock_timeout on another request's fill: forward alone. */
+static void cache_wait_timeout(struct conn *c)
+{
+    cache_waiter_cancel(cache_of(c), &c->cx->waiter);
+    STATS_INC(c->w->stats->cache.lock_timeouts);
+    c->cx->no_coalesce = true;
+    cache_forward(c, STATS_CS_MISS);
 }
 
 /* ------------------------------------------------------------ client events */
@@ -1041,6 +2193,10 @@ static void conn_on_event(struct stream *st, enum stream_event what, void *arg)
         case CONN_READING_HEAD:
             /* the rest of a pipelined batch may already be here */
             process_input(c);
+            return;
+        case CONN_CACHE_LOOKUP:
+        case CONN_CACHE_WAIT:
+            c->keep_alive = false; /* answer it, then close */
             return;
         case CONN_FORWARDING:
             if (!c->req_done && !c->head_kept) {
@@ -1098,6 +2254,8 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     }
     if (c->state == CONN_IDLE)
         conn_close(c, "idle timeout");
+    else if (c->state == CONN_CACHE_WAIT)
+        cache_wait_timeout(c);
 }
 
 /* ------------------------------------------------------------ public */

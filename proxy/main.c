@@ -22,6 +22,7 @@
 #include <llhttp.h>
 #include <openssl/crypto.h>
 
+#include "cache.h"
 #include "config.h"
 #include "health.h"
 #include "log.h"
@@ -191,6 +192,13 @@ static int run(const char *path)
     evsignal_add(sig_int, NULL);
     evsignal_add(sig_usr1, NULL);
 
+    if (m.cfg->cache_enabled) {
+        m.shared.cache = cache_new(m.cfg->cache_memory); /* freed after the workers */
+        if (!m.shared.cache) {
+            log_warnx("cannot set up the cache");
+            goto fail;
+        }
+    }
     m.health = health_new(m.cfg);
     if (!m.health) {
         log_warnx("cannot set up health checks");
@@ -251,6 +259,8 @@ fail:
     health_free(m.health);
     for (unsigned i = 0; i < CONFIG_MAX_WORKERS; i++)
         free(m.counters[i]);
+    cache_free(m.shared.cache);
+    m.shared.cache = NULL;
     if (status == 0)
         log_info("stopped");
     if (sig_hup)

@@ -60,6 +60,34 @@ struct stats_server {
     struct stats_window window;   /* upstream time, last minute */
 };
 
+/* Requests by their Cache-Status outcome (RFC 9211). */
+enum stats_cache_outcome {
+    STATS_CS_HIT = 0,       /* answered from the cache */
+    STATS_CS_URI_MISS = 1,  /* fwd=uri-miss: nothing stored for the URL */
+    STATS_CS_VARY_MISS = 2, /* fwd=vary-miss: the URL, not this variant */
+    STATS_CS_MISS = 3,      /* fwd=miss: stored entry unusable (or a collapsed wait) */
+    STATS_CS_STALE = 4,     /* fwd=stale: stale entry validated with the clone */
+    STATS_CS_REQUEST = 5,   /* fwd=request: the request refused a fresh entry */
+    STATS_CS_BYPASS = 6,    /* fwd=bypass: not a request the cache handles */
+    STATS_CS_COUNT = 7,
+};
+
+/* The cache's figures, as one worker saw them. */
+struct stats_cache {
+    uint64_t outcome[STATS_CS_COUNT]; /* requests by Cache-Status outcome */
+    uint64_t l2_hits;                 /* entries read from Redis (L1 missed) */
+    uint64_t stale_served;            /* stale answers: max-stale, while-revalidate, if-error */
+    uint64_t revalidated;             /* 304 from a clone refreshed a stored entry */
+    uint64_t stores;                  /* responses stored */
+    uint64_t store_bytes;             /* their body bytes */
+    uint64_t not_stored;              /* responses judged not storable */
+    uint64_t stores_aborted;          /* fills that ended early or grew too large */
+    uint64_t coalesced;               /* requests that waited on another's fill */
+    uint64_t lock_timeouts;           /* of those, gave up waiting */
+    uint64_t invalidations;           /* URLs invalidated by unsafe methods */
+    uint64_t background_refreshes;    /* stale-while-revalidate refreshes started */
+};
+
 /* Everything one worker counts. */
 struct stats_worker {
     uint64_t connections_total;   /* accepted */
@@ -73,6 +101,7 @@ struct stats_worker {
     uint64_t retries;             /* attempts that were a retry */
     struct stats_latency latency; /* total time, since start */
     struct stats_window window;   /* total time, last minute */
+    struct stats_cache cache;
     struct stats_server server[STATS_MAX_SERVERS];
 };
 

@@ -24,8 +24,10 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "cache.h"
 #include "conn.h"
 #include "stats.h"
+#include "store_redis.h"
 #include "upstream.h"
 
 #define WORKER_TICK_MS        100  /* access log flush and accept-resume check */
@@ -183,6 +185,8 @@ static void start_drain(struct worker *w)
     event_add(w->drain_deadline_ev, &tv);
 }
 
+static void wake(struct worker *w);
+
 static void worker_on_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -191,8 +195,16 @@ static void worker_on_wake(evutil_socket_t fd, short what, void *arg)
     if (read(fd, &n, sizeof(n)) == -1 && errno != EAGAIN)
         log_warn("worker %u: eventfd read", w->id);
     apply_reload(w);
+    if (w->mailbox)
+        cache_mailbox_deliver(w->mailbox);
     if (__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE))
         start_drain(w);
+}
+
+/* A fill this worker's requests waited on ended (any thread). */
+static void worker_on_mailbox(void *arg)
+{
+    wake(arg);
 }
 
 static void worker_on_tick(evutil_socket_t fd, short what, void *arg)
@@ -247,6 +259,17 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
     event_add(w->wake_ev, NULL);
     struct timeval tick = {0, WORKER_TICK_MS * 1000};
     event_add(w->tick_ev, &tick);
+    if (shared->cache) {
+        w->mailbox = cache_mailbox_new(shared->cache, worker_on_mailbox, w);
+        if (!w->mailbox)
+            goto fail;
+        /* the Redis link stays as started: a reload that changes it warns */
+        if (cfg->cache_redis[0]) {
+            w->redis = store_redis_new(w->base, cfg->cache_redis, cfg->cache_redis_timeout_ms);
+            if (!w->redis)
+                goto fail;
+        }
+    }
     for (unsigned i = 0; i < cfg->listen_count; i++)
         if (listen_on(w, &cfg->listen[i]) == -1)
             goto fail;
@@ -262,6 +285,8 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     event_base_dispatch(w->base);
     conn_close_all(w);
+    store_redis_free(w->redis); /* in this thread: its events are on this base */
+    w->redis = NULL;
     log_access_flush(&w->access);
     return NULL;
 }
@@ -307,6 +332,10 @@ void worker_join_free(struct worker *w)
     close_listeners(w);
     upstream_pool_retire(w->pool);
     w->pool = NULL;
+    store_redis_free(w->redis);
+    w->redis = NULL;
+    cache_mailbox_free(w->mailbox);
+    w->mailbox = NULL;
     if (w->wake_ev)
         event_free(w->wake_ev);
     if (w->tick_ev)

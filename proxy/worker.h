@@ -20,12 +20,15 @@
 #include "config.h"
 #include "log.h"
 
+struct cache;
+struct cache_mailbox;
 struct conn;
 struct event;
 struct event_base;
 struct evconnlistener;
 struct health;
 struct stats_worker;
+struct store_redis;
 struct upstream_pool;
 
 TAILQ_HEAD(worker_conn_list, conn);
@@ -34,6 +37,8 @@ TAILQ_HEAD(worker_conn_list, conn);
 struct worker_shared {
     int connections; /* atomic: open client connections, all workers */
     int draining;    /* atomic: 1 once SIGTERM/SIGINT arrived */
+    struct cache *cache; /* owned by main: the L1 store and coalescing; NULL when
+                            cache.enabled is off at start */
 };
 
 struct worker {
@@ -63,6 +68,8 @@ struct worker {
     bool draining;                     /* this worker is draining */
     struct log_access_buf access;      /* this worker's pending access lines */
     struct stats_worker *stats;        /* borrowed from main: outlives the admin listener */
+    struct store_redis *redis;         /* owned: this worker's Redis link; NULL without one */
+    struct cache_mailbox *mailbox;     /* owned: coalesced waiters woken for this worker */
 };
 
 /*

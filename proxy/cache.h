@@ -1,0 +1,152 @@
+/*
+ * cache: the in-process (L1) store and the coalescing of misses.
+ *
+ * One struct cache per process (owned by main, shared by every worker):
+ * CACHE_SHARDS shards, each a mutex, a hash table and an LRU list within
+ * its share of cache.memory. Entries are cache_entry objects, shared by
+ * reference: a lookup returns a reference, so an entry evicted or replaced
+ * while a response is being sent from it stays alive until that is done.
+ * A URL's variants (Vary) hash with their URL, so removing a URL removes
+ * them too without a scan.
+ *
+ * Coalescing: the first request to miss a key becomes its filler; later
+ * ones for the same key wait (struct cache_waiter, embedded in the
+ * waiting connection) until the filler stores or gives up, or until their
+ * own lock timeout. Waiters may live on any worker: the filler moves them
+ * to their worker's mailbox and signals that worker (its eventfd), never
+ * holding a lock across I/O. One mutex guards every fill and mailbox; it
+ * is taken only on misses.
+ *
+ * The RFC 9111 rules live in cache_policy, the entry encoding in
+ * cache_entry, Redis in store_redis. Any thread unless said otherwise.
+ */
+#ifndef CLONEGATE_CACHE_H
+#define CLONEGATE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+struct cache_entry;
+
+#define CACHE_SHARDS        16    /* L1 shards (a power of two) */
+#define CACHE_REDIS_PREFIX  "cg:" /* Redis keys: prefix + SHA-256 hex */
+#define CACHE_REDIS_KEY_LEN (sizeof(CACHE_REDIS_PREFIX) - 1 + 64 + 3)
+
+struct cache;
+struct cache_fill;
+struct cache_mailbox;
+
+/* Called in the waiter's worker thread when its fill ended: <filled> when
+ * the filler stored an entry (look again), false when it did not (forward
+ * on your own). */
+typedef void (*cache_wake_fn)(void *arg, bool filled);
+
+/* A request waiting on another's fill; embedded in the waiting connection. */
+struct cache_waiter {
+    TAILQ_ENTRY(cache_waiter) link; /* in a fill's waiters, or in a mailbox */
+    struct cache_mailbox *box;      /* borrowed: the waiter's worker's mailbox */
+    struct cache_fill *fill;        /* the fill waited on; NULL once woken */
+    uint8_t where;                  /* 0 nowhere, 1 in a fill, 2 in the mailbox */
+    bool filled;                    /* the result passed to <wake> */
+    cache_wake_fn wake;             /* called once, in the waiter's worker */
+    void *arg;
+};
+
+/* L1 figures (read with relaxed loads). */
+struct cache_l1_stats {
+    uint64_t entries;   /* gauge */
+    uint64_t bytes;     /* gauge: charged memory */
+    uint64_t evictions; /* LRU evictions to stay within budget */
+    uint64_t expired;   /* entries dropped past their Redis-equivalent TTL */
+    uint64_t capacity;  /* the budget, bytes */
+};
+
+/* Creates the L1 store with a budget of <memory> bytes (0: no L1, every
+ * put is refused). NULL when out of memory. Main thread. */
+struct cache *cache_new(size_t memory) __attribute__((warn_unused_result));
+
+/* Frees the store and every entry it references. Main thread, after every
+ * worker stopped. NULL ignored. */
+void cache_free(struct cache *c);
+
+/* A 64-bit hash of key text (the L1's, exposed for the URL of a variant). */
+uint64_t cache_hash(const char *key, size_t len);
+
+/*
+ * Looks up the entry stored under exactly <key>, in the bucket of <url_hash>
+ * (cache_hash of the entry's URL key; for a plain entry, of <key> itself).
+ * Returns a new reference, or NULL. An entry past <now_ms> expiry is
+ * dropped and not returned.
+ */
+struct cache_entry *cache_get(struct cache *c, uint64_t url_hash, const char *key, size_t len,
+                              int64_t now_ms);
+
+/*
+ * Stores <e> (takes a reference of its own) under its key text in the
+ * bucket of <url_hash>, replacing an entry with the same key, until
+ * <expires_ms>. Evicts least-recently-used entries of the shard to stay
+ * within budget. Returns false when <e> is too large for L1 (it is not
+ * stored).
+ */
+bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms);
+
+/* Removes the entry with key <url> and every variant of it (key <url> then
+ * "\n"). Returns the number removed. */
+unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, size_t len);
+
+/* Removes every entry whose URL key starts with <prefix>, or every entry when
+ * <prefix> is NULL. Returns the number removed. Walks every shard. */
+unsigned cache_remove_prefix(struct cache *c, const char *prefix, size_t len);
+
+/* Snapshot of the L1 figures. */
+void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out);
+
+/* The Redis key of <key>: CACHE_REDIS_PREFIX + lowercase hex SHA-256, into
+ * <out> (CACHE_REDIS_KEY_LEN bytes at least, NUL-terminated). <kind> is
+ * "" for entries, "vs:" for a URL's variant set. Returns the length. */
+size_t cache_redis_key(const char *kind, const char *key, size_t len, char *out);
+
+/* ------------------------------------------------------------ coalescing */
+
+/* Wakes a mailbox's worker (any thread; called with the coalescing lock held,
+ * so it must only signal, say write an eventfd). */
+typedef void (*cache_notify_fn)(void *arg);
+
+/* A worker's mailbox: woken waiters of that worker, delivered on its loop
+ * by cache_mailbox_deliver() once <notify> woke it. Created and freed by
+ * the worker. NULL when out of memory. */
+struct cache_mailbox *cache_mailbox_new(struct cache *c, cache_notify_fn notify, void *arg);
+void cache_mailbox_free(struct cache_mailbox *box);
+
+/* Runs the wake callback of every waiter delivered to <box>. Its worker's
+ * thread. */
+void cache_mailbox_deliver(struct cache_mailbox *box);
+
+enum cache_fill_role {
+    CACHE_FILL_LEADER = 0,  /* no fill was under way: the caller fills, then calls cache_fill_end */
+    CACHE_FILL_WAITING = 1, /* another request fills: <w> waits (see cache_waiter) */
+    CACHE_FILL_FAILED = 2,  /* out of memory: forward without coalescing */
+};
+
+/*
+ * Joins the fill of <key>, hashed <h>. As leader, *<fill> is the fill to
+ * end; waiting, <w> (with box, wake and arg set) is queued and the
+ * caller must cache_waiter_cancel() it if it gives up first.
+ */
+enum cache_fill_role cache_fill_join(struct cache *c, uint64_t h, const char *key, size_t len,
+                                     struct cache_waiter *w, struct cache_fill **fill);
+
+/* The leader is done: <stored> says whether an entry is now in L1. Every
+ * waiter is woken (in its own worker). Frees <fill>. */
+void cache_fill_end(struct cache *c, struct cache_fill *fill, bool stored);
+
+/* Takes <w> out of whatever it waits in (its wake will not run). Safe
+ * when not waiting. Waiter's worker thread. */
+void cache_waiter_cancel(struct cache *c, struct cache_waiter *w);
+
+/* Waiters currently queued, all keys (a gauge for /stats). */
+uint64_t cache_waiting(const struct cache *c);
+
+#endif /* CLONEGATE_CACHE_H */
