@@ -112,7 +112,8 @@ struct config {
     unsigned cache_lock_timeout_ms;    /* longest wait on another request's fill; default 5s */
     unsigned cache_stale_while_revalidate_ms; /* default window when the response names none */
     unsigned cache_stale_if_error_ms;         /* default window when the response names none */
-    bool cache_store_set_cookie; /* store Set-Cookie responses (the cookie itself is never stored) */
+    bool
+        cache_store_set_cookie; /* store Set-Cookie responses (the cookie itself is never stored) */
     struct config_cidr purge_allow[CONFIG_MAX_CIDRS];
     unsigned purge_allow_count; /* default 127.0.0.1/32, ::1/128 */
 
