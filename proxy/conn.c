@@ -1322,6 +1322,7 @@ static void cache_after_answer(struct conn *c)
 }
 
 static void cache_lookup(struct conn *c);
+static void cache_found(struct conn *c, struct cache_entry *e);
 
 /* A Redis lookup answered: keep what it found in L1 and look again. */
 static void conn_on_redis(void *arg, enum store_redis_result r, const char *data, size_t len)
@@ -1337,9 +1338,8 @@ static void conn_on_redis(void *arg, enum store_redis_result r, const char *data
             int64_t keep = entry_keep_ms(e, now);
             if (keep > 0) {
                 STATS_INC(c->w->stats->cache.l2_hits);
-                cache_put(cache_of(c), cx->url_hash, e, now + keep);
-                cache_entry_unref(e);
-                cache_lookup(c); /* finds it in L1 now, or serves it if L1 refused it */
+                cache_put(cache_of(c), cx->url_hash, e, now + keep); /* may refuse: no L1 */
+                cache_found(c, e);
                 return;
             }
         } else if (!e) {
@@ -1380,6 +1380,14 @@ static void cache_lookup(struct conn *c)
         cache_forward(c, cx->vary_checked ? STATS_CS_VARY_MISS : STATS_CS_URI_MISS);
         return;
     }
+    cache_found(c, e);
+}
+
+/* What to do with the entry <e> (a reference, consumed) found under the
+ * current key: a response is judged, a Vary record leads to the variant. */
+static void cache_found(struct conn *c, struct cache_entry *e)
+{
+    struct conn_cache *cx = c->cx;
     if (e->kind == CACHE_ENTRY_PASS) {
         /* known not storable lately: forward alone, no wait, judge again */
         cache_entry_unref(e);
@@ -1486,6 +1494,12 @@ static void cache_forward(struct conn *c, enum stats_cache_outcome why)
     struct conn_cache *cx = c->cx;
     if (!c->cache_outcome || c->cache_outcome == STATS_CS_URI_MISS)
         c->cache_outcome = (uint8_t)why;
+    if ((cx->rq.cc.flags & CACHE_CC_ONLY_IF_CACHED) && !cx->stale) {
+        /* RFC 9111 5.2.1.7: nothing stored may answer it */
+        conn_set_state(c, CONN_FORWARDING);
+        send_error(c, 504, true, "only-if-cached: nothing stored");
+        return;
+    }
     if (cx->collapsed)
         c->cache_outcome = STATS_CS_MISS;
     if (why != STATS_CS_BYPASS && !cx->no_coalesce && !cx->rq.is_head) {
