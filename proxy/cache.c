@@ -292,47 +292,152 @@ static bool key_of_url(const struct cache_entry *e, const char *url, size_t len)
            (e->key_len == len || e->key[len] == '\n');
 }
 
-unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, size_t len)
+/* Whether the space-separated tag list of <e> holds <tag>. */
+static bool has_tag(const struct cache_entry *e, const char *tag, size_t len)
 {
-    struct shard *s = shard_of(c, url_hash);
-    unsigned n = 0;
-
-    if (!s->buckets)
-        return 0;
-    pthread_mutex_lock(&s->lock);
-    struct cache_entry **slot = &s->buckets[url_hash & (s->nbuckets - 1)];
-    while (*slot) {
-        struct cache_entry *e = *slot;
-        if (e->l1_hash == url_hash && key_of_url(e, url, len)) {
-            shard_drop(s, slot, e);
-            n++;
-        } else {
-            slot = &e->l1_next;
-        }
+    const char *p = e->tags, *end = e->tags + e->tags_len;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == ','))
+            p++;
+        const char *start = p;
+        while (p < end && *p != ' ' && *p != ',')
+            p++;
+        if ((size_t)(p - start) == len && len > 0 && memcmp(start, tag, len) == 0)
+            return true;
     }
-    pthread_mutex_unlock(&s->lock);
-    return n;
+    return false;
 }
 
-unsigned cache_remove_prefix(struct cache *c, const char *prefix, size_t len)
+static bool purge_selects(const struct cache_entry *e, enum cache_purge_kind kind, const char *arg,
+                          size_t len)
+{
+    switch (kind) {
+    case CACHE_PURGE_URL:
+        return key_of_url(e, arg, len);
+    case CACHE_PURGE_PREFIX:
+        if (len > 0 && arg[0] == '/') {
+            /* a path prefix, on any host: compare from the key's path */
+            const char *sep = memchr(e->key, ':', e->key_len);
+            size_t from = sep ? (size_t)(sep - e->key) + 3 : e->key_len;
+            const char *path =
+                from < e->key_len ? memchr(e->key + from, '/', e->key_len - from) : NULL;
+            size_t left = path ? e->key_len - (size_t)(path - e->key) : 0;
+            return path && left >= len && memcmp(path, arg, len) == 0;
+        }
+        return e->key_len >= len && memcmp(e->key, arg, len) == 0;
+    case CACHE_PURGE_TAG:
+        return has_tag(e, arg, len);
+    case CACHE_PURGE_ALL:
+        return true;
+    }
+    return false;
+}
+
+/* A copy of <e> that is stale at once; NULL when out of memory. */
+static struct cache_entry *stale_copy(const struct cache_entry *e)
+{
+    struct cache_entry_parts p = {
+        .kind = e->kind,
+        .status = e->status,
+        .flags = e->flags,
+        .response_ms = e->response_ms,
+        .initial_age_ms = e->initial_age_ms,
+        .freshness_ms = 0,
+        .swr_ms = e->swr_ms,
+        .sie_ms = e->sie_ms,
+        .last_modified_ms = e->last_modified_ms,
+        .key = e->key,
+        .key_len = e->key_len,
+        .head = e->head,
+        .head_len = e->head_len,
+        .etag = e->etag,
+        .etag_len = e->etag_len,
+        .vary = e->vary,
+        .vary_len = e->vary_len,
+        .tags = e->tags,
+        .tags_len = e->tags_len,
+        .body = e->body,
+        .body_len = e->body_len,
+    };
+    return cache_entry_build(&p);
+}
+
+/* Purges what <slot> points at, if selected; returns whether it moved on
+ * (*<slot> now holds the next entry). Shard locked. */
+static bool purge_one(struct cache *c, struct shard *s, struct cache_entry **slot,
+                      enum cache_purge_kind kind, const char *arg, size_t len, bool soft,
+                      unsigned *n)
+{
+    struct cache_entry *e = *slot;
+    if (!purge_selects(e, kind, arg, len))
+        return false;
+    if (e->kind == CACHE_ENTRY_RESPONSE)
+        (*n)++;
+    struct cache_entry *copy = soft && e->kind == CACHE_ENTRY_RESPONSE ? stale_copy(e) : NULL;
+    if (!copy) {
+        shard_drop(s, slot, e);
+        return true;
+    }
+    /* the stale copy takes the entry's place in its chain and LRU slot */
+    copy->l1_hash = e->l1_hash;
+    copy->l1_expires_ms = e->l1_expires_ms;
+    copy->l1_next = e->l1_next;
+    *slot = copy;
+    copy->lru_prev = e->lru_prev;
+    copy->lru_next = e->lru_next;
+    if (e->lru_prev)
+        e->lru_prev->lru_next = copy;
+    else
+        s->lru_head = copy;
+    if (e->lru_next)
+        e->lru_next->lru_prev = copy;
+    else
+        s->lru_tail = copy;
+    s->bytes = s->bytes - cache_entry_size(e) + cache_entry_size(copy);
+    cache_entry_unref(e);
+    (void)c;
+    return false;
+}
+
+unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *arg, size_t len,
+                     bool soft)
 {
     unsigned n = 0;
+    if (kind == CACHE_PURGE_URL) {
+        uint64_t h = cache_hash(arg, len);
+        struct shard *s = shard_of(c, h);
+        if (!s->buckets)
+            return 0;
+        pthread_mutex_lock(&s->lock);
+        struct cache_entry **slot = &s->buckets[h & (s->nbuckets - 1)];
+        while (*slot) {
+            if ((*slot)->l1_hash != h || !purge_one(c, s, slot, kind, arg, len, soft, &n))
+                slot = &(*slot)->l1_next;
+        }
+        pthread_mutex_unlock(&s->lock);
+        return n;
+    }
     for (unsigned i = 0; i < CACHE_SHARDS; i++) {
         struct shard *s = &c->shards[i];
         if (!s->buckets)
             continue;
         pthread_mutex_lock(&s->lock);
-        struct cache_entry *e = s->lru_head, *next;
-        for (; e; e = next) {
-            next = e->lru_next;
-            if (prefix && (e->key_len < len || memcmp(e->key, prefix, len) != 0))
-                continue;
-            shard_drop(s, find_slot(s, e->l1_hash, e), e);
-            n++;
+        for (size_t b = 0; b < s->nbuckets; b++) {
+            struct cache_entry **slot = &s->buckets[b];
+            while (*slot) {
+                if (!purge_one(c, s, slot, kind, arg, len, soft, &n))
+                    slot = &(*slot)->l1_next;
+            }
         }
         pthread_mutex_unlock(&s->lock);
     }
     return n;
+}
+
+unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, size_t len)
+{
+    (void)url_hash; /* the URL's own hash, as cache_purge() computes it */
+    return cache_purge(c, CACHE_PURGE_URL, url, len, false);
 }
 
 void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out)

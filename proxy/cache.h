@@ -93,12 +93,28 @@ struct cache_entry *cache_get(struct cache *c, uint64_t url_hash, const char *ke
 bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms);
 
 /* Removes the entry with key <url> and every variant of it (key <url> then
- * "\n"). Returns the number removed. */
+ * "\n"). Returns the number of responses removed (markers not counted). */
 unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, size_t len);
 
-/* Removes every entry whose URL key starts with <prefix>, or every entry when
- * <prefix> is NULL. Returns the number removed. Walks every shard. */
-unsigned cache_remove_prefix(struct cache *c, const char *prefix, size_t len);
+/* What a purge selects. */
+enum cache_purge_kind {
+    CACHE_PURGE_URL = 0,    /* one URL key and its variants */
+    CACHE_PURGE_PREFIX = 1, /* URL keys starting with the argument: a URL prefix
+                               ("http://host/a/"), or a path prefix ("/a/") on any host */
+    CACHE_PURGE_TAG = 2,    /* every entry whose tags include the argument */
+    CACHE_PURGE_ALL = 3,    /* everything */
+};
+
+/*
+ * Purges the L1 entries <kind> and <arg>[0..<len>) select. Hard: they are
+ * removed. Soft: stored responses are replaced by copies whose freshness
+ * is zero (stale: stale-while-revalidate may still serve them while one
+ * request refreshes). Returns the number of stored responses affected
+ * (markers and Vary records are dropped but not counted). URL purges look
+ * at one bucket; the others walk every shard.
+ */
+unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *arg, size_t len,
+                     bool soft);
 
 /* Snapshot of the L1 figures. */
 void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out);

@@ -37,6 +37,7 @@
 #include "cache_policy.h"
 #include "http.h"
 #include "log.h"
+#include "purge.h"
 #include "stats.h"
 #include "store_redis.h"
 #include "stream.h"
@@ -100,6 +101,7 @@ struct conn_cache {
     struct cache_fill *fill;                 /* this request fills its key; ended at request end */
     struct cache_waiter waiter;              /* while waiting on another request's fill */
     struct conn_store *store;                /* owned: the response being stored, or NULL */
+    struct conn_purge *purge;                /* a PURGE waiting on Redis (freed when it answers) */
     char cond[512];                          /* validators sent when revalidating ("" none) */
     int64_t request_ms;                      /* wall clock when the request went to the clone */
     uint8_t verdict;                         /* enum cache_policy_verdict of the response */
@@ -1105,6 +1107,12 @@ static void dispatch(struct conn *c)
 
 /* ------------------------------------------------------------ cache side */
 
+/* A PURGE request waiting for its count: made per PURGE, freed by
+ * conn_on_purged(); <c> is cleared if the connection goes first. */
+struct conn_purge {
+    struct conn *c;
+};
+
 static const char *const cache_fwd_names[STATS_CS_COUNT] = {
     NULL, "uri-miss", "vary-miss", "miss", "stale", "request", "bypass",
 };
@@ -1177,6 +1185,10 @@ static void cache_request_end(struct conn *c)
     }
     cache_entry_unref(cx->stale);
     cx->stale = NULL;
+    if (cx->purge) {
+        cx->purge->c = NULL; /* conn_on_purged() frees it */
+        cx->purge = NULL;
+    }
 }
 
 static bool key_room(struct conn_cache *cx, size_t need)
@@ -1522,6 +1534,80 @@ static void cache_forward(struct conn *c, enum stats_cache_outcome why)
     dispatch(c);
 }
 
+/* A PURGE's count came (its connection may be gone). */
+static void conn_on_purged(void *arg, long long count)
+{
+    struct conn_purge *op = arg;
+    struct conn *c = op->c;
+    free(op);
+    if (!c)
+        return;
+    c->cx->purge = NULL;
+    char body[64];
+    int blen = snprintf(body, sizeof(body), "{\"purged\":%lld}\n", count > 0 ? count : 0);
+    unsigned status = count > 0 ? 200 : 404;
+    if (evbuffer_add_printf(c->cs.out,
+                            "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\n"
+                            "Content-Length: %d\r\nCache-Status: clonegate; fwd=bypass\r\n%s\r\n%s",
+                            status, http_reason(status), blen,
+                            c->keep_alive ? "" : "Connection: close\r\n", body) < 0) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    c->status = status;
+    c->bytes_sent = (uint64_t)blen;
+    stream_flush(&c->cs);
+    cache_after_answer(c);
+}
+
+/* PURGE <url>: from cache.purge_allow only; every variant of the URL goes,
+ * here, in Redis and in every other instance's L1. */
+static void cache_purge_request(struct conn *c, const char *buf)
+{
+    const struct config *cfg = cfg_of(c);
+    struct cache *cache = cache_of(c);
+    struct conn_cache *cx = c->cx;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer = {.in4 = {.sin_family = AF_INET}};
+    if (strchr(c->client_ip, ':')) {
+        peer.in6.sin6_family = AF_INET6;
+        inet_pton(AF_INET6, c->client_ip, &peer.in6.sin6_addr);
+    } else {
+        inet_pton(AF_INET, c->client_ip, &peer.in4.sin_addr);
+    }
+    if (!cache || !cfg->cache_enabled || !c->w->shared->purge) {
+        send_error(c, 405, true, "PURGE without a cache");
+        return;
+    }
+    if (!config_cidr_match(cfg->purge_allow, cfg->purge_allow_count, &peer.sa)) {
+        __atomic_add_fetch(&purge_stats(c->w->shared->purge)->refused, 1, __ATOMIC_RELAXED);
+        log_info("%s: PURGE refused: not in cache.purge_allow", c->client_ip);
+        send_error(c, 403, true, "PURGE from outside cache.purge_allow");
+        return;
+    }
+    size_t len = key_room(cx, CACHE_POLICY_KEY_MAX)
+                     ? cache_policy_key(&c->req, buf, "http", cx->key, cx->key_cap)
+                     : 0;
+    if (len == 0) {
+        send_error(c, 400, true, "PURGE of no URL");
+        return;
+    }
+    struct conn_purge *op = calloc(1, sizeof(*op)); /* freed by conn_on_purged() */
+    if (!op) {
+        send_error(c, 500, true, "out of memory");
+        return;
+    }
+    op->c = c;
+    cx->purge = op;
+    cx->active = true;
+    conn_set_state(c, CONN_CACHE_LOOKUP);
+    purge_run(c->w->shared->purge, cache, c->w->redis, CACHE_PURGE_URL, cx->key, len, false,
+              conn_on_purged, op);
+}
+
 /*
  * Starts the cache's part of a request whose head is parsed (bytes at
  * <buf>). Returns true when the cache took the request over (answered it,
@@ -1541,6 +1627,10 @@ static bool cache_begin(struct conn *c, const char *buf)
             return false;
     }
     struct conn_cache *cx = c->cx;
+    if (llhttp_get_method(&c->req.parser) == HTTP_PURGE) {
+        cache_purge_request(c, buf);
+        return true;
+    }
     cache_policy_request(&c->req, buf, &cx->rq);
     if (!(cx->rq.lookup && !c->req.has_body) && !cx->rq.unsafe)
         return false;
@@ -1616,7 +1706,8 @@ static void cache_invalidate_url(struct conn *c, const char *url, size_t len)
     if (c->w->redis) {
         size_t rl = cache_redis_key("", url, len, rkey);
         size_t sl = cache_redis_key("vs:", url, len, skey);
-        store_redis_del(c->w->redis, rkey, rl, skey, sl, NULL, NULL);
+        store_redis_purge_key(c->w->redis, rkey, rl, skey, sl, false, NULL, NULL);
+        purge_announce_store(c->w->redis, url, len); /* other instances drop it too */
     }
     STATS_INC(c->w->stats->cache.invalidations);
 }
@@ -1783,7 +1874,8 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
         case CACHE_NOT_VARY_STAR:
         case CACHE_NOT_STATUS:
         case CACHE_NOT_NO_LIFETIME:
-            if (!(cx->rq.cc.flags & CACHE_CC_NO_STORE))
+            /* a 304 or 206 answers this request's own conditions, not the URL */
+            if (!(cx->rq.cc.flags & CACHE_CC_NO_STORE) && status != 304 && status != 206)
                 cache_mark_pass(c);
             break;
         default:
@@ -1843,7 +1935,7 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
             if (c->w->redis) {
                 size_t rl = cache_redis_key("", cx->key, cx->url_len, rkey);
                 store_redis_set(c->w->redis, rkey, rl, ve->blob, ve->blob_len, (uint64_t)keep, NULL,
-                                0);
+                                NULL, 0);
             }
             cache_entry_unref(ve);
         }
@@ -1851,9 +1943,32 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
     }
     bool in_l1 = cache_put(cache, cx->url_hash, e, now + keep);
     if (c->w->redis) {
+        /* the indexes that find it again: the URL's variants, its tags */
+        char tag_keys[PURGE_MAX_TAGS][PURGE_TAG_KEY_MAX];
+        const char *index_keys[PURGE_MAX_TAGS + 1];
+        size_t index_lens[PURGE_MAX_TAGS + 1];
+        unsigned n = 0, tags = 0;
+        if (sl) {
+            index_keys[n] = skey;
+            index_lens[n++] = sl;
+        }
+        const char *t = e->tags, *end = e->tags + e->tags_len;
+        while (t < end && tags < PURGE_MAX_TAGS) {
+            while (t < end && (*t == ' ' || *t == ','))
+                t++;
+            const char *start = t;
+            while (t < end && *t != ' ' && *t != ',')
+                t++;
+            size_t tl = purge_tag_key(start, (size_t)(t - start), tag_keys[tags]);
+            if (tl) {
+                index_keys[n] = tag_keys[tags++];
+                index_lens[n++] = tl;
+            }
+        }
         size_t rl = cache_redis_key("", e->key, e->key_len, rkey);
-        store_redis_set(c->w->redis, rkey, rl, e->blob, e->blob_len, (uint64_t)keep,
-                        sl ? skey : NULL, sl);
+        store_redis_set(c->w->redis, rkey, rl, e->blob, e->blob_len, (uint64_t)keep, index_keys,
+                        index_lens, n);
+        purge_announce_store(c->w->redis, cx->key, cx->url_len);
     }
     cx->stored = in_l1 || c->w->redis != NULL;
 }

@@ -26,7 +26,9 @@
 #include "config.h"
 #include "health.h"
 #include "log.h"
+#include "purge.h"
 #include "stats.h"
+#include "store_redis.h"
 #include "worker.h"
 
 struct main_state {
@@ -204,6 +206,14 @@ static int run(const char *path)
         log_warnx("cannot set up health checks");
         goto fail;
     }
+    if (m.shared.cache) {
+        /* on the admin (health) thread's base: admin purges and the subscription */
+        m.shared.purge = purge_new(health_base(m.health), m.shared.cache, m.cfg);
+        if (!m.shared.purge) {
+            log_warnx("cannot set up purging");
+            goto fail;
+        }
+    }
     m.admin = stats_admin_start(health_base(m.health), m.cfg, m.health, &m.shared.draining);
     if (!m.admin)
         goto fail;
@@ -236,6 +246,11 @@ static int run(const char *path)
         }
     }
     stats_admin_set_workers(m.admin, m.counters, m.worker_count);
+    const struct store_redis_stats *redis[CONFIG_MAX_WORKERS] = {0}; /* copied by the admin */
+    for (unsigned i = 0; i < m.worker_count; i++)
+        redis[i] = m.workers[i]->redis ? store_redis_stats(m.workers[i]->redis) : NULL;
+    stats_admin_set_cache(m.admin, m.shared.cache, redis, m.worker_count);
+    stats_admin_set_purge(m.admin, m.shared.purge);
     if (health_start(m.health) == -1) {
         log_warn("cannot start the health thread");
         pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -251,10 +266,16 @@ static int run(const char *path)
     event_base_dispatch(m.base);
     status = 0;
 fail:
+    /* each worker frees its Redis link as its thread ends: the admin keeps
+     * the last figures from here on */
+    if (m.admin)
+        stats_admin_set_cache(m.admin, m.shared.cache, NULL, 0);
     for (unsigned i = 0; i < m.worker_count; i++)
         worker_join_free(m.workers[i]);
     /* the admin listener lives on the health thread: stop it, then free */
     health_stop(m.health);
+    purge_free(m.shared.purge); /* its Redis links live on the health thread's base */
+    m.shared.purge = NULL;
     stats_admin_free(m.admin);
     health_free(m.health);
     for (unsigned i = 0; i < CONFIG_MAX_WORKERS; i++)

@@ -3,13 +3,18 @@
  *
  * Owns the evhttp server and its listeners (freed by stats_admin_free()).
  * Borrows the health state (read through health_snapshot(), which copies
- * under the health lock) and the process's draining flag. Runs only on the
- * health thread; answers are small and built in one evbuffer per request.
+ * under the health lock), the process's draining flag, the L1 cache (its
+ * figures are atomics and cache_waiting() locks) and the workers' Redis
+ * counters (relaxed loads, under redis_lock so main can take them away
+ * before the workers free them). Runs only on the health thread, but for
+ * stats_admin_set_*() on the main thread; answers are small and built in
+ * one evbuffer per request.
  */
 #include "stats.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +28,30 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
+#include "cache.h"
 #include "health.h"
 #include "log.h"
+#include "purge.h"
+#include "store_redis.h"
 
 #define STATS_MAX_VIEWS 256 /* servers shown at most */
+
+/* Names of the Cache-Status outcomes, as in the header and the labels. */
+static const char *const cache_status_names[STATS_CS_COUNT] = {
+    "hit", "uri-miss", "vary-miss", "miss", "stale", "request", "bypass",
+};
+
+/* The workers' Redis counters added up. */
+struct redis_totals {
+    uint64_t gets, found, not_found, failed, timeouts, skipped; /* gets, by result */
+    uint64_t sets, errors;                                      /* writes; error replies */
+    uint64_t purges, published, messages;       /* purges sent; invalidations published, received */
+    uint64_t connects, disconnects, reconnects; /* reconnects: connects beyond each first */
+    uint64_t rtt_us_sum, rtt_count;             /* round trips of answered gets */
+    unsigned links;                             /* workers with a Redis link */
+    unsigned by_state[4];                       /* links per enum store_redis_state */
+    uint8_t state[CONFIG_MAX_WORKERS];          /* each link's enum store_redis_state */
+};
 
 struct stats_admin {
     struct evhttp *http;                  /* owned; NULL when no admin listener is configured */
@@ -39,6 +64,14 @@ struct stats_admin {
     unsigned allow_count;                       /* 0: any client */
     char token[256];                            /* stats.auth's token, "" none */
     unsigned counter_count;
+    const struct cache *cache;        /* borrowed from main; NULL: cache off */
+    struct purge *purge;              /* borrowed from main; NULL: cache off */
+    char redis_addr[CONFIG_PATH_MAX]; /* cache.redis at start, "" none */
+    pthread_mutex_t redis_lock;       /* guards the four fields below */
+    const struct store_redis_stats *redis[CONFIG_MAX_WORKERS]; /* borrowed from each worker */
+    unsigned redis_count;                                      /* entries of redis[] */
+    bool redis_frozen;              /* the links are gone: show redis_last */
+    struct redis_totals redis_last; /* the figures when they went */
 };
 
 const uint32_t stats_latency_bounds_us[STATS_LAT_BUCKETS - 1] = {
@@ -219,6 +252,150 @@ static void sum_server(const struct stats_admin *a, int id, struct server_totals
     }
 }
 
+/* The workers' cache counters added up, with the L1's figures. */
+struct cache_totals {
+    uint64_t outcome[STATS_CS_COUNT];
+    uint64_t l2_hits, stale_served, revalidated, stores, store_bytes, not_stored;
+    uint64_t stores_aborted, coalesced, lock_timeouts, invalidations, background_refreshes;
+    uint64_t waiting;         /* gauge: requests waiting on a fill */
+    struct cache_l1_stats l1; /* zero when the cache is off */
+    struct purge_stats purge; /* zero when the cache is off */
+    struct redis_totals redis;
+};
+
+/* Adds the live Redis counters of the workers; redis_lock held. */
+static void sum_redis_locked(const struct stats_admin *a, struct redis_totals *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (unsigned w = 0; w < a->redis_count; w++) {
+        const struct store_redis_stats *r = a->redis[w];
+        if (!r)
+            continue;
+        uint64_t connects = load(&r->connects);
+        uint64_t state = load(&r->state);
+        t->gets += load(&r->gets);
+        t->found += load(&r->found);
+        t->not_found += load(&r->not_found);
+        t->failed += load(&r->failed);
+        t->timeouts += load(&r->timeouts);
+        t->skipped += load(&r->skipped);
+        t->sets += load(&r->sets);
+        t->purges += load(&r->purges);
+        t->published += load(&r->published);
+        t->messages += load(&r->messages);
+        t->errors += load(&r->errors);
+        t->connects += connects;
+        t->disconnects += load(&r->disconnects);
+        t->reconnects += connects > 1 ? connects - 1 : 0;
+        t->rtt_us_sum += load(&r->rtt_us_sum);
+        t->rtt_count += load(&r->rtt_count);
+        if (state > STORE_REDIS_SLOW)
+            state = STORE_REDIS_DOWN;
+        t->state[t->links++] = (uint8_t)state;
+        t->by_state[state]++;
+    }
+}
+
+static void sum_cache(struct stats_admin *a, struct cache_totals *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (unsigned w = 0; w < a->counter_count; w++) {
+        const struct stats_cache *sc = &a->counters[w]->cache;
+        for (unsigned i = 0; i < STATS_CS_COUNT; i++)
+            t->outcome[i] += load(&sc->outcome[i]);
+        t->l2_hits += load(&sc->l2_hits);
+        t->stale_served += load(&sc->stale_served);
+        t->revalidated += load(&sc->revalidated);
+        t->stores += load(&sc->stores);
+        t->store_bytes += load(&sc->store_bytes);
+        t->not_stored += load(&sc->not_stored);
+        t->stores_aborted += load(&sc->stores_aborted);
+        t->coalesced += load(&sc->coalesced);
+        t->lock_timeouts += load(&sc->lock_timeouts);
+        t->invalidations += load(&sc->invalidations);
+        t->background_refreshes += load(&sc->background_refreshes);
+    }
+    if (a->cache) {
+        cache_l1_stats(a->cache, &t->l1);
+        t->waiting = cache_waiting(a->cache);
+    }
+    if (a->purge) {
+        /* atomics other threads bump: read each one once */
+        const struct purge_stats *ps = purge_stats(a->purge);
+        t->purge.requests = load(&ps->requests);
+        for (unsigned i = 0; i < 4; i++)
+            t->purge.by_kind[i] = load(&ps->by_kind[i]);
+        t->purge.soft = load(&ps->soft);
+        t->purge.entries = load(&ps->entries);
+        t->purge.refused = load(&ps->refused);
+        t->purge.messages = load(&ps->messages);
+        t->purge.l1_drops = load(&ps->l1_drops);
+    }
+    pthread_mutex_lock(&a->redis_lock);
+    if (a->redis_frozen)
+        t->redis = a->redis_last;
+    else
+        sum_redis_locked(a, &t->redis);
+    pthread_mutex_unlock(&a->redis_lock);
+}
+
+void stats_admin_set_purge(struct stats_admin *a, struct purge *p)
+{
+    a->purge = p;
+}
+
+void stats_admin_set_cache(struct stats_admin *a, const struct cache *c,
+                           const struct store_redis_stats *const *redis, unsigned count)
+{
+    if (count > CONFIG_MAX_WORKERS)
+        count = CONFIG_MAX_WORKERS;
+    pthread_mutex_lock(&a->redis_lock);
+    if (count == 0 && a->redis_count > 0) {
+        /* the links are about to go: keep their last figures */
+        sum_redis_locked(a, &a->redis_last);
+        a->redis_frozen = true;
+    } else if (count > 0) {
+        a->redis_frozen = false;
+    }
+    a->cache = c;
+    memset(a->redis, 0, sizeof(a->redis));
+    for (unsigned i = 0; i < count; i++)
+        a->redis[i] = redis[i];
+    a->redis_count = count;
+    pthread_mutex_unlock(&a->redis_lock);
+}
+
+/* The state shown for Redis as a whole: the worst of the workers' links
+ * (down, then connecting, then slow, then up); "off" without Redis. */
+static const char *redis_state(const struct stats_admin *a, const struct redis_totals *r)
+{
+    static const enum store_redis_state worst_first[] = {STORE_REDIS_DOWN, STORE_REDIS_CONNECTING,
+                                                         STORE_REDIS_SLOW, STORE_REDIS_UP};
+    if (!a->cache || a->redis_addr[0] == '\0')
+        return "off";
+    for (unsigned i = 0; i < sizeof(worst_first) / sizeof(worst_first[0]); i++)
+        if (r->by_state[worst_first[i]] > 0)
+            return store_redis_state_name(worst_first[i]);
+    return store_redis_state_name(STORE_REDIS_DOWN);
+}
+
+/* Requests that found no usable entry (fwd=uri-miss, vary-miss, miss). */
+static uint64_t cache_misses(const struct cache_totals *t)
+{
+    return t->outcome[STATS_CS_URI_MISS] + t->outcome[STATS_CS_VARY_MISS] +
+           t->outcome[STATS_CS_MISS];
+}
+
+/* Hits over the requests the cache looked up (every outcome but bypass). */
+static double cache_hit_ratio(const struct cache_totals *t)
+{
+    uint64_t looked = 0;
+    for (unsigned i = 0; i < STATS_CS_COUNT; i++)
+        if (i != STATS_CS_BYPASS)
+            looked += t->outcome[i];
+    return looked ? (double)t->outcome[STATS_CS_HIT] / (double)looked : 0;
+}
+
 /* Appends <s> as a JSON string (quotes included). */
 static void json_string(struct evbuffer *out, const char *s)
 {
@@ -242,6 +419,86 @@ static const char *state_name(const struct health_server_view *v)
     if (v->draining)
         return "draining";
     return v->up ? "up" : "down";
+}
+
+static void render_outcomes(struct evbuffer *out, const struct cache_totals *ct)
+{
+    evbuffer_add(out, "{", 1);
+    for (unsigned i = 0; i < STATS_CS_COUNT; i++)
+        evbuffer_add_printf(out, "%s\"%s\":%llu", i ? "," : "", cache_status_names[i],
+                            (unsigned long long)ct->outcome[i]);
+    evbuffer_add(out, "}", 1);
+}
+
+static void render_redis(const struct stats_admin *a, struct evbuffer *out,
+                         const struct redis_totals *r)
+{
+    bool configured = a->cache && a->redis_addr[0] != '\0';
+    evbuffer_add_printf(out, "{\"configured\":%s,\"address\":", configured ? "true" : "false");
+    json_string(out, configured ? a->redis_addr : "");
+    evbuffer_add_printf(out, ",\"state\":\"%s\",\"links_up\":%u,\"link_states\":[",
+                        redis_state(a, r), r->by_state[STORE_REDIS_UP]);
+    for (unsigned i = 0; i < r->links; i++)
+        evbuffer_add_printf(out, "%s\"%s\"", i ? "," : "",
+                            store_redis_state_name((enum store_redis_state)r->state[i]));
+    evbuffer_add_printf(
+        out,
+        "],\"gets\":%llu,\"found\":%llu,\"not_found\":%llu,\"failed\":%llu,"
+        "\"timeouts\":%llu,\"skipped\":%llu,\"sets\":%llu,\"errors\":%llu,"
+        "\"purges\":%llu,\"published\":%llu,\"messages\":%llu,"
+        "\"connects\":%llu,\"disconnects\":%llu,\"reconnects\":%llu,\"rtt_ms\":%.3f}",
+        (unsigned long long)r->gets, (unsigned long long)r->found, (unsigned long long)r->not_found,
+        (unsigned long long)r->failed, (unsigned long long)r->timeouts,
+        (unsigned long long)r->skipped, (unsigned long long)r->sets, (unsigned long long)r->errors,
+        (unsigned long long)r->purges, (unsigned long long)r->published,
+        (unsigned long long)r->messages, (unsigned long long)r->connects,
+        (unsigned long long)r->disconnects, (unsigned long long)r->reconnects,
+        r->rtt_count ? (double)r->rtt_us_sum / (double)r->rtt_count / 1000.0 : 0.0);
+}
+
+static void render_purge(struct evbuffer *out, const struct purge_stats *p)
+{
+    evbuffer_add_printf(
+        out,
+        "{\"requests\":%llu,\"url\":%llu,\"prefix\":%llu,\"tag\":%llu,\"soft\":%llu,"
+        "\"entries\":%llu,\"refused\":%llu,\"messages_received\":%llu,\"l1_drops\":%llu}",
+        (unsigned long long)p->requests, (unsigned long long)p->by_kind[CACHE_PURGE_URL],
+        (unsigned long long)p->by_kind[CACHE_PURGE_PREFIX],
+        (unsigned long long)p->by_kind[CACHE_PURGE_TAG], (unsigned long long)p->soft,
+        (unsigned long long)p->entries, (unsigned long long)p->refused,
+        (unsigned long long)p->messages, (unsigned long long)p->l1_drops);
+}
+
+static void render_cache(const struct stats_admin *a, struct evbuffer *out,
+                         const struct cache_totals *ct)
+{
+    evbuffer_add_printf(out,
+                        "{\"enabled\":%s,\"l1\":{\"entries\":%llu,\"bytes\":%llu,"
+                        "\"capacity\":%llu,\"evictions\":%llu,\"expired\":%llu},"
+                        "\"requests_by_cache_status\":",
+                        a->cache ? "true" : "false", (unsigned long long)ct->l1.entries,
+                        (unsigned long long)ct->l1.bytes, (unsigned long long)ct->l1.capacity,
+                        (unsigned long long)ct->l1.evictions, (unsigned long long)ct->l1.expired);
+    render_outcomes(out, ct);
+    evbuffer_add_printf(
+        out,
+        ",\"hits\":%llu,\"misses\":%llu,\"stale\":%llu,\"l2_hits\":%llu,"
+        "\"stale_served\":%llu,\"revalidated\":%llu,\"stores\":%llu,\"store_bytes\":%llu,"
+        "\"not_stored\":%llu,\"stores_aborted\":%llu,\"coalesced_waits\":%llu,"
+        "\"lock_timeouts\":%llu,\"invalidations\":%llu,\"background_refreshes\":%llu,"
+        "\"waiting\":%llu,\"hit_ratio\":%.4f,\"purge\":",
+        (unsigned long long)ct->outcome[STATS_CS_HIT], (unsigned long long)cache_misses(ct),
+        (unsigned long long)ct->outcome[STATS_CS_STALE], (unsigned long long)ct->l2_hits,
+        (unsigned long long)ct->stale_served, (unsigned long long)ct->revalidated,
+        (unsigned long long)ct->stores, (unsigned long long)ct->store_bytes,
+        (unsigned long long)ct->not_stored, (unsigned long long)ct->stores_aborted,
+        (unsigned long long)ct->coalesced, (unsigned long long)ct->lock_timeouts,
+        (unsigned long long)ct->invalidations, (unsigned long long)ct->background_refreshes,
+        (unsigned long long)ct->waiting, cache_hit_ratio(ct));
+    render_purge(out, &ct->purge);
+    evbuffer_add_printf(out, ",\"redis\":");
+    render_redis(a, out, &ct->redis);
+    evbuffer_add(out, "}", 1);
 }
 
 static void render_server(const struct stats_admin *a, struct evbuffer *out,
@@ -281,33 +538,40 @@ static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struc
 {
     struct health_server_view *views = calloc(STATS_MAX_VIEWS, sizeof(*views)); /* freed below */
     struct totals *t = malloc(sizeof(*t));                                      /* freed below */
-    if (!views || !t) {
+    struct cache_totals *ct = malloc(sizeof(*ct));                              /* freed below */
+    if (!views || !t || !ct) {
         free(views);
         free(t);
+        free(ct);
         evhttp_send_error(req, 500, "out of memory");
         return;
     }
     int64_t now = (int64_t)time(NULL);
     size_t n = health_snapshot(a->hl, views, STATS_MAX_VIEWS);
     sum_workers(a, t, now);
+    sum_cache(a, ct);
     evbuffer_add_printf(
         out,
         "{\"version\":\"%s\",\"uptime\":%lld,\"workers\":%u,\"draining\":%s,"
         "\"connections\":{\"open\":%llu,\"total\":%llu,\"accept_pauses\":%llu},"
         "\"requests\":{\"total\":%llu,\"by_class\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,"
-        "\"4xx\":%llu,\"5xx\":%llu,\"none\":%llu}},"
-        "\"bytes\":{\"in\":%llu,\"out\":%llu},"
-        "\"upstream\":{\"failures\":%llu,\"retries\":%llu},\"latency_ms\":",
+        "\"4xx\":%llu,\"5xx\":%llu,\"none\":%llu},\"by_cache_status\":",
         CLONEGATE_VERSION, (long long)(now - a->started), a->workers,
         __atomic_load_n(a->draining, __ATOMIC_RELAXED) ? "true" : "false",
         (unsigned long long)t->connections_open, (unsigned long long)t->connections_total,
         (unsigned long long)t->accept_pauses, (unsigned long long)t->requests,
         (unsigned long long)t->status_class[1], (unsigned long long)t->status_class[2],
         (unsigned long long)t->status_class[3], (unsigned long long)t->status_class[4],
-        (unsigned long long)t->status_class[5], (unsigned long long)t->status_class[0],
-        (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out,
-        (unsigned long long)t->upstream_failures, (unsigned long long)t->retries);
+        (unsigned long long)t->status_class[5], (unsigned long long)t->status_class[0]);
+    render_outcomes(out, ct);
+    evbuffer_add_printf(out,
+                        "},\"bytes\":{\"in\":%llu,\"out\":%llu},"
+                        "\"upstream\":{\"failures\":%llu,\"retries\":%llu},\"latency_ms\":",
+                        (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out,
+                        (unsigned long long)t->upstream_failures, (unsigned long long)t->retries);
     render_quantiles(out, &t->window);
+    evbuffer_add_printf(out, ",\"cache\":");
+    render_cache(a, out, ct);
     evbuffer_add_printf(out, ",\"servers\":[");
     for (size_t i = 0; i < n; i++) {
         if (i)
@@ -317,6 +581,7 @@ static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struc
     evbuffer_add_printf(out, "]}\n");
     free(views);
     free(t);
+    free(ct);
     reply(req, 200, "OK", out, "application/json");
 }
 
@@ -380,15 +645,140 @@ static const struct {
      "Time from sending a request to the clone to the answer's last byte."},
 };
 
+/* One counter or gauge without labels: its HELP, TYPE and value. */
+static void metric_one(struct evbuffer *out, const char *name, const char *type, const char *help,
+                       uint64_t v)
+{
+    metric_head(out, name, type, help);
+    metric_value(out, name, "", v);
+}
+
+static void cache_metrics(const struct stats_admin *a, struct evbuffer *out,
+                          const struct cache_totals *ct)
+{
+    const struct redis_totals *r = &ct->redis;
+    char label[64];
+
+    metric_one(out, "clonegate_cache_enabled", "gauge", "1 when the cache was on at start.",
+               a->cache != NULL);
+    metric_head(out, "clonegate_cache_requests_total", "counter",
+                "Requests answered, by Cache-Status outcome (hit, or the fwd= reason).");
+    for (unsigned i = 0; i < STATS_CS_COUNT; i++) {
+        snprintf(label, sizeof(label), "cache_status=\"%s\"", cache_status_names[i]);
+        metric_value(out, "clonegate_cache_requests_total", label, ct->outcome[i]);
+    }
+    metric_one(out, "clonegate_cache_l2_hits_total", "counter",
+               "Entries found in Redis after the in-process cache missed.", ct->l2_hits);
+    metric_one(out, "clonegate_cache_stale_served_total", "counter",
+               "Stale answers sent (max-stale, stale-while-revalidate, stale-if-error).",
+               ct->stale_served);
+    metric_one(out, "clonegate_cache_revalidated_total", "counter",
+               "Stored entries refreshed by a 304 from a clone.", ct->revalidated);
+    metric_one(out, "clonegate_cache_stores_total", "counter", "Responses stored.", ct->stores);
+    metric_one(out, "clonegate_cache_stored_bytes_total", "counter",
+               "Body bytes of the responses stored.", ct->store_bytes);
+    metric_one(out, "clonegate_cache_not_stored_total", "counter", "Responses judged not storable.",
+               ct->not_stored);
+    metric_one(out, "clonegate_cache_stores_aborted_total", "counter",
+               "Stores abandoned: the response ended early or outgrew max_object_size.",
+               ct->stores_aborted);
+    metric_one(out, "clonegate_cache_coalesced_waits_total", "counter",
+               "Requests that waited on another request's fill of the same entry.", ct->coalesced);
+    metric_one(out, "clonegate_cache_lock_timeouts_total", "counter",
+               "Waits on a fill that gave up after cache.lock_timeout.", ct->lock_timeouts);
+    metric_one(out, "clonegate_cache_invalidations_total", "counter",
+               "URLs invalidated by unsafe methods.", ct->invalidations);
+    metric_one(out, "clonegate_cache_background_refreshes_total", "counter",
+               "Stale-while-revalidate refreshes started.", ct->background_refreshes);
+    metric_one(out, "clonegate_cache_waiting_requests", "gauge", "Requests waiting on a fill now.",
+               ct->waiting);
+    metric_one(out, "clonegate_cache_l1_entries", "gauge", "Entries in the in-process cache.",
+               ct->l1.entries);
+    metric_one(out, "clonegate_cache_l1_bytes", "gauge",
+               "Memory charged to the in-process cache's entries.", ct->l1.bytes);
+    metric_one(out, "clonegate_cache_l1_capacity_bytes", "gauge",
+               "The in-process cache's budget (cache.memory).", ct->l1.capacity);
+    metric_one(out, "clonegate_cache_l1_evictions_total", "counter",
+               "Entries evicted from the in-process cache to stay within budget.",
+               ct->l1.evictions);
+    metric_one(out, "clonegate_cache_l1_expired_total", "counter",
+               "Entries dropped from the in-process cache once past keeping.", ct->l1.expired);
+
+    const struct purge_stats *p = &ct->purge;
+    metric_head(out, "clonegate_cache_purge_requests_total", "counter",
+                "Purges asked of this instance (PURGE method and admin /purge), by kind.");
+    static const struct {
+        enum cache_purge_kind kind;
+        const char *name;
+    } kinds[] = {
+        {CACHE_PURGE_URL, "url"}, {CACHE_PURGE_PREFIX, "prefix"}, {CACHE_PURGE_TAG, "tag"}};
+    for (unsigned i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        snprintf(label, sizeof(label), "kind=\"%s\"", kinds[i].name);
+        metric_value(out, "clonegate_cache_purge_requests_total", label, p->by_kind[kinds[i].kind]);
+    }
+    metric_one(out, "clonegate_cache_purge_soft_total", "counter",
+               "Purges asked here that marked entries stale instead of removing them.", p->soft);
+    metric_one(out, "clonegate_cache_purge_entries_total", "counter",
+               "Entries purged (as Redis counted them, else this L1).", p->entries);
+    metric_one(out, "clonegate_cache_purge_refused_total", "counter",
+               "PURGE requests refused: client outside cache.purge_allow.", p->refused);
+    metric_one(out, "clonegate_cache_purge_messages_received_total", "counter",
+               "Purges and stores announced by other instances, applied to this L1.", p->messages);
+    metric_one(out, "clonegate_cache_purge_l1_drops_total", "counter",
+               "Times this L1 was emptied because the invalidation channel dropped or came back.",
+               p->l1_drops);
+
+    metric_one(out, "clonegate_redis_configured", "gauge", "1 when cache.redis names a Redis.",
+               a->cache && a->redis_addr[0] != '\0');
+    metric_head(out, "clonegate_redis_links", "gauge",
+                "Workers' Redis links, by state (down, connecting, up, slow).");
+    static const enum store_redis_state states[] = {STORE_REDIS_DOWN, STORE_REDIS_CONNECTING,
+                                                    STORE_REDIS_UP, STORE_REDIS_SLOW};
+    for (unsigned i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+        snprintf(label, sizeof(label), "state=\"%s\"", store_redis_state_name(states[i]));
+        metric_value(out, "clonegate_redis_links", label, r->by_state[states[i]]);
+    }
+    metric_head(out, "clonegate_redis_gets_total", "counter",
+                "Redis lookups answered, by result (found, not_found, failed).");
+    metric_value(out, "clonegate_redis_gets_total", "result=\"found\"", r->found);
+    metric_value(out, "clonegate_redis_gets_total", "result=\"not_found\"", r->not_found);
+    metric_value(out, "clonegate_redis_gets_total", "result=\"failed\"", r->failed);
+    metric_one(out, "clonegate_redis_get_timeouts_total", "counter",
+               "Redis lookups with no reply within cache.redis_timeout.", r->timeouts);
+    metric_one(out, "clonegate_redis_gets_skipped_total", "counter",
+               "Redis lookups not tried: Redis down, slow or overloaded.", r->skipped);
+    metric_one(out, "clonegate_redis_sets_total", "counter", "Entries written to Redis.", r->sets);
+    metric_one(out, "clonegate_redis_purges_total", "counter",
+               "Purges sent to Redis by the workers (PURGE requests, unsafe methods).", r->purges);
+    metric_one(out, "clonegate_redis_published_total", "counter",
+               "Invalidations the workers published on the cg:invalidate channel.", r->published);
+    metric_one(out, "clonegate_redis_messages_total", "counter",
+               "Invalidation messages received on the workers' links.", r->messages);
+    metric_one(out, "clonegate_redis_errors_total", "counter", "Error replies from Redis.",
+               r->errors);
+    metric_one(out, "clonegate_redis_connects_total", "counter", "Redis links made.", r->connects);
+    metric_one(out, "clonegate_redis_reconnects_total", "counter",
+               "Redis links made beyond each worker's first.", r->reconnects);
+    metric_one(out, "clonegate_redis_disconnects_total", "counter", "Redis links lost.",
+               r->disconnects);
+    metric_head(out, "clonegate_redis_get_duration_seconds", "summary",
+                "Round trip of the Redis lookups that were answered.");
+    evbuffer_add_printf(out, "clonegate_redis_get_duration_seconds_sum %.6f\n",
+                        (double)r->rtt_us_sum / 1e6);
+    metric_value(out, "clonegate_redis_get_duration_seconds_count", "", r->rtt_count);
+}
+
 static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, struct evbuffer *out)
 {
     struct health_server_view *views = calloc(STATS_MAX_VIEWS, sizeof(*views)); /* freed below */
     struct totals *t = malloc(sizeof(*t));                                      /* freed below */
     struct server_totals *st = malloc(sizeof(*st));                             /* freed below */
-    if (!views || !t || !st) {
+    struct cache_totals *ct = malloc(sizeof(*ct));                              /* freed below */
+    if (!views || !t || !st || !ct) {
         free(views);
         free(t);
         free(st);
+        free(ct);
         evhttp_send_error(req, 500, "out of memory");
         return;
     }
@@ -426,6 +816,8 @@ static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, str
     metric_head(out, "clonegate_request_duration_seconds", "histogram",
                 "Time from a request's first byte to its answer's last byte.");
     metric_histogram(out, "clonegate_request_duration_seconds", "", &t->latency);
+    sum_cache(a, ct);
+    cache_metrics(a, out, ct);
 
     for (unsigned m = 0; m < sizeof(server_metrics) / sizeof(server_metrics[0]); m++) {
         const char *name = server_metrics[m].name;
@@ -471,6 +863,7 @@ static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, str
     free(views);
     free(t);
     free(st);
+    free(ct);
     reply(req, 200, "OK", out, "text/plain; version=0.0.4; charset=utf-8");
 }
 
@@ -491,7 +884,8 @@ static const char dashboard_html[] =
     "table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0002}\n"
     "th,td{padding:6px 8px;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}\n"
     ".wrap{overflow-x:auto}.up{color:#0a7d28;font-weight:600}.down{color:#c0162c;"
-    "font-weight:600}.draining{color:#b26a00;font-weight:600}.removed{color:#889}\n"
+    "font-weight:600}.draining,.slow,.connecting{color:#b26a00;font-weight:600}"
+    ".removed,.off{color:#889}\n"
     "#err{color:#c0162c}\n</style></head><body>\n"
     "<header><b>Clonegate</b> <span id=\"ver\"></span> <span id=\"err\"></span></header>\n"
     "<main><div class=\"cards\">\n"
@@ -506,6 +900,16 @@ static const char dashboard_html[] =
     "</div></div>\n"
     "<div class=\"card\"><div class=\"v\" id=\"conns\">-</div><div class=\"k\">connections open"
     "</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"l1n\">-</div><div class=\"k\">cached entries (L1)"
+    "</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"l1b\">-</div><div class=\"k\">L1 memory MiB"
+    "</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"stores\">-</div><div class=\"k\">stored / "
+    "coalesced</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"purges\">-</div><div class=\"k\">purges / "
+    "entries purged</div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"redis\">-</div><div class=\"k\">Redis"
+    " <span id=\"rtt\"></span></div></div>\n"
     "</div><div class=\"wrap\"><table><thead><tr><th>clone</th><th>state</th><th>req/s</th>"
     "<th>p50 ms</th><th>p99 ms</th><th>active</th><th>failures</th><th>checks ok/failed</th>"
     "<th>last error</th></tr></thead><tbody id=\"servers\"></tbody></table></div>\n"
@@ -526,8 +930,20 @@ static const char dashboard_html[] =
     "  document.getElementById('p99').textContent=s.latency_ms.p99.toFixed(2);\n"
     "  document.getElementById('err5').textContent=s.requests.by_class['5xx'];\n"
     "  document.getElementById('conns').textContent=s.connections.open;\n"
-    "  if(s.cache&&s.cache.hits!==undefined){const h=s.cache.hits,m=s.cache.misses;"
-    "document.getElementById('hit').textContent=h+m?(100*h/(h+m)).toFixed(1)+'%':'-';}\n"
+    "  const c=s.cache,rd=c.redis,looked=Object.keys(c.requests_by_cache_status).reduce("
+    "(n,k)=>k==='bypass'?n:n+c.requests_by_cache_status[k],0);\n"
+    "  document.getElementById('hit').textContent=!c.enabled?'off':looked?"
+    "(100*c.hit_ratio).toFixed(1)+'%':'-';\n"
+    "  document.getElementById('l1n').textContent=c.enabled?c.l1.entries:'-';\n"
+    "  document.getElementById('l1b').textContent=c.enabled?(c.l1.bytes/1048576).toFixed(1)+"
+    "' / '+(c.l1.capacity/1048576).toFixed(0):'-';\n"
+    "  document.getElementById('stores').textContent=c.stores+' / '+c.coalesced_waits;\n"
+    "  document.getElementById('purges').textContent=c.enabled?c.purge.requests+' / '+"
+    "c.purge.entries:'-';\n"
+    "  const re=document.getElementById('redis');re.textContent=rd.state;"
+    "re.className='v '+rd.state;\n"
+    "  document.getElementById('rtt').textContent=rd.configured&&rd.gets?"
+    "rd.rtt_ms.toFixed(2)+' ms':'';\n"
     "  const prev={};if(last)for(const x of last.s.servers)prev[x.address]=x.requests;\n"
     "  document.getElementById('servers').innerHTML=s.servers.map(x=>'<tr data-server=\"'+"
     "esc(x.address)+'\"><td>'+esc(x.address)+'</td><td class=\"state '+x.state+'\">'+x.state+"
@@ -687,6 +1103,11 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(out, draining ? "draining\n" : "ok\n");
         reply(req, draining ? 503 : 200, draining ? "Service Unavailable" : "OK", out,
               "text/plain");
+    } else if (strcmp(path, "/purge") == 0) {
+        if (a->purge)
+            purge_admin_request(a->purge, req);
+        else
+            evhttp_send_error(req, 404, "no cache to purge");
     } else if (strncmp(path, "/servers/", 9) == 0) {
         serve_server_action(a, req, out, path + 9);
     } else {
@@ -701,8 +1122,11 @@ struct stats_admin *stats_admin_start(struct event_base *base, const struct conf
     struct stats_admin *a = calloc(1, sizeof(*a)); /* freed by stats_admin_free() */
     if (!a)
         return NULL;
+    pthread_mutex_init(&a->redis_lock, NULL);
     a->hl = hl;
     a->draining = draining;
+    if (cfg->cache_enabled)
+        snprintf(a->redis_addr, sizeof(a->redis_addr), "%s", cfg->cache_redis);
     a->started = time(NULL);
     a->workers = cfg->workers;
     memcpy(a->allow, cfg->stats_allow, sizeof(a->allow));
@@ -743,5 +1167,6 @@ void stats_admin_free(struct stats_admin *a)
         return;
     if (a->http)
         evhttp_free(a->http);
+    pthread_mutex_destroy(&a->redis_lock);
     free(a);
 }

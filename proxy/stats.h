@@ -3,9 +3,11 @@
  *
  * Serves, on the health thread's event_base so no worker is ever blocked:
  *   GET  /                              an HTML dashboard polling /stats
- *   GET  /stats                         JSON: connections, requests, latency, servers
+ *   GET  /stats                         JSON: connections, requests, latency, servers,
+ *                                       the cache (L1 and Redis)
  *   GET  /metrics                       the same in Prometheus text format
  *   GET  /health                        200 while serving, 503 while draining
+ *   POST /purge?url=|tag=|prefix=[&soft=1]  purges the shared cache (purge.h)
  *   POST /servers/<host:port>/drain     no new requests for that server
  *   POST /servers/<host:port>/ready     takes requests again
  * It never serves proxy traffic, and the proxy listeners never serve these
@@ -26,9 +28,12 @@
 
 #include "config.h"
 
+struct cache;
 struct event_base;
 struct health;
+struct purge;
 struct stats_admin;
+struct store_redis_stats;
 
 #define STATS_MAX_SERVERS  256 /* per-clone counters, by health's stable server id */
 #define STATS_LAT_BUCKETS  36  /* latency buckets, the last one unbounded */
@@ -125,6 +130,24 @@ void stats_record_request(struct stats_worker *sw, unsigned status, uint64_t byt
  * it). Main thread, before the workers start. */
 void stats_admin_set_workers(struct stats_admin *a, struct stats_worker *const *workers,
                              unsigned count);
+
+/*
+ * Hands the admin listener the cache's figures: <c> the process's L1 store
+ * (NULL when the cache is off), <redis> the <count> workers' Redis counters
+ * (store_redis_stats(); the array is copied, the structs borrowed; NULL
+ * entries, or count 0, when there is no Redis). A worker frees its Redis
+ * link when its thread ends, so main calls this again with <redis> NULL and
+ * <count> 0 before it stops the workers: the Redis figures are copied at
+ * that moment and shown as they were from then on. Main thread; safe while
+ * the admin listener serves.
+ */
+/* Hands the admin listener the purge object (borrowed; NULL: no cache):
+ * it serves POST /purge and shows the purge figures. Main thread, before
+ * the admin serves. */
+void stats_admin_set_purge(struct stats_admin *a, struct purge *p);
+
+void stats_admin_set_cache(struct stats_admin *a, const struct cache *c,
+                           const struct store_redis_stats *const *redis, unsigned count);
 
 /*
  * Opens the admin listener(s) of <cfg> on <base> (the health thread's).

@@ -19,14 +19,26 @@
  * are kept on a short spare list for the next gets.
  *
  * A get's handle is valid until its callback runs (or, once cancelled,
- * must not be used again). A del that was sent always calls back exactly
+ * must not be used again). A purge that was sent always calls back exactly
  * once, with -1 when the link drops or the store is freed first, so a caller
- * that may go away first passes a NULL callback or outlives the store.
+ * that may go away first passes a NULL callback or outlives the store. A
+ * prefix purge is one op through all its batches: each reply sends the next
+ * batch, with the op (and its copy of the prefix) as the callback's data.
  * Gets refused (NULL) and writes refused (-1) never call back.
+ *
+ * Writes with indexes run a script loaded on every (re)connect, before any
+ * other command, and called by its SHA-1; should Redis lose it (SCRIPT
+ * FLUSH), the NOSCRIPT reply loads it again, and those writes are lost
+ * (a cache write may be). Purges send their script text (EVAL): they are
+ * rare and must not fail that way.
+ *
+ * A subscriber store sends SUBSCRIBE first thing on every link, and nothing
+ * else once subscribed; hiredis calls the subscription's callback for the
+ * confirmation, for every message and (NULL) when the link goes.
  *
  * Only the owning worker thread touches a store; the counters are written
  * with relaxed atomic stores for the admin thread to read. Callbacks may
- * call store_redis_get/set/del/cancel, never store_redis_free(): it must
+ * call any store_redis function but store_redis_free(): it must
  * not run inside any hiredis callback or any callback of this store
  * (hiredis would free the context under its own caller).
  */
@@ -45,6 +57,7 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <openssl/evp.h>
 
 #include "log.h"
 
@@ -54,13 +67,101 @@
 #define STORE_REDIS_UNIX      "unix:"
 #define STORE_REDIS_UNIX_LEN  (sizeof(STORE_REDIS_UNIX) - 1)
 
-/* Lua run by a del with a set: the key, every member of the set, the set. */
-static const char del_script[] = "local n = redis.call('DEL', KEYS[1])\n"
-                                 "for _, k in ipairs(redis.call('SMEMBERS', KEYS[2])) do\n"
-                                 "  n = n + redis.call('DEL', k)\n"
-                                 "end\n"
-                                 "redis.call('DEL', KEYS[2])\n"
-                                 "return n\n";
+#define STORE_REDIS_STACK_INDEXES 16 /* indexes of a set passed without a heap array */
+#define STORE_REDIS_SHA1_HEX      40
+#define STORE_REDIS_ENTRY_PATTERN                                                                  \
+    "cg:????????????????????????????????????????????????????????????????"
+#define STORE_REDIS_NOSCRIPT "NOSCRIPT"
+
+/*
+ * The value header the purges read (cache_entry.h, version 1): magic and
+ * kind at 0, freshness_ms (i64) at 28, key_len (u32) at 60, key text at 88.
+ * Lua counts from 1.
+ */
+#define LUA_ENTRY_CHECKS                                                                           \
+    "local HDR = 88\n"                                                                             \
+    "local RESPONSE = 'CGE1' .. string.char(1)\n"                                                  \
+    "local ZERO = string.rep(string.char(0), 8)\n"                                                 \
+    "local function soften(k, h)\n"                                                                \
+    "  if h:sub(1, 5) ~= RESPONSE then return 0 end\n"                                             \
+    "  redis.call('SETRANGE', k, 28, ZERO)\n"                                                      \
+    "  return 1\n"                                                                                 \
+    "end\n"                                                                                        \
+    "local function header(k, extra)\n"                                                            \
+    "  local h = redis.pcall('GETRANGE', k, 0, HDR - 1 + extra)\n"                                 \
+    "  if type(h) ~= 'string' or #h < HDR or h:sub(1, 4) ~= 'CGE1' then return nil end\n"          \
+    "  return h\n"                                                                                 \
+    "end\n"
+
+/*
+ * A write with indexes. KEYS: the entry, then its indexes. ARGV: value, ttl
+ * ms. Times are Redis's clock (epoch ms), so the entry's expiry and its
+ * score in every index are the same number, whatever the clocks of the
+ * instances sharing an index. Numbers stay below 2^53, exact in Lua.
+ */
+static const char put_script[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local at = string.format('%.0f', now + tonumber(ARGV[2]))\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at)\n"
+    "for i = 2, #KEYS do\n"
+    "  redis.call('ZADD', KEYS[i], at, KEYS[1])\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', now))\n"
+    "  redis.call('PEXPIREAT', KEYS[i], at, 'NX')\n"
+    "  redis.call('PEXPIREAT', KEYS[i], at, 'GT')\n"
+    "end\n"
+    "return 0\n";
+
+/*
+ * A purge. KEYS: ARGV[2] entries, then indexes. ARGV[1]: "1" soft. Returns
+ * the entries deleted or softened, each once.
+ */
+static const char purge_script[] =
+    LUA_ENTRY_CHECKS "local soft = ARGV[1] == '1'\n"
+                     "local plain = tonumber(ARGV[2])\n"
+                     "local n, seen = 0, {}\n"
+                     "local function purge(k)\n"
+                     "  if seen[k] then return end\n"
+                     "  seen[k] = true\n"
+                     "  if not soft then n = n + redis.call('DEL', k) return end\n"
+                     "  local h = header(k, 0)\n"
+                     "  if h then n = n + soften(k, h) end\n"
+                     "end\n"
+                     "for i = 1, plain do purge(KEYS[i]) end\n"
+                     "for i = plain + 1, #KEYS do\n"
+                     "  for _, k in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do purge(k) end\n"
+                     "  if not soft then redis.call('DEL', KEYS[i]) end\n"
+                     "end\n"
+                     "return n\n";
+
+/*
+ * One batch of a prefix purge. ARGV: cursor, entry key pattern, batch size,
+ * prefix, "1" soft. Returns {next cursor, entries purged}.
+ */
+static const char prefix_script[] =
+    LUA_ENTRY_CHECKS "local prefix, soft = ARGV[4], ARGV[5] == '1'\n"
+                     "local path = prefix:sub(1, 1) == '/'\n"
+                     "local r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])\n"
+                     "local n = 0\n"
+                     "for _, k in ipairs(r[2]) do\n"
+                     "  local h = header(k, path and 0 or #prefix)\n"
+                     "  local hit = false\n"
+                     "  if h then\n"
+                     "    local kl = struct.unpack('<I4', h, 61)\n"
+                     "    if path then\n"
+                     "      local key = redis.call('GETRANGE', k, HDR, HDR + kl - 1)\n"
+                     "      local at = key:find('://', 1, true)\n"
+                     "      local p = at and key:find('/', at + 3, true)\n"
+                     "      hit = p ~= nil and key:sub(p, p + #prefix - 1) == prefix\n"
+                     "    else\n"
+                     "      hit = kl >= #prefix and h:sub(HDR + 1, HDR + #prefix) == prefix\n"
+                     "    end\n"
+                     "  end\n"
+                     "  if hit then\n"
+                     "    if soft then n = n + soften(k, h) else n = n + redis.call('DEL', k) end\n"
+                     "  end\n"
+                     "end\n"
+                     "return {r[1], n}\n";
 
 /* Counter bumps by the only writer, for relaxed readers elsewhere. */
 #define SR_INC(field)    __atomic_store_n(&(field), (field) + 1, __ATOMIC_RELAXED)
@@ -68,8 +169,9 @@ static const char del_script[] = "local n = redis.call('DEL', KEYS[1])\n"
 #define SR_SET(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
 
 enum op_kind {
-    OP_GET = 1, /* answers through cb.get */
-    OP_DEL = 2, /* answers through cb.count (may be NULL) */
+    OP_GET = 1,    /* answers through cb.get */
+    OP_PURGE = 2,  /* one script; answers through cb.count (may be NULL) */
+    OP_PREFIX = 3, /* a chain of batches; answers through cb.count (may be NULL) */
 };
 
 struct store_redis_op {
@@ -87,26 +189,38 @@ struct store_redis_op {
     bool answered;        /* the callback ran (timeout): drop the reply */
     bool cancelled;       /* the caller gave up: never call back */
     bool in_fifo;         /* on s->waiting */
+    char *prefix;         /* OP_PREFIX: owned copy, freed in op_release() */
+    size_t prefix_len;    /* OP_PREFIX */
+    bool soft;            /* OP_PREFIX: soften rather than delete */
+    long long total;      /* OP_PREFIX: entries purged by the batches so far */
 };
 
 TAILQ_HEAD(op_list, store_redis_op);
 
 struct store_redis {
-    struct event_base *base;        /* borrowed from the worker */
-    char *host;                     /* owned, freed in store_redis_free(); NULL for unix */
-    int port;                       /* TCP port */
-    char *unix_path;                /* owned, freed in store_redis_free(); NULL for TCP */
-    char *addr;                     /* owned copy of the configured address, for logs */
-    unsigned timeout_ms;            /* longest a get waits */
-    redisAsyncContext *ac;          /* owned; NULL when DOWN; hiredis frees it on a drop */
-    enum store_redis_state state;   /* see enum store_redis_state */
-    struct event *state_ev;         /* owned: reconnect, connect timeout or slow-pause end */
-    struct event *timeout_ev;       /* owned: the FIFO head's deadline */
-    unsigned backoff_ms;            /* next reconnect delay */
-    unsigned timeouts_in_row;       /* gets timed out since the last in-time reply */
-    bool reported_down;             /* the loss was logged; retries log at debug */
-    bool freeing;                   /* store_redis_free() is running */
-    unsigned inflight;              /* commands awaiting a reply (gets, sets, dels) */
+    struct event_base *base;      /* borrowed from the worker */
+    char *host;                   /* owned, freed in store_redis_free(); NULL for unix */
+    int port;                     /* TCP port */
+    char *unix_path;              /* owned, freed in store_redis_free(); NULL for TCP */
+    char *addr;                   /* owned copy of the configured address, for logs */
+    unsigned timeout_ms;          /* longest a get waits */
+    redisAsyncContext *ac;        /* owned; NULL when DOWN; hiredis frees it on a drop */
+    enum store_redis_state state; /* see enum store_redis_state */
+    struct event *state_ev;       /* owned: reconnect, connect timeout or slow-pause end */
+    struct event *timeout_ev;     /* owned: the FIFO head's deadline */
+    unsigned backoff_ms;          /* next reconnect delay */
+    unsigned timeouts_in_row;     /* gets timed out since the last in-time reply */
+    bool reported_down;           /* the loss was logged; retries log at debug */
+    bool freeing;                 /* store_redis_free() is running */
+    unsigned inflight;            /* commands awaiting a reply (all kinds) */
+    char put_sha[STORE_REDIS_SHA1_HEX + 1]; /* SHA-1 hex of put_script, for EVALSHA */
+    bool loading_script;                    /* a SCRIPT LOAD is in flight */
+    bool subscriber;                        /* store_redis_subscribe() made this a subscriber */
+    bool sub_up;                            /* the subscription is confirmed on this link */
+    char *sub_channel;                      /* owned, freed in store_redis_free() */
+    store_redis_message_fn on_message;      /* the subscriber's */
+    store_redis_link_fn on_link;            /* the subscriber's */
+    void *sub_arg;                          /* the subscriber's, passed back */
     struct op_list waiting;         /* gets owed an answer, oldest (earliest deadline) first */
     struct op_list spare;           /* owned free ops, freed in store_redis_free() */
     unsigned spare_count;           /* length of spare */
@@ -115,6 +229,9 @@ struct store_redis {
 
 static void store_redis_on_state_timer(evutil_socket_t fd, short what, void *arg);
 static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg);
+static void send_script_load(struct store_redis *s);
+static void send_subscribe(struct store_redis *s);
+static void sub_lost(struct store_redis *s);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -130,6 +247,25 @@ static struct timeval ms_tv(unsigned ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000};
     return tv;
+}
+
+/* The lowercase hex SHA-1 of <len> bytes at <text> (a script's, for
+ * EVALSHA) into <out> (41 bytes). 0 or -1. */
+static int script_sha(const char *text, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+
+    if (EVP_Digest(text, len, md, &mdlen, EVP_sha1(), NULL) != 1 ||
+        mdlen * 2 != STORE_REDIS_SHA1_HEX)
+        return -1;
+    for (unsigned i = 0; i < mdlen; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[STORE_REDIS_SHA1_HEX] = '\0';
+    return 0;
 }
 
 const char *store_redis_state_name(enum store_redis_state st)
@@ -201,6 +337,8 @@ static void op_release(struct store_redis *s, struct store_redis_op *op)
     assert(op->magic == STORE_REDIS_OP_MAGIC);
     fifo_remove(s, op);
     op->magic = 0;
+    free(op->prefix);
+    op->prefix = NULL;
     if (s->spare_count < STORE_REDIS_SPARE_OPS && !s->freeing) {
         TAILQ_INSERT_HEAD(&s->spare, op, entry);
         s->spare_count++;
@@ -241,7 +379,9 @@ static void link_down(struct store_redis *s, const char *why)
 {
     s->ac = NULL;
     s->timeouts_in_row = 0;
+    s->loading_script = false;
     set_state(s, STORE_REDIS_DOWN);
+    sub_lost(s);
     if (s->freeing)
         return;
     if (!s->reported_down) {
@@ -328,6 +468,11 @@ static void link_start(struct store_redis *s)
     redisAsyncSetConnectCallback(ac, store_redis_on_connect);
     s->ac = ac;
     arm_state_timer(s, STORE_REDIS_CONNECT_TIMEOUT_MS);
+    /* queued now, so it goes before anything else on this link */
+    if (s->subscriber)
+        send_subscribe(s);
+    else
+        send_script_load(s);
 }
 
 static void store_redis_on_state_timer(evutil_socket_t fd, short what, void *arg)
@@ -402,6 +547,8 @@ struct store_redis *store_redis_new(struct event_base *base, const char *addr, u
     s->addr = strdup(addr);
     if (s->addr == NULL)
         goto fail;
+    if (script_sha(put_script, sizeof(put_script) - 1, s->put_sha) == -1)
+        goto fail;
     if (parse_addr(s, addr) == -1) {
         log_warnx("redis %s: not host:port, [v6]:port or unix:/path", addr);
         goto fail;
@@ -423,7 +570,7 @@ void store_redis_free(struct store_redis *s)
         return;
     s->freeing = true;
     /* hiredis answers every pending command with a NULL reply first: gets
-     * are answered FAILED and dels -1, each op freed there */
+     * are answered FAILED and purges -1, each op freed there */
     if (s->ac != NULL) {
         redisAsyncContext *ac = s->ac;
         s->ac = NULL;
@@ -444,6 +591,7 @@ void store_redis_free(struct store_redis *s)
     free(s->host);
     free(s->unix_path);
     free(s->addr);
+    free(s->sub_channel);
     free(s);
 }
 
@@ -537,10 +685,11 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
 }
 
 /* Whether a command may be sent now. Gets and sets are optional work that
- * a slow Redis is spared (<even_slow> false); purges are not. */
+ * a slow Redis is spared (<even_slow> false); purges and publishes are not.
+ * A subscriber link sends nothing else. */
 static bool usable(const struct store_redis *s, bool even_slow)
 {
-    if (s->freeing || s->ac == NULL || s->inflight >= STORE_REDIS_MAX_PENDING)
+    if (s->freeing || s->ac == NULL || s->inflight >= STORE_REDIS_MAX_PENDING || s->subscriber)
         return false;
     return s->state == STORE_REDIS_UP || (even_slow && s->state == STORE_REDIS_SLOW);
 }
@@ -590,7 +739,35 @@ void store_redis_cancel(struct store_redis_op *op)
 
 /* ------------------------------------------------------------ writes */
 
-/* Replies to sets: only errors matter. */
+/* The write script is (again) loaded; its reply matters for logs only. */
+static void store_redis_on_load_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis *s = privdata;
+    const redisReply *reply = r;
+
+    (void)ac;
+    s->inflight--;
+    s->loading_script = false;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        SR_INC(s->stats.errors);
+        log_warnx("redis %s: cannot load the write script: %s", s->addr, reply->str);
+    }
+}
+
+static void send_script_load(struct store_redis *s)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", put_script};
+    const size_t argvlen[3] = {6, 4, sizeof(put_script) - 1};
+
+    if (s->loading_script || s->ac == NULL)
+        return;
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_load_reply, s, 3, argv, argvlen) == REDIS_OK) {
+        s->inflight++;
+        s->loading_script = true;
+    }
+}
+
+/* Replies to puts and publishes: only errors matter. */
 static void store_redis_on_write_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct store_redis *s = privdata;
@@ -601,49 +778,199 @@ static void store_redis_on_write_reply(redisAsyncContext *ac, void *r, void *pri
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         SR_INC(s->stats.errors);
         log_debug("%s: redis %s: write: %s", __func__, s->addr, reply->str);
+        /* Redis lost the script (SCRIPT FLUSH): this write is gone, the next are not */
+        if (strncmp(reply->str, STORE_REDIS_NOSCRIPT, sizeof(STORE_REDIS_NOSCRIPT) - 1) == 0 &&
+            !s->freeing)
+            send_script_load(s);
     }
 }
 
 int store_redis_set(struct store_redis *s, const char *key, size_t key_len, const void *value,
-                    size_t value_len, uint64_t ttl_ms, const char *set_key, size_t set_key_len)
+                    size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
+                    const size_t *index_lens, unsigned index_count)
 {
-    char ttl[STORE_REDIS_NUM_MAX];
+    char ttl[STORE_REDIS_NUM_MAX], nkeys[STORE_REDIS_NUM_MAX];
+    const char *stack_argv[STORE_REDIS_STACK_INDEXES + 8];
+    size_t stack_lens[STORE_REDIS_STACK_INDEXES + 8];
+    int rc;
 
     /* PX 0 is an error to Redis: an entry that expires now is not stored */
     if (!usable(s, false) || ttl_ms == 0)
         return -1;
     int ttl_len = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ttl_ms);
-
-    const char *set_argv[5] = {"SET", key, value, "PX", ttl};
-    const size_t set_len[5] = {3, key_len, value_len, 2, (size_t)ttl_len};
-    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 5, set_argv, set_len) !=
-        REDIS_OK)
+    if (index_count == 0) {
+        const char *argv[5] = {"SET", key, value, "PX", ttl};
+        const size_t argvlen[5] = {3, key_len, value_len, 2, (size_t)ttl_len};
+        rc = redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 5, argv, argvlen);
+    } else {
+        /* EVALSHA sha numkeys key index... value ttl */
+        unsigned argc = 4 + index_count + 2;
+        const char **argv = stack_argv;
+        size_t *argvlen = stack_lens;
+        if (index_count > STORE_REDIS_STACK_INDEXES) {
+            argv = malloc(argc * sizeof(*argv));       /* freed below */
+            argvlen = malloc(argc * sizeof(*argvlen)); /* freed below */
+            if (argv == NULL || argvlen == NULL) {
+                free(argv);
+                free(argvlen);
+                return -1;
+            }
+        }
+        unsigned n = 0;
+        argv[n] = "EVALSHA";
+        argvlen[n++] = 7;
+        argv[n] = s->put_sha;
+        argvlen[n++] = STORE_REDIS_SHA1_HEX;
+        argv[n] = nkeys;
+        argvlen[n++] = (size_t)snprintf(nkeys, sizeof(nkeys), "%u", 1 + index_count);
+        argv[n] = key;
+        argvlen[n++] = key_len;
+        for (unsigned i = 0; i < index_count; i++) {
+            argv[n] = index_keys[i];
+            argvlen[n++] = index_lens[i];
+        }
+        argv[n] = value;
+        argvlen[n++] = value_len;
+        argv[n] = ttl;
+        argvlen[n++] = (size_t)ttl_len;
+        assert(n == argc);
+        rc = redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, (int)argc, argv, argvlen);
+        if (argv != stack_argv) {
+            free(argv);
+            free(argvlen);
+        }
+    }
+    if (rc != REDIS_OK)
         return -1;
     s->inflight++;
     SR_INC(s->stats.sets);
-    if (set_key == NULL)
-        return 0;
-
-    const char *sadd_argv[3] = {"SADD", set_key, key};
-    const size_t sadd_len[3] = {4, set_key_len, key_len};
-    const char *nx_argv[4] = {"PEXPIRE", set_key, ttl, "NX"};
-    const char *gt_argv[4] = {"PEXPIRE", set_key, ttl, "GT"};
-    const size_t exp_len[4] = {7, set_key_len, (size_t)ttl_len, 2};
-    /* the SET went out, so this counts as sent; a refusal here means the
-     * link is dropping and the set's entry goes with it */
-    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 3, sadd_argv, sadd_len) ==
-        REDIS_OK)
-        s->inflight++;
-    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 4, nx_argv, exp_len) ==
-        REDIS_OK)
-        s->inflight++;
-    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 4, gt_argv, exp_len) ==
-        REDIS_OK)
-        s->inflight++;
     return 0;
 }
 
-static void store_redis_on_del_reply(redisAsyncContext *ac, void *r, void *privdata)
+/* ------------------------------------------------------------ purges */
+
+/* The count a purge script answers with, or -1. */
+static long long reply_count(struct store_redis *s, const redisReply *reply)
+{
+    if (reply == NULL)
+        return -1; /* the link dropped or the store is being freed */
+    if (reply->type == REDIS_REPLY_INTEGER)
+        return reply->integer;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        SR_INC(s->stats.errors);
+        log_warnx("redis %s: purge failed: %s", s->addr, reply->str);
+    } else {
+        log_debug("%s: redis %s: purge: unexpected reply type %d", __func__, s->addr, reply->type);
+    }
+    return -1;
+}
+
+static void store_redis_on_purge_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis_op *op = privdata;
+    struct store_redis *s = op->s;
+
+    (void)ac;
+    assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_PURGE);
+    s->inflight--;
+    long long n = reply_count(s, r);
+    if (op->cb.count != NULL)
+        op->cb.count(op->arg, n);
+    op_release(s, op);
+}
+
+/* One purge script over <nkeys> keys, the first <plain> entries, the rest
+ * indexes. */
+static int send_purge(struct store_redis *s, const char *const *keys, const size_t *lens,
+                      unsigned nkeys, unsigned plain, bool soft, store_redis_count_fn cb, void *arg)
+{
+    char numkeys[STORE_REDIS_NUM_MAX], nplain[STORE_REDIS_NUM_MAX];
+    const char *argv[3 + 2 + 2];
+    size_t argvlen[3 + 2 + 2];
+    unsigned n = 0;
+
+    assert(nkeys <= 2 && plain <= nkeys);
+    /* purges go to a slow Redis too: a stale entry must not outlive them */
+    if (!usable(s, true))
+        return -1;
+    struct store_redis_op *op = op_acquire(s, OP_PURGE, arg);
+    if (op == NULL)
+        return -1;
+    op->cb.count = cb;
+    argv[n] = "EVAL";
+    argvlen[n++] = 4;
+    argv[n] = purge_script;
+    argvlen[n++] = sizeof(purge_script) - 1;
+    argv[n] = numkeys;
+    argvlen[n++] = (size_t)snprintf(numkeys, sizeof(numkeys), "%u", nkeys);
+    for (unsigned i = 0; i < nkeys; i++) {
+        argv[n] = keys[i];
+        argvlen[n++] = lens[i];
+    }
+    argv[n] = soft ? "1" : "0";
+    argvlen[n++] = 1;
+    argv[n] = nplain;
+    argvlen[n++] = (size_t)snprintf(nplain, sizeof(nplain), "%u", plain);
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_purge_reply, op, (int)n, argv, argvlen) !=
+        REDIS_OK) {
+        op_release(s, op);
+        return -1;
+    }
+    s->inflight++;
+    op->sent_us = now_us();
+    return 0;
+}
+
+int store_redis_purge_key(struct store_redis *s, const char *key, size_t key_len,
+                          const char *index_key, size_t index_len, bool soft,
+                          store_redis_count_fn cb, void *arg)
+{
+    const char *const keys[2] = {key, index_key};
+    const size_t lens[2] = {key_len, index_len};
+
+    if (send_purge(s, keys, lens, index_key != NULL ? 2 : 1, 1, soft, cb, arg) == -1)
+        return -1;
+    SR_INC(s->stats.purges);
+    return 0;
+}
+
+int store_redis_purge_index(struct store_redis *s, const char *index_key, size_t index_len,
+                            bool soft, store_redis_count_fn cb, void *arg)
+{
+    if (send_purge(s, &index_key, &index_len, 1, 0, soft, cb, arg) == -1)
+        return -1;
+    SR_INC(s->stats.purges);
+    return 0;
+}
+
+static void store_redis_on_prefix_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Sends <op>'s batch from <cursor>. -1 when the link refuses it. */
+static int send_prefix_batch(struct store_redis *s, struct store_redis_op *op, const char *cursor,
+                             size_t cursor_len)
+{
+    char count[STORE_REDIS_NUM_MAX];
+    const char *argv[8] = {
+        "EVAL",     prefix_script,       "0", cursor, STORE_REDIS_ENTRY_PATTERN, count,
+        op->prefix, op->soft ? "1" : "0"};
+    const size_t argvlen[8] = {4,
+                               sizeof(prefix_script) - 1,
+                               1,
+                               cursor_len,
+                               sizeof(STORE_REDIS_ENTRY_PATTERN) - 1,
+                               (size_t)snprintf(count, sizeof(count), "%d", STORE_REDIS_SCAN_COUNT),
+                               op->prefix_len,
+                               1};
+
+    if (s->freeing || s->ac == NULL)
+        return -1;
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_prefix_reply, op, 8, argv, argvlen) != REDIS_OK)
+        return -1;
+    s->inflight++;
+    return 0;
+}
+
+static void store_redis_on_prefix_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct store_redis_op *op = privdata;
     struct store_redis *s = op->s;
@@ -651,46 +978,139 @@ static void store_redis_on_del_reply(redisAsyncContext *ac, void *r, void *privd
     long long n = -1;
 
     (void)ac;
-    assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_DEL);
+    assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_PREFIX);
     s->inflight--;
-    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
-        n = reply->integer;
-    } else if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
-        SR_INC(s->stats.errors);
-        log_debug("%s: redis %s: del: %s", __func__, s->addr, reply->str);
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[0]->type == REDIS_REPLY_STRING &&
+        reply->element[1]->type == REDIS_REPLY_INTEGER) {
+        const redisReply *cursor = reply->element[0];
+        op->total += reply->element[1]->integer;
+        if (cursor->len != 1 || cursor->str[0] != '0') {
+            /* more keys to walk: the same op waits for the next batch */
+            if (send_prefix_batch(s, op, cursor->str, cursor->len) == 0)
+                return;
+            log_warnx("redis %s: prefix purge cut short: the link is going", s->addr);
+        } else {
+            n = op->total;
+        }
+    } else if (reply != NULL) {
+        reply_count(s, reply); /* logs and counts the error */
     }
     if (op->cb.count != NULL)
         op->cb.count(op->arg, n);
     op_release(s, op);
 }
 
-int store_redis_del(struct store_redis *s, const char *key, size_t key_len, const char *set_key,
-                    size_t set_key_len, store_redis_count_fn cb, void *arg)
+int store_redis_purge_prefix(struct store_redis *s, const char *prefix, size_t prefix_len,
+                             bool soft, store_redis_count_fn cb, void *arg)
 {
-    int rc;
-
-    /* purges go to a slow Redis too: a stale entry must not outlive them */
     if (!usable(s, true))
         return -1;
-    struct store_redis_op *op = op_acquire(s, OP_DEL, arg);
+    struct store_redis_op *op = op_acquire(s, OP_PREFIX, arg);
     if (op == NULL)
         return -1;
     op->cb.count = cb;
-    if (set_key == NULL) {
-        const char *argv[2] = {"DEL", key};
-        const size_t argvlen[2] = {3, key_len};
-        rc = redisAsyncCommandArgv(s->ac, store_redis_on_del_reply, op, 2, argv, argvlen);
-    } else {
-        const char *argv[5] = {"EVAL", del_script, "2", key, set_key};
-        const size_t argvlen[5] = {4, sizeof(del_script) - 1, 1, key_len, set_key_len};
-        rc = redisAsyncCommandArgv(s->ac, store_redis_on_del_reply, op, 5, argv, argvlen);
-    }
-    if (rc != REDIS_OK) {
+    op->soft = soft;
+    /* freed in op_release(); one byte more so an empty prefix is not NULL */
+    op->prefix = malloc(prefix_len + 1);
+    if (op->prefix == NULL) {
         op_release(s, op);
         return -1;
     }
-    s->inflight++;
+    memcpy(op->prefix, prefix, prefix_len);
+    op->prefix_len = prefix_len;
+    if (send_prefix_batch(s, op, "0", 1) == -1) {
+        op_release(s, op);
+        return -1;
+    }
     op->sent_us = now_us();
-    SR_INC(s->stats.dels);
+    SR_INC(s->stats.purges);
+    return 0;
+}
+
+/* ------------------------------------------------------------ pub/sub */
+
+int store_redis_publish(struct store_redis *s, const char *channel, const void *msg, size_t len)
+{
+    const char *argv[3] = {"PUBLISH", channel, msg};
+    const size_t argvlen[3] = {7, strlen(channel), len};
+
+    /* an invalidation, like a purge: a slow Redis gets it too */
+    if (!usable(s, true))
+        return -1;
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 3, argv, argvlen) != REDIS_OK)
+        return -1;
+    s->inflight++;
+    SR_INC(s->stats.published);
+    return 0;
+}
+
+/* A confirmed subscription is gone with its link: tell the subscriber once. */
+static void sub_lost(struct store_redis *s)
+{
+    if (!s->sub_up)
+        return;
+    s->sub_up = false;
+    if (!s->freeing)
+        s->on_link(s->sub_arg, false);
+}
+
+/* The subscription's confirmation, each message, or NULL when the link goes. */
+static void store_redis_on_message(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis *s = privdata;
+    const redisReply *reply = r;
+
+    (void)ac;
+    if (reply == NULL) {
+        sub_lost(s);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        SR_INC(s->stats.errors);
+        log_warnx("redis %s: SUBSCRIBE %s: %s", s->addr, s->sub_channel, reply->str);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const redisReply *what = reply->element[0];
+    if (strcmp(what->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
+        SR_INC(s->stats.messages);
+        s->on_message(s->sub_arg, reply->element[2]->str, reply->element[2]->len);
+    } else if (strcmp(what->str, "subscribe") == 0 && !s->sub_up) {
+        log_debug("%s: redis %s: subscribed to %s", __func__, s->addr, s->sub_channel);
+        s->sub_up = true;
+        s->on_link(s->sub_arg, true);
+    }
+}
+
+static void send_subscribe(struct store_redis *s)
+{
+    const char *argv[2] = {"SUBSCRIBE", s->sub_channel};
+    const size_t argvlen[2] = {9, strlen(s->sub_channel)};
+
+    if (s->ac == NULL || s->freeing)
+        return;
+    /* hiredis keeps the callback for the channel's messages, not in the
+     * reply queue: not counted in flight */
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_message, s, 2, argv, argvlen) != REDIS_OK)
+        log_warnx("redis %s: cannot send SUBSCRIBE %s", s->addr, s->sub_channel);
+}
+
+int store_redis_subscribe(struct store_redis *s, const char *channel,
+                          store_redis_message_fn on_message, store_redis_link_fn on_link, void *arg)
+{
+    if (s->subscriber || s->freeing)
+        return -1;
+    s->sub_channel = strdup(channel); /* freed in store_redis_free() */
+    if (s->sub_channel == NULL)
+        return -1;
+    s->on_message = on_message;
+    s->on_link = on_link;
+    s->sub_arg = arg;
+    s->subscriber = true;
+    /* a link that is up or connecting subscribes now; a later one when it starts */
+    send_subscribe(s);
     return 0;
 }

@@ -10,13 +10,20 @@
  * While Redis is down, slow (several timeouts in a row) or reconnecting,
  * gets return NULL at once, so a request never waits on a Redis that is
  * not answering. Reconnects with back-off (100 ms doubling to 5 s).
- * Decides nothing about caching: keys and values are opaque bytes.
+ * Decides nothing about caching: keys and values are opaque bytes, except
+ * that purges read the fixed header of cache_entry.h values (magic, kind,
+ * freshness_ms, key text) to soften entries and match key prefixes.
+ * Index keys (a URL's variants, a tag's entries) are sorted sets scored by
+ * each member's expiry, epoch ms, trimmed on every write and expiring with
+ * their last member. A store may instead be made a subscriber link for
+ * cross-instance invalidations (store_redis_subscribe()).
  * One worker thread only (its counters are read by the admin thread with
  * relaxed loads).
  */
 #ifndef CLONEGATE_STORE_REDIS_H
 #define CLONEGATE_STORE_REDIS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,6 +37,7 @@ struct store_redis_op;
 #define STORE_REDIS_SLOW_AFTER         3     /* timeouts in a row before Redis counts as slow ... */
 #define STORE_REDIS_SLOW_PAUSE_MS      1000  /* ... and gets are skipped for this long */
 #define STORE_REDIS_MAX_PENDING        10000 /* operations in flight; more fail at once */
+#define STORE_REDIS_SCAN_COUNT         500   /* keys a prefix purge looks at per round trip */
 
 enum store_redis_state {
     STORE_REDIS_DOWN = 0,       /* not connected; a reconnect is scheduled */
@@ -53,7 +61,10 @@ struct store_redis_stats {
     uint64_t failed;                 /* gets answered FAILED (errors, timeouts, drops) */
     uint64_t timeouts;               /* of those, no reply within the timeout */
     uint64_t skipped;                /* gets refused at once (down, slow, too many pending) */
-    uint64_t sets, dels, errors;     /* writes sent; error replies to anything */
+    uint64_t sets, dels, errors;     /* writes sent; dels: always 0 (purges replaced them);
+                                        error replies to anything */
+    uint64_t purges;                 /* store_redis_purge_* sent (batches not counted) */
+    uint64_t published, messages;    /* invalidations published; received by a subscriber */
     uint64_t connects, disconnects;  /* links made and lost */
     uint64_t rtt_us_sum, rtt_count;  /* round trips of answered gets */
     uint64_t state;                  /* enum store_redis_state, as a gauge */
@@ -63,8 +74,15 @@ struct store_redis_stats {
 typedef void (*store_redis_get_fn)(void *arg, enum store_redis_result r, const char *data,
                                    size_t len);
 
-/* Called once per del with the number of keys removed (-1 on failure). */
+/* Called once per purge with the number of entries it affected,
+ * -1 when it failed (error reply, link lost, store freed). */
 typedef void (*store_redis_count_fn)(void *arg, long long count);
+
+/* A message from the subscribed channel; <msg> is valid during the call only. */
+typedef void (*store_redis_message_fn)(void *arg, const char *msg, size_t len);
+
+/* The subscription is live (<up>) or lost: messages may have been missed. */
+typedef void (*store_redis_link_fn)(void *arg, bool up);
 
 /*
  * Starts a store on <base> for <addr> ("host:port" or "unix:/path"), with
@@ -86,22 +104,62 @@ struct store_redis_op *store_redis_get(struct store_redis *s, const char *key, s
 void store_redis_cancel(struct store_redis_op *op);
 
 /*
- * SET <key> <value> PX <ttl_ms>; when <set_key> is not NULL, also adds
- * <key> to the set <set_key> and extends that set's expiry to at least
- * <ttl_ms> (PEXPIRE NX, then GT). Fire and forget: 0 when sent, -1 when
- * Redis is not usable (nothing sent). The value is copied.
+ * Stores <value> at <key> for <ttl_ms>, and adds <key> to each of the
+ * <index_count> sorted sets <index_keys>[i] (lengths <index_lens>[i]; both
+ * may be NULL when the count is 0) scored by its expiry (epoch ms, Redis's
+ * clock), drops members already expired, and extends each set's expiry to
+ * at least the entry's. Without indexes a plain SET PX, else one command (a
+ * script, loaded on every link). Fire and forget: 0 when sent, -1 when
+ * Redis is not usable or <ttl_ms> is 0 (nothing sent). Everything is copied.
  */
 int store_redis_set(struct store_redis *s, const char *key, size_t key_len, const void *value,
-                    size_t value_len, uint64_t ttl_ms, const char *set_key, size_t set_key_len);
+                    size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
+                    const size_t *index_lens, unsigned index_count);
+
+/* Purges, all sent even while Redis is slow. <soft> keeps each entry but
+ * makes it stale: the freshness_ms of a response entry (cache_entry.h kind
+ * 1, right magic) is set to 0 in place, its TTL kept; other values are left
+ * alone. Hard deletes. <cb> (may be NULL) is called exactly once when 0 is
+ * returned: with the count of entries deleted (hard: responses and Vary
+ * records alike, never the index key itself) or made stale (soft: response
+ * entries only), or -1 on failure (error, link lost, store freed). -1 when
+ * Redis is not usable (nothing sent, <cb> never called). */
+
+/* The entry at <key> and every member of the index <index_key> (may be
+ * NULL), then, when hard, the index itself. One atomic script. */
+int store_redis_purge_key(struct store_redis *s, const char *key, size_t key_len,
+                          const char *index_key, size_t index_len, bool soft,
+                          store_redis_count_fn cb, void *arg);
+
+/* Every member of the index <index_key> (a tag's), then, when hard, the
+ * index itself. One atomic script. */
+int store_redis_purge_index(struct store_redis *s, const char *index_key, size_t index_len,
+                            bool soft, store_redis_count_fn cb, void *arg);
+
+/* Every entry whose key text (cache_entry.h) starts with <prefix>, or, for a prefix starting
+ * with "/", whose path (from the first "/" after "://") does (<prefix_len>
+ * 0: all entries). Walks the keyspace in batches of STORE_REDIS_SCAN_COUNT
+ * keys, one short script per round trip, so Redis is never blocked long; not
+ * atomic: entries written during the walk may be missed. <prefix> is copied. */
+int store_redis_purge_prefix(struct store_redis *s, const char *prefix, size_t prefix_len,
+                             bool soft, store_redis_count_fn cb, void *arg);
+
+/* PUBLISH <channel> <msg>: fire and forget, 0 when sent, -1 when Redis is not
+ * usable (nothing sent). Sent even while Redis is slow. Not on a subscriber. */
+int store_redis_publish(struct store_redis *s, const char *channel, const void *msg, size_t len);
 
 /*
- * Deletes <key> and, when <set_key> is not NULL, every key that set lists
- * and the set itself (one server-side script, so it is atomic). <cb> (may be
- * NULL) gets the number of keys removed, not counting the set. 0 when sent,
- * -1 when Redis is not usable (cb is not called).
+ * Makes <s> a subscriber link: SUBSCRIBE <channel> now (or once connected)
+ * and after every reconnect. <on_link>(<arg>, true) once each subscription is
+ * confirmed, (<arg>, false) when a confirmed one is lost (not when the store
+ * is freed): calls alternate, starting with true; until then messages may be
+ * missed. <on_message> gets every message. Both must not be NULL. Afterwards
+ * every other command on <s> is refused (a store made for this only). 0, or
+ * -1 when already subscribed or out of memory. <channel> is copied.
  */
-int store_redis_del(struct store_redis *s, const char *key, size_t key_len, const char *set_key,
-                    size_t set_key_len, store_redis_count_fn cb, void *arg);
+int store_redis_subscribe(struct store_redis *s, const char *channel,
+                          store_redis_message_fn on_message, store_redis_link_fn on_link,
+                          void *arg);
 
 enum store_redis_state store_redis_state(const struct store_redis *s);
 

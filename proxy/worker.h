@@ -27,6 +27,7 @@ struct event;
 struct event_base;
 struct evconnlistener;
 struct health;
+struct purge;
 struct stats_worker;
 struct store_redis;
 struct upstream_pool;
@@ -35,10 +36,11 @@ TAILQ_HEAD(worker_conn_list, conn);
 
 /* What every worker of the process sees (owned by main). */
 struct worker_shared {
-    int connections; /* atomic: open client connections, all workers */
-    int draining;    /* atomic: 1 once SIGTERM/SIGINT arrived */
+    int connections;     /* atomic: open client connections, all workers */
+    int draining;        /* atomic: 1 once SIGTERM/SIGINT arrived */
     struct cache *cache; /* owned by main: the L1 store and coalescing; NULL when
                             cache.enabled is off at start */
+    struct purge *purge; /* owned by main: purges and their announcements; NULL with no cache */
 };
 
 struct worker {

@@ -355,8 +355,9 @@ class Redis(Server):
         return redis_command(self.port, *args, host=self.host, timeout=timeout)
 
 
-def start_redis(log_dir=None, port=None):
-    """Starts a fresh redis-server (no persistence) on a free port."""
+def start_redis(log_dir=None, port=None, args=()):
+    """Starts a fresh redis-server (no persistence) on a free port; <args>
+    are extra command-line options (e.g. "--enable-debug-command", "local")."""
     log_dir = log_dir or scratch_dir("redis")
     port = port or free_port()
     data = Path(log_dir) / f"redis-{port}"
@@ -369,6 +370,7 @@ def start_redis(log_dir=None, port=None):
         "--appendonly", "no",
         "--dir", data,
         "--daemonize", "no",
+        *args,
     ]
     proc = Proc(argv, f"redis-{port}", log_dir)
     proc.wait_port(port)

@@ -35,13 +35,21 @@ query parameters hdr=Name:Value (repeatable, URL-encoded).
                           ?path=/x: the count of that path alone, as text
     /control?health=down|up  makes /health answer 503 or 200
     /health               200 "ok" (or 503 after /control?health=down)
+    /c/<anything>         a response for the cache tests, shaped by query
+                          parameters (see route_cache); body "<origin>
+                          <path> #<n>" where n counts that path's requests
+    /control?path=/c/x&status=N&ms=N&cut=1&nm=0&cc=V&etag=V  overrides those
+                          parameters of one /c/ path (whatever its query);
+                          &clear=1 drops its overrides
+    /last?path=/c/x       JSON: the headers of that path's last request
     anything else         200, a line naming the origin and the request
 
-/count and /control are not counted themselves.
+/count, /control and /last are not counted themselves.
 """
 
 import argparse
 import base64
+import email.utils
 import hashlib
 import json
 import os
@@ -83,6 +91,9 @@ class State:
         self.total = 0  # requests counted so far
         self.paths = {}  # path -> requests
         self.health_up = True
+        self.overrides = {}  # /c/ path -> {param: value}, from /control?path=
+        self.last = {}  # /c/ path -> headers of its last request
+        self.started = int(time.time())  # s, the epoch /c/?lm= counts back from
 
     def new_connection(self):
         with self.lock:
@@ -329,13 +340,15 @@ class Conn:
     def handle(self, req):
         """Answers <req>; returns whether the connection stays open."""
         path = req.path
-        if path not in ("/count", "/control"):
+        if path not in ("/count", "/control", "/last"):
             self.request_count = self.state.count(path)
         else:
             self.request_count = self.state.total
         ka = req.keep_alive()
         try:
             route = ROUTES.get(path, Conn.route_default)
+            if path.startswith("/c/"):
+                route = Conn.route_cache
             # These read (or refuse) the body themselves.
             if route not in (Conn.route_expect, Conn.route_sink, Conn.route_ws,
                              Conn.route_echo, Conn.route_close_early):
@@ -361,6 +374,16 @@ class Conn:
             raise BadRequest(400, "health must be up or down")
         if health is not None:
             self.state.health_up = health == "up"
+        path = req.param("path")
+        if path is not None:
+            with self.state.lock:
+                if req.param("clear") is not None:
+                    self.state.overrides.pop(path, None)
+                else:
+                    o = self.state.overrides.setdefault(path, {})
+                    for key in CACHE_OVERRIDES:
+                        if req.param(key) is not None:
+                            o[key] = req.param(key)
         return self.respond(req, 200, f"health {'up' if self.state.health_up else 'down'}\n",
                             keep_alive=ka)
 
@@ -492,6 +515,124 @@ class Conn:
             }
         return self.respond_json(req, obj, keep_alive=ka)
 
+    def route_last(self, req, ka):
+        with self.state.lock:
+            headers = self.state.last.get(req.param("path", ""))
+        return self.respond_json(req, {"headers": headers}, keep_alive=ka)
+
+    def route_cache(self, req, ka):
+        """/c/<anything>, for the cache tests. Query parameters (a /control
+        override of the path wins for those in CACHE_OVERRIDES):
+            cc=V            Cache-Control: V
+            etag=V          ETag: V; a matching If-None-Match gets 304
+            lm=N            Last-Modified N s before the origin started (the
+                            same date every time); If-Modified-Since at
+                            or after it gets 304 (without If-None-Match)
+            nm=0            never answer 304
+            expires=N       Expires N s from now (negative: past)
+            date=N          Date N s ago (0: now); none by default
+            vary=V          Vary: V; the body names each varied request
+                            header's value
+            cookie=V        Set-Cookie: V
+            status=N        the status (default 200)
+            ms=N            answer after N ms
+            size=N          body of N pattern bytes instead of the text;
+                            &chunked=1 sends it chunked
+            cut=1           promise the whole body, send half, close
+        """
+        path = req.path
+        with self.state.lock:
+            n = self.state.paths.get(path, 0)
+            self.state.last[path] = [[k, v] for k, v in req.headers]
+            over = dict(self.state.overrides.get(path, {}))
+
+        def param(key, default=None):
+            return over.get(key, req.param(key, default))
+
+        def number(key, default, lo=0, hi=MAX_SLOW_MS):
+            text = param(key)
+            if text is None:
+                return default
+            try:
+                v = int(text)
+            except ValueError:
+                raise BadRequest(400, f"{key} must be a number") from None
+            if v < lo or v > hi:
+                raise BadRequest(400, f"{key} must be {lo}..{hi}")
+            return v
+
+        time.sleep(number("ms", 0) / 1000)
+        now = time.time()
+        status = number("status", 200, 100, 999)
+        headers = []
+        if param("cc") is not None:
+            headers.append(("Cache-Control", param("cc")))
+        etag = param("etag")
+        if etag is not None:
+            headers.append(("ETag", etag))
+        lm = None
+        if param("lm") is not None:
+            lm = self.state.started - number("lm", 0, 0, 10 ** 9)
+            headers.append(("Last-Modified", email.utils.formatdate(lm, usegmt=True)))
+        if param("expires") is not None:
+            exp = now + number("expires", 0, -10 ** 9, 10 ** 9)
+            headers.append(("Expires", email.utils.formatdate(exp, usegmt=True)))
+        if param("date") is not None:
+            date = now - number("date", 0, 0, 10 ** 9)
+            headers.append(("Date", email.utils.formatdate(date, usegmt=True)))
+        vary = param("vary")
+        if vary is not None:
+            headers.append(("Vary", vary))
+        if param("cookie") is not None:
+            headers.append(("Set-Cookie", param("cookie")))
+
+        not_modified = False
+        if param("nm") != "0" and 200 <= status < 300:
+            inm = req.tokens("If-None-Match")
+            ims = req.header("If-Modified-Since")
+            if inm:
+                not_modified = etag is not None and (etag.lower() in inm or "*" in inm)
+            elif ims and lm is not None:
+                try:
+                    since = email.utils.parsedate_to_datetime(ims).timestamp()
+                    not_modified = since >= lm
+                except (TypeError, ValueError):
+                    pass
+        if not_modified:
+            return self.respond(req, 304, headers=headers, keep_alive=ka)
+
+        if param("size") is not None:
+            size = number("size", 0, 0, MAX_BYTES)
+            body = (PATTERN * (size // len(PATTERN) + 1))[:size]
+        else:
+            body = f"{self.state.name} {path} #{n}".encode()
+            if vary:
+                for name in (v.strip() for v in vary.split(",")):
+                    if name and name != "*":
+                        body += f" {name.lower()}={req.header(name, '')}".encode()
+            body += b"\n"
+        if param("chunked") == "1" and param("cut") != "1":
+            head = self.send_head(req, status, [("Content-Type", "text/plain"),
+                                                ("Transfer-Encoding", "chunked")] + headers,
+                                  keep_alive=ka)
+            self.sock.sendall(head)
+            if req.method != "HEAD":
+                for i in range(0, len(body), PIECE):
+                    piece = body[i : i + PIECE]
+                    self.sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                self.sock.sendall(b"0\r\n\r\n")
+            return ka
+        if param("cut") == "1" and req.method != "HEAD":
+            head = self.send_head(req, status, [("Content-Type", "text/plain"),
+                                                ("Content-Length", str(len(body)))] + headers)
+            self.sock.sendall(head + body[: len(body) // 2])
+            time.sleep(0.05)  # the half arrives before the close
+            return False
+        return self.respond(req, status, body, headers=headers, keep_alive=ka)
+
+
+# The /c/ parameters a /control?path= override may set.
+CACHE_OVERRIDES = ("status", "ms", "cut", "nm", "cc", "etag")
 
 ROUTES = {
     "/health": Conn.route_health,
@@ -507,6 +648,7 @@ ROUTES = {
     "/ws": Conn.route_ws,
     "/expect": Conn.route_expect,
     "/count": Conn.route_count,
+    "/last": Conn.route_last,
 }
 
 

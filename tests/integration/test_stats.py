@@ -4,7 +4,8 @@ Prometheus text, the HTML dashboard in a real browser, and who may see them
 
 Every test starts its own origins and one clonegate with the cache off (so
 each request reaches an origin and the counts are exact) and one worker
-unless it says otherwise. Counters are read before and after the traffic a
+unless it says otherwise; the cache's figures (section 5) are tested with
+the cache on and a real redis-server. Counters are read before and after the traffic a
 test makes, and the difference is asserted exactly; the proxy books a
 request when it ends, so a read waits (bounded) for the booking to land.
 
@@ -40,6 +41,17 @@ SERVER_KEYS = {
     "latency_ms": dict,
 }
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+CACHE_STATUSES = ("hit", "uri-miss", "vary-miss", "miss", "stale", "request", "bypass")
+CACHE_COUNTERS = ("hits", "misses", "stale", "l2_hits", "stale_served", "revalidated", "stores",
+                  "store_bytes", "not_stored", "stores_aborted", "coalesced_waits",
+                  "lock_timeouts", "invalidations", "background_refreshes", "waiting")
+L1_KEYS = ("entries", "bytes", "capacity", "evictions", "expired")
+REDIS_COUNTERS = ("links_up", "gets", "found", "not_found", "failed", "timeouts", "skipped",
+                  "sets", "errors", "purges", "published", "messages", "connects",
+                  "disconnects", "reconnects")
+PURGE_KEYS = ("requests", "url", "prefix", "tag", "soft", "entries", "refused",
+              "messages_received", "l1_drops")
+REDIS_STATES = ("off", "down", "connecting", "up", "slow")
 
 
 def start(clonegate, servers=None, **overrides):
@@ -102,6 +114,47 @@ def check_latency(lat, where):
     assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"], (where, lat)
 
 
+def check_cache_schema(s):
+    """The "cache" object and requests.by_cache_status, with their types."""
+    by_cs = s["requests"]["by_cache_status"]
+    assert set(by_cs) == set(CACHE_STATUSES), by_cs
+    assert all(is_int(v) and v >= 0 for v in by_cs.values()), by_cs
+    c = s["cache"]
+    assert type(c["enabled"]) is bool, c
+    assert c["requests_by_cache_status"] == by_cs, (c, by_cs)
+    assert set(c["l1"]) == set(L1_KEYS), c["l1"]
+    assert all(is_int(v) and v >= 0 for v in c["l1"].values()), c["l1"]
+    for k in CACHE_COUNTERS:
+        assert is_int(c[k]) and c[k] >= 0, (k, c)
+    assert c["hits"] == by_cs["hit"], c
+    assert c["misses"] == by_cs["uri-miss"] + by_cs["vary-miss"] + by_cs["miss"], c
+    assert c["stale"] == by_cs["stale"], c
+    assert is_number(c["hit_ratio"]) and 0 <= c["hit_ratio"] <= 1, c
+    looked = sum(v for k, v in by_cs.items() if k != "bypass")
+    if looked:
+        assert abs(c["hit_ratio"] - by_cs["hit"] / looked) < 1e-3, (c["hit_ratio"], by_cs)
+    p = c["purge"]
+    assert set(p) == set(PURGE_KEYS), p
+    assert all(is_int(v) and v >= 0 for v in p.values()), p
+    assert p["url"] + p["prefix"] + p["tag"] <= p["requests"], p
+    assert p["soft"] <= p["requests"], p
+    if not c["enabled"]:
+        assert all(v == 0 for v in p.values()), p
+    r = c["redis"]
+    assert "dels" not in r, r
+    assert type(r["configured"]) is bool and isinstance(r["address"], str), r
+    assert r["state"] in REDIS_STATES, r
+    assert isinstance(r["link_states"], list), r
+    assert all(x in REDIS_STATES[1:] for x in r["link_states"]), r
+    for k in REDIS_COUNTERS:
+        assert is_int(r[k]) and r[k] >= 0, (k, r)
+    assert is_number(r["rtt_ms"]) and r["rtt_ms"] >= 0, r
+    assert r["found"] + r["not_found"] + r["failed"] == r["gets"], r
+    assert r["links_up"] == r["link_states"].count("up"), r
+    if not r["configured"]:
+        assert r["state"] == "off" and r["address"] == "" and r["link_states"] == [], r
+
+
 def check_schema(s):
     """Every documented key of /stats with the right JSON type."""
     assert isinstance(s["version"], str) and s["version"], s
@@ -122,6 +175,7 @@ def check_schema(s):
     for k in ("failures", "retries"):
         assert is_int(s["upstream"][k]) and s["upstream"][k] >= 0, s["upstream"]
     check_latency(s["latency_ms"], "latency_ms")
+    check_cache_schema(s)
     assert isinstance(s["servers"], list), s
     for srv in s["servers"]:
         for k, t in SERVER_KEYS.items():
@@ -148,6 +202,7 @@ def test_issue_7_stats_json_has_every_documented_key_with_its_type(origins, clon
     s = json.loads(r.body)
     check_schema(s)
     assert s["workers"] == 1 and s["draining"] is False, s
+    assert s["cache"]["enabled"] is False and s["cache"]["redis"]["state"] == "off", s["cache"]
     assert [x["address"] for x in s["servers"]] == [o1.addr, o2.addr], s["servers"]
     assert s["requests"]["total"] == 0 and s["bytes"] == {"in": 0, "out": 0}, s
     # and once traffic has gone through
@@ -648,3 +703,271 @@ def test_issue_7_unusable_auth_file_stops_the_start(origins, clonegate, tmp_path
     assert code is not None and code != 0, cg.stderr_text()
     assert not helpers.port_open(cg.stats_port)
     assert str(tok) in cg.stderr_text(), cg.stderr_text()
+
+
+# ---------------------------------------------------------------------------
+# 5. The cache's figures (issue 7's "cache (hits, misses, stale, stores,
+#    bytes, redis state)"), with the cache on and a real redis-server
+
+# Fresh for a minute: stored on the first request, a hit after.
+CACHEABLE = "/cacheable?hdr=Cache-Control:max-age%3D60"
+REDIS_ERRORS = r"(?i)redis"
+
+
+def start_cached(clonegate, redis, **overrides):
+    ini = dict(BASE, **{"cache.enabled": "yes"})
+    ini.update(overrides)
+    cg = clonegate(ini, redis=redis)
+    cg.allowed_errors.append(REDIS_ERRORS)
+    return cg
+
+
+def redis_up(cg):
+    return settled(cg, lambda s: s["cache"]["redis"]["state"] == "up", "redis state up")
+
+
+def cache_status(r):
+    return r.header("Cache-Status", "")
+
+
+def test_issue_7_cache_figures_move_with_a_miss_then_hits(origins, clonegate, redis):
+    (o,) = origins(1)
+    cg = start_cached(clonegate, redis)
+    before = redis_up(cg)
+    check_schema(before)
+    c0 = before["cache"]
+    assert c0["enabled"] is True, c0
+    r0 = c0["redis"]
+    assert r0["configured"] is True and r0["address"] == redis.addr, r0
+    assert r0["link_states"] == ["up"] and r0["links_up"] == 1, r0
+    assert r0["connects"] >= 1 and r0["reconnects"] == 0, r0
+    assert c0["l1"]["capacity"] > 0 and c0["l1"]["entries"] == 0, c0["l1"]
+
+    first = cg.get(CACHEABLE)
+    assert first.status == 200 and "fwd=" in cache_status(first), first
+    assert "stored" in cache_status(first), first
+    hits = 4
+    for i in range(hits):
+        r = cg.get(CACHEABLE)
+        assert r.status == 200 and r.body == first.body, (i, r)
+        assert "hit" in cache_status(r) and "fwd=" not in cache_status(r), (i, r)
+    assert o.count("/cacheable") == 1, o.counts()
+    s = settled(cg, lambda s: s["requests"]["total"] - before["requests"]["total"] >= hits + 1
+                and s["connections"]["open"] == 0, f"{hits + 1} requests booked")
+    check_schema(s)
+    c = s["cache"]
+    print(f"\n[issue 7] cache after 1 miss + {hits} hits: {json.dumps(c)}")
+    d = {k: c["requests_by_cache_status"][k] - c0["requests_by_cache_status"][k]
+         for k in CACHE_STATUSES}
+    assert d["hit"] == hits, d
+    assert sum(d.values()) == hits + 1, d
+    assert d["uri-miss"] + d["miss"] == 1, d
+    assert s["requests"]["by_cache_status"]["hit"] - before["requests"]["by_cache_status"]["hit"] \
+        == hits
+    assert c["hits"] - c0["hits"] == hits, c
+    assert c["misses"] - c0["misses"] == 1, c
+    assert c["stores"] - c0["stores"] == 1, c
+    assert c["store_bytes"] - c0["store_bytes"] == len(first.body), c
+    assert c["l1"]["entries"] >= 1 and c["l1"]["bytes"] >= len(first.body), c["l1"]
+    assert c["l1"]["bytes"] <= c["l1"]["capacity"], c["l1"]
+    assert c["hit_ratio"] > 0, c
+    assert c["waiting"] == 0, c
+    assert c["redis"]["state"] == "up", c["redis"]
+    # the miss asked Redis first, and the store went there too
+    assert c["redis"]["gets"] - r0["gets"] >= 1, c["redis"]
+    assert c["redis"]["not_found"] - r0["not_found"] >= 1, c["redis"]
+    settled(cg, lambda s: s["cache"]["redis"]["sets"] - r0["sets"] >= 1, "a Redis SET sent")
+    keys = redis.command("KEYS", "cg:*")
+    assert keys, keys
+
+
+def test_issue_7_redis_hits_count_as_l2_hits_with_a_round_trip(origins, clonegate, redis):
+    origins(1)
+    # no L1: every hit comes from Redis
+    cg = start_cached(clonegate, redis, **{"cache.memory": 0})
+    before = redis_up(cg)
+    assert before["cache"]["l1"]["capacity"] == 0, before["cache"]["l1"]
+    assert "fwd=" in cache_status(cg.get(CACHEABLE))
+    settled(cg, lambda s: s["cache"]["redis"]["sets"] > before["cache"]["redis"]["sets"],
+            "the entry written to Redis")
+    hits = 3
+    for i in range(hits):
+        r = cg.get(CACHEABLE)
+        assert r.status == 200 and "hit" in cache_status(r) and "fwd=" not in cache_status(r), \
+            (i, r)
+    s = requests_settled(cg, before, hits + 1)
+    c, c0 = s["cache"], before["cache"]
+    assert c["l2_hits"] - c0["l2_hits"] == hits, c
+    assert c["hits"] - c0["hits"] == hits, c
+    assert c["l1"]["entries"] == 0, c["l1"]
+    r, r0 = c["redis"], c0["redis"]
+    assert r["found"] - r0["found"] == hits, r
+    assert r["rtt_ms"] > 0, r
+
+
+def test_issue_7_metrics_carry_the_cache_series_and_pass_promtool(origins, clonegate, redis):
+    tool = promtool()
+    origins(1)
+    cg = start_cached(clonegate, redis)
+    before = redis_up(cg)
+    for _ in range(3):
+        assert cg.get(CACHEABLE).status == 200
+    assert cg.get("/not-cached").status == 200
+    settled(cg, lambda s: s["requests"]["total"] - before["requests"]["total"] >= 4
+            and s["connections"]["open"] == 0 and s["cache"]["redis"]["sets"] >= 1,
+            "4 requests booked and the entry sent to Redis")
+    s1 = cg.stats()
+    r = cg.admin("/metrics")
+    s2 = cg.stats()
+    assert r.status == 200, r
+    check = subprocess.run([tool, "check", "metrics"], input=r.body, capture_output=True,
+                           timeout=30)
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), (
+        check.returncode, check.stdout.decode(), check.stderr.decode())
+    assert s1["cache"]["requests_by_cache_status"] == s2["cache"]["requests_by_cache_status"]
+    m = parse_metrics(r.text())
+    c = s2["cache"]
+    for k in CACHE_STATUSES:
+        assert metric(m, "clonegate_cache_requests_total", cache_status=k) == \
+            c["requests_by_cache_status"][k], k
+    assert metric(m, "clonegate_cache_requests_total", cache_status="hit") == 2
+    assert metric(m, "clonegate_cache_enabled") == 1
+    for name, key in (("clonegate_cache_stores_total", "stores"),
+                      ("clonegate_cache_stored_bytes_total", "store_bytes"),
+                      ("clonegate_cache_l2_hits_total", "l2_hits"),
+                      ("clonegate_cache_stale_served_total", "stale_served"),
+                      ("clonegate_cache_revalidated_total", "revalidated"),
+                      ("clonegate_cache_not_stored_total", "not_stored"),
+                      ("clonegate_cache_stores_aborted_total", "stores_aborted"),
+                      ("clonegate_cache_coalesced_waits_total", "coalesced_waits"),
+                      ("clonegate_cache_lock_timeouts_total", "lock_timeouts"),
+                      ("clonegate_cache_invalidations_total", "invalidations"),
+                      ("clonegate_cache_background_refreshes_total", "background_refreshes"),
+                      ("clonegate_cache_waiting_requests", "waiting")):
+        assert metric(m, name) == c[key], (name, c)
+    for name, key in (("clonegate_cache_l1_entries", "entries"),
+                      ("clonegate_cache_l1_bytes", "bytes"),
+                      ("clonegate_cache_l1_capacity_bytes", "capacity"),
+                      ("clonegate_cache_l1_evictions_total", "evictions"),
+                      ("clonegate_cache_l1_expired_total", "expired")):
+        assert metric(m, name) == c["l1"][key], (name, c["l1"])
+    assert c["stores"] >= 1 and c["l1"]["entries"] >= 1, c
+    rd = c["redis"]
+    assert metric(m, "clonegate_redis_configured") == 1
+    assert metric(m, "clonegate_redis_links", state="up") == 1
+    for st in ("down", "connecting", "slow"):
+        assert metric(m, "clonegate_redis_links", state=st) == 0, st
+    for res in ("found", "not_found", "failed"):
+        assert metric(m, "clonegate_redis_gets_total", result=res) == rd[res], res
+    for name, key in (("clonegate_redis_get_timeouts_total", "timeouts"),
+                      ("clonegate_redis_gets_skipped_total", "skipped"),
+                      ("clonegate_redis_sets_total", "sets"),
+                      ("clonegate_redis_purges_total", "purges"),
+                      ("clonegate_redis_published_total", "published"),
+                      ("clonegate_redis_messages_total", "messages"),
+                      ("clonegate_redis_errors_total", "errors"),
+                      ("clonegate_redis_connects_total", "connects"),
+                      ("clonegate_redis_reconnects_total", "reconnects"),
+                      ("clonegate_redis_disconnects_total", "disconnects")):
+        assert metric(m, name) == rd[key], (name, rd)
+    assert not any(name == "clonegate_redis_dels_total" for name, _ in m), "dels is gone"
+    # stores are announced to the other instances
+    assert rd["published"] >= 1, rd
+    p = c["purge"]
+    for kind in ("url", "prefix", "tag"):
+        assert metric(m, "clonegate_cache_purge_requests_total", kind=kind) == p[kind], kind
+    for name, key in (("clonegate_cache_purge_soft_total", "soft"),
+                      ("clonegate_cache_purge_entries_total", "entries"),
+                      ("clonegate_cache_purge_refused_total", "refused"),
+                      ("clonegate_cache_purge_messages_received_total", "messages_received"),
+                      ("clonegate_cache_purge_l1_drops_total", "l1_drops")):
+        assert metric(m, name) == p[key], (name, p)
+    n = metric(m, "clonegate_redis_get_duration_seconds_count")
+    assert n >= 1, n
+    mean_ms = metric(m, "clonegate_redis_get_duration_seconds_sum") / n * 1000
+    assert abs(mean_ms - rd["rtt_ms"]) < 0.01, (mean_ms, rd)
+
+
+def test_issue_7_metrics_with_the_cache_off_still_pass_promtool(origins, clonegate):
+    tool = promtool()
+    origins(1)
+    cg = start(clonegate)
+    r = cg.admin("/metrics")
+    check = subprocess.run([tool, "check", "metrics"], input=r.body, capture_output=True,
+                           timeout=30)
+    assert check.returncode == 0, (check.stdout.decode(), check.stderr.decode())
+    m = parse_metrics(r.text())
+    assert metric(m, "clonegate_cache_enabled") == 0
+    assert metric(m, "clonegate_redis_configured") == 0
+    assert metric(m, "clonegate_cache_l1_capacity_bytes") == 0
+
+
+@pytest.mark.hard_timeout(60)
+def test_issue_7_redis_killed_shows_down_and_requests_still_answered(origins, clonegate,
+                                                                     redis):
+    (o,) = origins(1)
+    cg = start_cached(clonegate, redis, **{"server.workers": 2})
+    up = settled(cg, lambda s: s["cache"]["redis"]["link_states"] == ["up", "up"],
+                 "both workers' Redis links up")
+    assert up["cache"]["redis"]["links_up"] == 2, up["cache"]["redis"]
+    assert cg.get(CACHEABLE).status == 200
+
+    redis.kill9()  # by PID
+    down = settled(cg, lambda s: s["cache"]["redis"]["state"] == "down", "redis state down",
+                   timeout=10)
+    rd = down["cache"]["redis"]
+    assert rd["links_up"] < 2 and rd["disconnects"] >= 1, rd
+    # the proxy keeps answering: from L1, and from the clone for the rest
+    n = 6
+    for i in range(n):
+        r = cg.get(CACHEABLE)
+        assert r.status == 200, (i, r)
+        r = cg.get(f"/uncached?i={i}")
+        assert r.status == 200 and r.header("X-Origin") == o.name, (i, r)
+    s = settled(cg, lambda s: s["requests"]["total"] - down["requests"]["total"] >= 2 * n
+                and s["connections"]["open"] == 0, f"{2 * n} requests booked")
+    check_schema(s)
+    assert s["requests"]["by_class"]["2xx"] - down["requests"]["by_class"]["2xx"] == 2 * n
+    assert s["cache"]["redis"]["state"] in ("down", "connecting"), s["cache"]["redis"]
+    m = parse_metrics(cg.admin("/metrics").text())
+    assert metric(m, "clonegate_redis_links", state="up") < 2
+
+    # back on the same port: the links come back by themselves
+    redis.restart()
+    back = settled(cg, lambda s: s["cache"]["redis"]["state"] == "up", "redis state up again",
+                   timeout=15)
+    assert back["cache"]["redis"]["reconnects"] >= 1, back["cache"]["redis"]
+
+
+# before the page has loaded, an absent card reads as null
+CARDS_JS = ("JSON.stringify(['hit','l1n','l1b','stores','redis','err'].map(i=>"
+            "{const e=document.getElementById(i);return [i,e&&e.textContent,e&&e.className];}))")
+
+
+@pytest.mark.hard_timeout(90)
+def test_issue_7_dashboard_in_chromium_shows_the_cache(origins, clonegate, redis, tmp_path):
+    chromium()
+    origins(1)
+    cg = start_cached(clonegate, redis)
+    redis_up(cg)
+    for _ in range(4):  # 1 miss, 3 hits: 75 %
+        assert cg.get(CACHEABLE).status == 200
+    s = settled(cg, lambda s: s["cache"]["hits"] == 3 and s["connections"]["open"] == 0,
+                "3 hits booked")
+    url = f"http://{cg.stats_host}:{cg.stats_port}/"
+    with browser_check.Browser(url, tmp_path / "browser") as live:
+        box = {}
+
+        def shown():
+            box["cards"] = {i: (t, c) for i, t, c in json.loads(live.evaluate(CARDS_JS))}
+            return box["cards"]["hit"][0] not in (None, "n/a") \
+                and box["cards"]["redis"][0] not in (None, "-")
+
+        helpers.wait_for(shown, timeout=8, interval=0.1, what="the cache cards filled")
+        cards = box["cards"]
+    assert cards["hit"][0] == "75.0%", cards
+    assert cards["l1n"][0] == str(s["cache"]["l1"]["entries"]) != "0", cards
+    assert cards["l1b"][0].endswith("/ 64"), cards
+    assert cards["stores"][0] == "1 / 0", cards
+    assert cards["redis"] == ("up", "v up"), cards
+    assert cards["err"][0] == "", cards
