@@ -113,6 +113,7 @@ struct conn_cache {
     bool collapsed;                          /* waited on another request's fill */
     bool stored;                             /* the response was stored */
     bool invalidate;                         /* unsafe method: invalidate the URL on success */
+    bool had_pass; /* a pass marker sent it here: no need to set another */
 };
 
 /* A response being stored while it streams to the client. */
@@ -1207,25 +1208,56 @@ static bool key_room(struct conn_cache *cx, size_t need)
 }
 
 /* The "Cache-Status: ..." line for a forwarded response. */
+/* Appends <len> bytes to the line being built at out[*n] (room <room>,
+ * keeping 3 bytes for the end); drops what does not fit. */
+static void line_put(char *out, size_t room, size_t *n, const char *s, size_t len)
+{
+    if (*n + len + 3 > room)
+        return;
+    memcpy(out + *n, s, len);
+    *n += len;
+}
+
+static void line_put_int(char *out, size_t room, size_t *n, long long v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    bool neg = v < 0;
+    unsigned long long u = neg ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u && i > 1);
+    if (neg)
+        tmp[--i] = '-';
+    line_put(out, room, n, tmp + i, sizeof(tmp) - i);
+}
+
+#define LINE_LIT(out, room, n, lit) line_put(out, room, n, lit, sizeof(lit) - 1)
+
+/* The "Cache-Status: ..." line (CRLF and NUL ended) for a forwarded
+ * response: built with copies, no formatting, as it goes on every one. */
 static void cache_status_line(const struct conn *c, char *out, size_t room, bool stored,
                               int64_t ttl_s, unsigned fwd_status)
 {
-    int n = snprintf(out, room, "Cache-Status: clonegate; fwd=%s",
-                     cache_fwd_names[c->cache_outcome ? c->cache_outcome : STATS_CS_MISS]);
-    if (n < 0 || (size_t)n >= room)
-        goto end;
-    if (fwd_status)
-        n += snprintf(out + n, room - (size_t)n, "; fwd-status=%u", fwd_status);
-    if ((size_t)n < room && c->cx && c->cx->collapsed)
-        n += snprintf(out + n, room - (size_t)n, "; collapsed");
-    if ((size_t)n < room && stored)
-        n += snprintf(out + n, room - (size_t)n, "; stored; ttl=%lld", (long long)ttl_s);
-    else if ((size_t)n < room && c->cx && c->cx->active && c->cx->verdict != CACHE_STORE)
-        n += snprintf(out + n, room - (size_t)n, "; detail=%s",
-                      cache_policy_verdict_text(c->cx->verdict));
-end:
-    if ((size_t)n + 3 > room)
-        n = (int)room - 3;
+    size_t n = 0;
+    const char *fwd = cache_fwd_names[c->cache_outcome ? c->cache_outcome : STATS_CS_MISS];
+    LINE_LIT(out, room, &n, "Cache-Status: clonegate; fwd=");
+    line_put(out, room, &n, fwd, strlen(fwd));
+    if (fwd_status) {
+        LINE_LIT(out, room, &n, "; fwd-status=");
+        line_put_int(out, room, &n, fwd_status);
+    }
+    if (c->cx && c->cx->collapsed)
+        LINE_LIT(out, room, &n, "; collapsed");
+    if (stored) {
+        LINE_LIT(out, room, &n, "; stored; ttl=");
+        line_put_int(out, room, &n, ttl_s);
+    } else if (c->cx && c->cx->active && c->cx->verdict != CACHE_STORE) {
+        const char *d = cache_policy_verdict_text(c->cx->verdict);
+        LINE_LIT(out, room, &n, "; detail=");
+        line_put(out, room, &n, d, strlen(d));
+    }
     memcpy(out + n, "\r\n", 3);
 }
 
@@ -1404,6 +1436,7 @@ static void cache_found(struct conn *c, struct cache_entry *e)
         /* known not storable lately: forward alone, no wait, judge again */
         cache_entry_unref(e);
         cx->no_coalesce = true;
+        cx->had_pass = true;
         cache_forward(c, STATS_CS_URI_MISS);
         return;
     }
@@ -1643,7 +1676,7 @@ static bool cache_begin(struct conn *c, const char *buf)
     cx->key_len = cx->url_len = len;
     cx->url_hash = cache_hash(cx->key, len);
     cx->vary_checked = cx->redis_url_tried = cx->redis_variant_tried = false;
-    cx->no_coalesce = cx->collapsed = cx->stored = false;
+    cx->no_coalesce = cx->collapsed = cx->stored = cx->had_pass = false;
     cx->verdict = CACHE_STORE;
     cx->cond[0] = '\0';
     cx->invalidate = cx->rq.unsafe;
@@ -1875,7 +1908,8 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
         case CACHE_NOT_STATUS:
         case CACHE_NOT_NO_LIFETIME:
             /* a 304 or 206 answers this request's own conditions, not the URL */
-            if (!(cx->rq.cc.flags & CACHE_CC_NO_STORE) && status != 304 && status != 206)
+            if (!(cx->rq.cc.flags & CACHE_CC_NO_STORE) && status != 304 && status != 206 &&
+                !cx->had_pass)
                 cache_mark_pass(c);
             break;
         default:
