@@ -2080,8 +2080,8 @@ static bool cache_refresh(struct conn *c, const char *p)
     struct cache_entry *e = NULL;
     int64_t now = wall_ms();
 
+    bool dropped = false;
     STATS_INC(c->w->stats->cache.revalidated);
-    drop_clone_response(c);
     if (!merged || !h)
         goto serve_old;
     /* the old lines the 304 does not replace, then the 304's own */
@@ -2109,6 +2109,9 @@ static bool cache_refresh(struct conn *c, const char *p)
     if (age)
         evbuffer_add_printf(merged, "Age: %.*s\r\n", (int)alen, age);
     evbuffer_add(merged, "\r\n", 2);
+    /* the 304's head (at <p>) is not read after this */
+    drop_clone_response(c);
+    dropped = true;
     size_t total = evbuffer_get_length(merged);
     const char *m = (const char *)evbuffer_pullup(merged, -1);
     http_head_init(h, true, total + 1, 0, 0);
@@ -2171,6 +2174,8 @@ static bool cache_refresh(struct conn *c, const char *p)
     cache_entry_unref(e);
     return true;
 serve_old:
+    if (!dropped)
+        drop_clone_response(c);
     if (merged)
         evbuffer_free(merged);
     free(h);

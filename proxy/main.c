@@ -266,7 +266,7 @@ static int run(const char *path)
     event_base_dispatch(m.base);
     status = 0;
 fail:
-    /* each worker frees its Redis link as its thread ends: the admin keeps
+    /* worker_join_free() frees each worker's Redis link: the admin keeps
      * the last figures from here on */
     if (m.admin)
         stats_admin_set_cache(m.admin, m.shared.cache, NULL, 0);

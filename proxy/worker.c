@@ -285,8 +285,7 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     event_base_dispatch(w->base);
     conn_close_all(w);
-    store_redis_free(w->redis); /* in this thread: its events are on this base */
-    w->redis = NULL;
+
     log_access_flush(&w->access);
     return NULL;
 }
