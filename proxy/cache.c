@@ -57,6 +57,7 @@ struct cache {
     struct shard shards[CACHE_SHARDS];
     size_t memory;                          /* total budget */
     uint64_t evictions, expired;            /* atomic counters */
+    uint64_t purge_gen;                     /* atomic: purges seen */
     pthread_mutex_t wait_lock;              /* fills, their waiters, mailboxes */
     struct cache_fill *fills[FILL_BUCKETS]; /* under wait_lock */
     uint64_t waiting;                       /* atomic gauge: queued waiters */
@@ -399,10 +400,16 @@ static bool purge_one(struct cache *c, struct shard *s, struct cache_entry **slo
     return false;
 }
 
+uint64_t cache_purge_generation(const struct cache *c)
+{
+    return __atomic_load_n(&c->purge_gen, __ATOMIC_ACQUIRE);
+}
+
 unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *arg, size_t len,
                      bool soft)
 {
     unsigned n = 0;
+    __atomic_add_fetch(&c->purge_gen, 1, __ATOMIC_ACQ_REL);
     if (kind == CACHE_PURGE_URL) {
         uint64_t h = cache_hash(arg, len);
         struct shard *s = shard_of(c, h);

@@ -116,6 +116,10 @@ enum cache_purge_kind {
 unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *arg, size_t len,
                      bool soft);
 
+/* How many purges this L1 has seen: a Redis read begun under an older
+ * count may bring back what a purge removed, and is not kept. */
+uint64_t cache_purge_generation(const struct cache *c);
+
 /* Snapshot of the L1 figures. */
 void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out);
 

@@ -97,6 +97,7 @@ struct conn_cache {
     uint64_t url_hash;              /* cache_hash() of the URL key */
     char redis_key[CACHE_REDIS_KEY_LEN + 1]; /* Redis key of the lookup in flight */
     struct store_redis_op *op;               /* Redis lookup in flight; cancelled at request end */
+    uint64_t purge_gen;                      /* cache_purge_generation() when that lookup began */
     struct cache_entry *stale;               /* referenced: stored entry being validated, or NULL */
     struct cache_fill *fill;                 /* this request fills its key; ended at request end */
     struct cache_waiter waiter;              /* while waiting on another request's fill */
@@ -1374,6 +1375,9 @@ static void conn_on_redis(void *arg, enum store_redis_result r, const char *data
     struct conn *c = arg;
     struct conn_cache *cx = c->cx;
     cx->op = NULL;
+    /* a purge ran while Redis answered: what came may be what it purged */
+    if (r == STORE_REDIS_FOUND && cx->purge_gen != cache_purge_generation(cache_of(c)))
+        r = STORE_REDIS_NOT_FOUND;
     if (r == STORE_REDIS_FOUND) {
         struct cache_entry *e = cache_entry_decode(data, len);
         /* the full key is compared: a hash collision never serves a wrong body */
@@ -1414,6 +1418,7 @@ static void cache_lookup(struct conn *c)
         if (!*tried) {
             *tried = true;
             cache_redis_key("", cx->key, cx->key_len, cx->redis_key);
+            cx->purge_gen = cache_purge_generation(cache);
             cx->op = store_redis_get(c->w->redis, cx->redis_key, strlen(cx->redis_key),
                                      conn_on_redis, c);
             if (cx->op)
@@ -1652,6 +1657,10 @@ static bool cache_begin(struct conn *c, const char *buf)
     struct cache *cache = cache_of(c);
 
     c->cache_outcome = STATS_CS_BYPASS;
+    if ((!cache || !cfg->cache_enabled) && llhttp_get_method(&c->req.parser) == HTTP_PURGE) {
+        send_error(c, 405, true, "PURGE without a cache");
+        return true;
+    }
     if (!cache || !cfg->cache_enabled || c->req.upgrade)
         return false;
     if (!c->cx) {

@@ -42,7 +42,12 @@ struct purge {
 
 /* One purge waiting on Redis: made per purge, freed by op_finish(). */
 struct purge_op {
-    struct purge *p;    /* borrowed */
+    struct purge *p;        /* borrowed */
+    struct store_redis *rs; /* borrowed: where the purge ran, to announce it again */
+    char *arg;              /* owned copy of the purge argument, freed by op_finish() */
+    size_t len;
+    enum cache_purge_kind kind;
+    bool soft;
     purge_done_fn done; /* told once, at the end */
     void *done_arg;
     unsigned pending;   /* Redis answers still to come */
@@ -66,6 +71,12 @@ const char *purge_instance(void)
 struct purge_stats *purge_stats(struct purge *p)
 {
     return &p->stats;
+}
+
+const struct store_redis_stats *purge_link_stats(struct purge *p, unsigned i)
+{
+    struct store_redis *rs = i == 0 ? p->admin : i == 1 ? p->sub : NULL;
+    return rs ? store_redis_stats(rs) : NULL;
 }
 
 size_t purge_tag_key(const char *tag, size_t len, char *out)
@@ -206,6 +217,11 @@ void purge_free(struct purge *p)
 static void op_finish(struct purge_op *op)
 {
     long long n = op->redis >= 0 ? op->redis : op->l1_count;
+    /* again once Redis is done: an instance that refilled its L1 from
+     * Redis while a multi-step purge ran drops what it took */
+    if (op->rs && op->redis >= 0)
+        announce(op->rs, kind_chars[op->kind], op->soft, op->arg, op->len);
+    free(op->arg);
     PURGE_ADD(op->p->stats.entries, (uint64_t)(n > 0 ? n : 0));
     op->done(op->done_arg, n);
     free(op);
@@ -241,6 +257,13 @@ void purge_run(struct purge *p, struct cache *cache, struct store_redis *rs,
         return;
     }
     op->p = p;
+    op->kind = kind;
+    op->soft = soft;
+    op->len = len;
+    op->arg = malloc(len ? len : 1); /* freed by op_finish() */
+    if (op->arg && len)
+        memcpy(op->arg, arg, len);
+    op->rs = op->arg ? rs : NULL;
     op->done = done;
     op->done_arg = done_arg;
     op->l1_count = l1;
@@ -355,8 +378,13 @@ void purge_admin_request(struct purge *p, struct evhttp_request *req)
             items[count].len = vlen;
         } else if (strcmp(kv->key, "prefix") == 0 && vlen > 0 && vlen < PURGE_ARG_MAX) {
             items[count].kind = CACHE_PURGE_PREFIX;
-            memcpy(items[count].arg, kv->value, vlen);
-            items[count].len = vlen;
+            if (strncasecmp(kv->value, "http", 4) == 0) {
+                /* a URL prefix, keyed as the cache keys URLs */
+                items[count].len = purge_url_key(kv->value, items[count].arg, PURGE_ARG_MAX);
+            } else {
+                memcpy(items[count].arg, kv->value, vlen);
+                items[count].len = vlen;
+            }
         } else {
             bad = true;
             break;

@@ -33,6 +33,7 @@
 struct event_base;
 struct evhttp_request;
 struct store_redis;
+struct store_redis_stats;
 struct config;
 
 #define PURGE_CHANNEL     "cg:invalidate" /* Redis pub/sub channel of every instance */
@@ -71,6 +72,10 @@ const char *purge_instance(void);
 
 /* Live counters. */
 struct purge_stats *purge_stats(struct purge *p);
+
+/* The counters of its Redis links: 0 the admin's purges, 1 the
+ * subscription; NULL without one. */
+const struct store_redis_stats *purge_link_stats(struct purge *p, unsigned i);
 
 /*
  * Purges <kind>/<arg> in L1 and, with <rs>, in Redis, and announces it.

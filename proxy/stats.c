@@ -294,6 +294,17 @@ static void sum_redis_locked(const struct stats_admin *a, struct redis_totals *t
         t->state[t->links++] = (uint8_t)state;
         t->by_state[state]++;
     }
+    /* the admin thread's own links (admin purges, the invalidation
+     * subscription) count in the sums, not in the workers' link states */
+    for (unsigned i = 0; a->purge && i < 2; i++) {
+        const struct store_redis_stats *r = purge_link_stats(a->purge, i);
+        if (!r)
+            continue;
+        t->purges += load(&r->purges);
+        t->published += load(&r->published);
+        t->messages += load(&r->messages);
+        t->errors += load(&r->errors);
+    }
 }
 
 static void sum_cache(struct stats_admin *a, struct cache_totals *t)

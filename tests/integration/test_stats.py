@@ -816,6 +816,12 @@ def test_issue_7_metrics_carry_the_cache_series_and_pass_promtool(origins, clone
     settled(cg, lambda s: s["requests"]["total"] - before["requests"]["total"] >= 4
             and s["connections"]["open"] == 0 and s["cache"]["redis"]["sets"] >= 1,
             "4 requests booked and the entry sent to Redis")
+    # one purge of each way in, so the purge series have something to show
+    r = cg.request("PURGE", CACHEABLE)
+    assert r.status == 200 and json.loads(r.body) == {"purged": 1}, r
+    r = cg.admin("/purge?tag=nothing-tagged&soft=1", method="POST")
+    assert r.status == 200 and json.loads(r.body) == {"purged": 0}, r
+    settled(cg, lambda s: s["connections"]["open"] == 0, "the PURGE connection closed")
     s1 = cg.stats()
     r = cg.admin("/metrics")
     s2 = cg.stats()
@@ -874,6 +880,8 @@ def test_issue_7_metrics_carry_the_cache_series_and_pass_promtool(origins, clone
     # stores are announced to the other instances
     assert rd["published"] >= 1, rd
     p = c["purge"]
+    assert (p["requests"], p["url"], p["tag"], p["prefix"], p["soft"], p["entries"]) == \
+        (2, 1, 1, 0, 1, 1), p
     for kind in ("url", "prefix", "tag"):
         assert metric(m, "clonegate_cache_purge_requests_total", kind=kind) == p[kind], kind
     for name, key in (("clonegate_cache_purge_soft_total", "soft"),
@@ -940,7 +948,7 @@ def test_issue_7_redis_killed_shows_down_and_requests_still_answered(origins, cl
 
 
 # before the page has loaded, an absent card reads as null
-CARDS_JS = ("JSON.stringify(['hit','l1n','l1b','stores','redis','err'].map(i=>"
+CARDS_JS = ("JSON.stringify(['hit','l1n','l1b','stores','purges','redis','err'].map(i=>"
             "{const e=document.getElementById(i);return [i,e&&e.textContent,e&&e.className];}))")
 
 
@@ -969,5 +977,6 @@ def test_issue_7_dashboard_in_chromium_shows_the_cache(origins, clonegate, redis
     assert cards["l1n"][0] == str(s["cache"]["l1"]["entries"]) != "0", cards
     assert cards["l1b"][0].endswith("/ 64"), cards
     assert cards["stores"][0] == "1 / 0", cards
+    assert cards["purges"][0] == "0 / 0", cards
     assert cards["redis"] == ("up", "v up"), cards
     assert cards["err"][0] == "", cards
