@@ -37,7 +37,7 @@ LDFLAGS  += $(SAN)
 # Every Debian package the build, the tests and `make run` use.
 DEPS_PKGS := gcc make pkg-config libevent-dev libssl-dev libhiredis-dev libinih-dev \
              libcmocka-dev node-llhttp redis-server python3 python3-pytest clang \
-             clang-format curl man-db groff-base chromium prometheus
+             clang-format curl man-db groff-base chromium prometheus openssl
 BENCH_PKGS := wrk haproxy nginx-light varnish redis-server
 
 PROXY_SRCS := $(wildcard proxy/*.c)

@@ -32,11 +32,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <ini.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define MS_PER_S     1000ULL
 #define MS_PER_M     (60 * MS_PER_S)
@@ -102,6 +105,19 @@ static const char *check_status_range(const char *value);
 static const char *check_host(const char *value);
 static const char *check_header_name(const char *value);
 static const char *check_redis(const char *value);
+static const char *check_directory(const char *value);
+static const char *check_readable(const char *value);
+static const char *check_tls_protocols(const char *value);
+static const char *check_tls_ciphers(const char *value);
+static const char *check_tls_ciphersuites(const char *value);
+static const char *check_sni_name(const char *value);
+
+/* An ECDHE key exchange and an AEAD cipher only: forward secrecy, no CBC. */
+#define DEFAULT_TLS_CIPHERS                                                                        \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+#define DEFAULT_TLS_CIPHERSUITES                                                                   \
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 static const struct key_def keys[] = {
     /* [server] */
@@ -126,6 +142,15 @@ static const struct key_def keys[] = {
      COUNT(tls_listen_count)},
     {"tls", "cert", T_PATH, 0, 0, "", FIELD(tls_cert)},
     {"tls", "key", T_PATH, 0, 0, "", FIELD(tls_key)},
+    {"tls", "certs", T_PATH, 0, 0, "", FIELD(tls_certs), .check = check_directory},
+    {"tls", "protocols", T_STRING, 1, 0, "TLSv1.2 TLSv1.3", FIELD(tls_protocols),
+     .check = check_tls_protocols},
+    {"tls", "ciphers", T_STRING, 1, 0, DEFAULT_TLS_CIPHERS, FIELD(tls_ciphers),
+     .check = check_tls_ciphers},
+    {"tls", "ciphersuites", T_STRING, 1, 0, DEFAULT_TLS_CIPHERSUITES, FIELD(tls_ciphersuites),
+     .check = check_tls_ciphersuites},
+    {"tls", "ocsp", T_PATH, 0, 0, "", FIELD(tls_ocsp), .check = check_readable},
+    {"tls", "session_tickets", T_BOOL, 0, 0, "yes", FIELD(tls_session_tickets)},
 
     /* [upstream] */
     {"upstream", "servers", T_SERVER_LIST, 1, CONFIG_MAX_SERVERS, "", FIELD(servers),
@@ -136,6 +161,10 @@ static const struct key_def keys[] = {
     {"upstream", "response_timeout", T_DURATION, 10, 24 * MS_PER_H, "30s",
      FIELD(response_timeout_ms)},
     {"upstream", "retries", T_UINT, 0, CONFIG_MAX_SERVERS, "1", FIELD(retries)},
+    {"upstream", "tls", T_BOOL, 0, 0, "no", FIELD(upstream_tls)},
+    {"upstream", "tls_verify", T_BOOL, 0, 0, "yes", FIELD(upstream_tls_verify)},
+    {"upstream", "tls_ca", T_PATH, 0, 0, "", FIELD(upstream_tls_ca), .check = check_readable},
+    {"upstream", "tls_sni", T_STRING, 0, 0, "", FIELD(upstream_tls_sni), .check = check_sni_name},
 
     /* [health] */
     {"health", "path", T_STRING, 1, 0, "/health", FIELD(health_path), .check = check_health_path},
@@ -562,6 +591,93 @@ static const char *check_redis(const char *value)
     in_port_t port;
     if (parse_port(colon + 1, &port) == -1)
         return "port must be a number from 1 to 65535";
+    return NULL;
+}
+
+/* A directory that exists ("" = none). Its files are read by tls.c. */
+static const char *check_directory(const char *value)
+{
+    struct stat st;
+
+    if (value[0] == '\0')
+        return NULL;
+    if (stat(value, &st) == -1)
+        return errno == ENOENT ? "no such directory" : "cannot be read";
+    if (!S_ISDIR(st.st_mode))
+        return "not a directory";
+    return NULL;
+}
+
+/* A file that can be read now ("" = none). */
+static const char *check_readable(const char *value)
+{
+    struct stat st;
+
+    if (value[0] == '\0')
+        return NULL;
+    if (stat(value, &st) == -1)
+        return errno == ENOENT ? "no such file" : "cannot be read";
+    if (access(value, R_OK) == -1)
+        return "cannot be read";
+    return NULL;
+}
+
+/* "TLSv1.2", "TLSv1.3" or both, separated by blanks or commas. */
+static const char *check_tls_protocols(const char *value)
+{
+    static const char *const known[] = {"TLSv1.2", "TLSv1.3"};
+    const char *p = value;
+    bool any = false;
+
+    while (*p != '\0') {
+        size_t len = strcspn(p, " \t,");
+        bool found = false;
+        for (size_t i = 0; i < ARRAY_LEN(known) && len > 0; i++)
+            found |= strlen(known[i]) == len && strncasecmp(p, known[i], len) == 0;
+        if (len > 0 && !found)
+            return "the known protocols are TLSv1.2 and TLSv1.3";
+        any |= found;
+        p += len;
+        p += strspn(p, " \t,");
+    }
+    return any ? NULL : "the known protocols are TLSv1.2 and TLSv1.3";
+}
+
+/* Asks OpenSSL, on a context made for the question, whether it takes
+ * <value> as a cipher list (<suites>: the TLS 1.3 one). */
+static bool openssl_takes_ciphers(const char *value, bool suites)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+    int ok;
+
+    if (ctx == NULL)
+        return true; /* cannot ask now: tls.c asks again when it builds */
+    ok = suites ? SSL_CTX_set_ciphersuites(ctx, value) : SSL_CTX_set_cipher_list(ctx, value);
+    SSL_CTX_free(ctx);
+    ERR_clear_error(); /* the refusal is reported by us, not left for the next caller */
+    return ok == 1;
+}
+
+static const char *check_tls_ciphers(const char *value)
+{
+    return openssl_takes_ciphers(value, false) ? NULL : "OpenSSL knows none of these ciphers";
+}
+
+static const char *check_tls_ciphersuites(const char *value)
+{
+    return openssl_takes_ciphers(value, true) ? NULL : "OpenSSL knows none of these suites";
+}
+
+/* A DNS name to send as SNI ("" = none given). */
+static const char *check_sni_name(const char *value)
+{
+    for (const char *p = value; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (!(isalnum(c) || c == '-' || c == '.'))
+            return "must be a DNS name";
+    }
+    if (value[0] == '.' || value[0] == '-')
+        return "must be a DNS name";
     return NULL;
 }
 
@@ -1212,6 +1328,8 @@ static void check_tls(struct load_state *st)
         report(st, 0, "tls", "listen", "needs cert and key");
     else if (cfg->tls_listen_count == 0 && cert)
         report(st, 0, NULL, NULL, "[tls] cert and key are set but [tls] listen is not");
+    if (cfg->tls_listen_count == 0 && (cfg->tls_certs[0] != '\0' || cfg->tls_ocsp[0] != '\0'))
+        report(st, 0, NULL, NULL, "[tls] certs or ocsp is set but [tls] listen is not");
 }
 
 static void check_health(struct load_state *st)

@@ -25,6 +25,7 @@
 #define CONFIG_PATH_MAX    512 /* file paths in the ini */
 #define CONFIG_MAX_WEIGHT  256 /* weight=N upper bound */
 #define CONFIG_MAX_WORKERS 64  /* workers upper bound */
+#define CONFIG_CIPHERS_MAX 256 /* [tls] ciphers, ciphersuites text, plus NUL */
 
 enum config_balance {
     CONFIG_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round robin */
@@ -80,6 +81,12 @@ struct config {
     unsigned tls_listen_count;
     char tls_cert[CONFIG_PATH_MAX];
     char tls_key[CONFIG_PATH_MAX];
+    char tls_certs[CONFIG_PATH_MAX];           /* directory of SNI *.pem (chain + key); "" = none */
+    char tls_protocols[32];                    /* "TLSv1.2 TLSv1.3" (default); tokens checked */
+    char tls_ciphers[CONFIG_CIPHERS_MAX];      /* TLS <= 1.2 list, OpenSSL syntax; checked */
+    char tls_ciphersuites[CONFIG_CIPHERS_MAX]; /* TLS 1.3 list, OpenSSL syntax; checked */
+    char tls_ocsp[CONFIG_PATH_MAX];            /* DER OCSP response stapled for cert; "" = none */
+    bool tls_session_tickets;                  /* default yes */
 
     /* [upstream] */
     struct config_server servers[CONFIG_MAX_SERVERS];
@@ -89,6 +96,10 @@ struct config {
     unsigned connect_timeout_ms;  /* default 2s */
     unsigned response_timeout_ms; /* default 30s */
     unsigned retries;             /* default 1, 0..CONFIG_MAX_SERVERS */
+    bool upstream_tls;            /* TLS to the clones; default no */
+    bool upstream_tls_verify;     /* check the clones' certificates; default yes */
+    char upstream_tls_ca[CONFIG_PATH_MAX]; /* CA file (or directory); "" = the system store */
+    char upstream_tls_sni[256];            /* SNI and checked name; "" = the server's host */
 
     /* [health] */
     char health_path[256];         /* default /health */

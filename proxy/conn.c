@@ -41,6 +41,7 @@
 #include "stats.h"
 #include "store_redis.h"
 #include "stream.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -169,9 +170,11 @@ struct conn {
     int stale_server;                     /* clone whose pooled connection went stale, -1 none */
     struct conn_log_fields log;           /* filled only while the access log is on */
     struct conn_cache *cx;                /* owned (freed in conn_close()): the cache's part */
-    uint8_t cache_outcome;                /* enum stats_cache_outcome of the request */
-    struct http_head req;                 /* current request head; reset per request */
-    struct http_head resp;                /* current response head; reset per response */
+    struct tls_server *tls; /* referenced while set (HTTPS); dropped in conn_close() */
+    bool https;             /* requests came over TLS (scheme, X-Forwarded-Proto) */
+    uint8_t cache_outcome;  /* enum stats_cache_outcome of the request */
+    struct http_head req;   /* current request head; reset per request */
+    struct http_head resp;  /* current response head; reset per response */
 };
 
 static void conn_close(struct conn *c, const char *why);
@@ -190,6 +193,8 @@ static void cache_store_finish(struct conn *c);
 static bool cache_refresh(struct conn *c, const char *p);
 static void cache_refresh_behind(struct conn *c, struct cache_entry *e);
 static int64_t wall_ms(void);
+static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, struct tls_server *tls,
+                       bool https);
 
 /* ------------------------------------------------------------ small helpers */
 
@@ -349,6 +354,8 @@ static void conn_close(struct conn *c, const char *why)
         c->cx = NULL;
     }
     drop_upstream(c, false);
+    tls_server_unref(c->tls);
+    c->tls = NULL;
     if (event_initialized(&c->timer))
         event_del(&c->timer);
     uint64_t in, out;
@@ -1081,7 +1088,7 @@ static void dispatch(struct conn *c)
     const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->req.head_len);
     struct http_forward_info info = {
         .client_ip = c->client_ip,
-        .proto = "http",
+        .proto = c->https ? "https" : "http",
         .default_host = c->upstream_name,
         .extra = c->cx && c->cx->active && c->cx->cond[0] ? c->cx->cond : NULL,
     };
@@ -1626,9 +1633,10 @@ static void cache_purge_request(struct conn *c, const char *buf)
         send_error(c, 403, true, "PURGE from outside cache.purge_allow");
         return;
     }
-    size_t len = key_room(cx, CACHE_POLICY_KEY_MAX)
-                     ? cache_policy_key(&c->req, buf, "http", cx->key, cx->key_cap)
-                     : 0;
+    size_t len =
+        key_room(cx, CACHE_POLICY_KEY_MAX)
+            ? cache_policy_key(&c->req, buf, c->https ? "https" : "http", cx->key, cx->key_cap)
+            : 0;
     if (len == 0) {
         send_error(c, 400, true, "PURGE of no URL");
         return;
@@ -1678,7 +1686,7 @@ static bool cache_begin(struct conn *c, const char *buf)
         return false;
     if (!key_room(cx, CACHE_POLICY_KEY_MAX))
         return false;
-    size_t len = cache_policy_key(&c->req, buf, "http", cx->key, cx->key_cap);
+    size_t len = cache_policy_key(&c->req, buf, c->https ? "https" : "http", cx->key, cx->key_cap);
     if (len == 0)
         return false;
     cx->active = true;
@@ -2300,7 +2308,7 @@ static void cache_refresh_behind(struct conn *c, struct cache_entry *e)
     STATS_INC(w->stats->cache.background_refreshes);
     struct sockaddr_in self = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED); /* as the listener does */
-    conn_accept(w, sv[0], (const struct sockaddr *)&self);
+    conn_start(w, sv[0], (const struct sockaddr *)&self, NULL, c->https);
     return;
 fail:
     log_warn("cache: cannot start a background refresh");
@@ -2429,16 +2437,50 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         send_error(c, 408, false, "request head not received in time");
         return;
     }
-    if (c->state == CONN_IDLE)
+    if (c->state == CONN_IDLE && c->tls && !c->cs.tls_done) {
+        /* a handshake that stalled: header_timeout applies to it */
+        tls_count_timeout();
+        conn_close(c, "TLS handshake not finished in time");
+    } else if (c->state == CONN_IDLE) {
         conn_close(c, "idle timeout");
-    else if (c->state == CONN_CACHE_WAIT)
+    } else if (c->state == CONN_CACHE_WAIT)
         cache_wait_timeout(c);
 }
 
 /* ------------------------------------------------------------ public */
 
-void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
+/* Plain HTTP on a TLS port: a short answer in plain HTTP, then close.
+ * Returns true when that was the case (the socket is closed). */
+static bool refuse_plaintext(int fd)
 {
+    unsigned char peek[8];
+    ssize_t n = recv(fd, peek, sizeof(peek), MSG_PEEK | MSG_DONTWAIT);
+    if (n <= 0 || !tls_looks_like_plaintext(peek, (size_t)n))
+        return false;
+    static const char answer[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                                 "Content-Length: 33\r\nConnection: close\r\n\r\n"
+                                 "This port speaks HTTPS, not HTTP\n";
+    if (send(fd, answer, sizeof(answer) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) == -1)
+        log_debug("%s: %s", __func__, strerror(errno));
+    tls_count_failure(true);
+    return true;
+}
+
+void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, struct tls_server *tls)
+{
+    conn_start(w, fd, sa, tls, tls != NULL);
+}
+
+/* Sets up a connection on <fd>; <https> without <tls> is a background
+ * refresh of an HTTPS request (same keys as the request it refreshes). */
+static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, struct tls_server *tls,
+                       bool https)
+{
+    if (tls && refuse_plaintext(fd)) {
+        close(fd);
+        __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+        return;
+    }
     int one = 1;
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1 && errno != EOPNOTSUPP)
         log_debug("%s: TCP_NODELAY: %s", __func__, strerror(errno));
@@ -2474,6 +2516,19 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
         STATS_DEC(w->stats->connections_open);
         return;
     }
+    c->https = https;
+    if (tls) {
+        SSL *ssl = tls_server_ssl(tls);
+        if (!ssl || stream_start_tls(&c->cs, ssl, true) == -1) {
+            log_warnx("accept: cannot set up TLS");
+            stream_close(&c->cs);
+            free(c);
+            __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+            STATS_DEC(w->stats->connections_open);
+            return;
+        }
+        c->tls = tls_server_ref(tls);
+    }
     const struct config *cfg = w->cfg;
     http_head_init(&c->req, false, cfg->max_header_size, cfg->max_uri_size, cfg->max_body_size);
     http_head_init(&c->resp, true, CONN_RESP_HEAD_MAX, 0, 0);
@@ -2486,7 +2541,8 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa)
     stream_set_timeouts(&c->cs, NULL, w->idle_tv);
     stream_read_enable(&c->cs, true);
     conn_set_state(c, CONN_IDLE);
-    deadline_after_ms(c, now_us(), cfg->idle_timeout_ms);
+    /* a TLS handshake has header_timeout to finish, like a request head */
+    deadline_after_ms(c, now_us(), tls ? cfg->header_timeout_ms : cfg->idle_timeout_ms);
     /* the listener defers accepting until the request arrives: read it now */
     stream_read_now(&c->cs);
 }

@@ -14,11 +14,13 @@
 #include <sys/socket.h>
 #include <sys/queue.h>
 
+struct tls_server;
 struct worker;
 
 /* Takes ownership of the accepted socket <fd> (non-blocking) from the peer
- * <sa>; on failure the socket is closed. Worker thread. */
-void conn_accept(struct worker *w, int fd, const struct sockaddr *sa);
+ * <sa>; on failure the socket is closed. With <tls> (the [tls] contexts; the
+ * connection takes a reference) it speaks HTTPS. Worker thread. */
+void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, struct tls_server *tls);
 
 /* Closes <w>'s idle connections and marks the busy ones to close once
  * their current response is sent (drain). Worker thread. */

@@ -24,6 +24,7 @@
 
 #include "log.h"
 #include "stream.h"
+#include "tls.h"
 
 #define HEALTH_MAX_SERVERS 256  /* states kept: configured now plus removed by reloads */
 #define HEALTH_STATUS_MAX  1024 /* the status line must come within this many bytes */
@@ -62,13 +63,15 @@ struct health_check {
 };
 
 struct health {
-    struct event_base *base; /* owned; thread-safe (others event_active on it) */
-    pthread_t thread;        /* the health thread */
-    bool started;            /* thread running */
-    struct event *reload_ev; /* owned: applies pending */
-    struct config *cfg;      /* referenced: what the thread checks by */
-    pthread_mutex_t lock;    /* guards servers/count and pending */
-    struct config *pending;  /* referenced: handed over by health_reload() */
+    struct event_base *base;      /* owned; thread-safe (others event_active on it) */
+    pthread_t thread;             /* the health thread */
+    bool started;                 /* thread running */
+    struct event *reload_ev;      /* owned: applies pending */
+    struct config *cfg;           /* referenced: what the thread checks by */
+    struct tls_client *tls;       /* referenced: checks over TLS ([upstream] tls); NULL plain */
+    const struct config *tls_cfg; /* the cfg <tls> was made for */
+    pthread_mutex_t lock;         /* guards servers/count and pending */
+    struct config *pending;       /* referenced: handed over by health_reload() */
     struct health_server *servers[HEALTH_MAX_SERVERS]; /* owned, only appended */
     size_t count;
 };
@@ -386,6 +389,20 @@ static void check_start(evutil_socket_t fd, short what, void *arg)
         return;
     }
     chk->busy = true;
+    if (cfg->upstream_tls) {
+        /* the clones speak TLS: so do their checks */
+        if (chk->hl->tls_cfg != cfg) {
+            tls_client_unref(chk->hl->tls);
+            chk->hl->tls = tls_client_new(cfg, stderr);
+            chk->hl->tls_cfg = cfg;
+        }
+        SSL *ssl = chk->hl->tls ? tls_client_ssl(chk->hl->tls, addr->text) : NULL;
+        if (!ssl || stream_start_tls(&chk->s, ssl, false) == -1) {
+            stream_close(&chk->s);
+            check_done(chk, false, "cannot set up TLS");
+            return;
+        }
+    }
     stream_set_callbacks(&chk->s, health_on_check_read, NULL, health_on_check_event, chk);
     evbuffer_add_printf(chk->s.out,
                         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: clonegate-health\r\n"
@@ -547,6 +564,8 @@ void health_free(struct health *hl)
         pthread_mutex_destroy(&hl->servers[i]->lock);
         free(hl->servers[i]);
     }
+    tls_client_unref(hl->tls);
+    hl->tls = NULL;
     if (hl->reload_ev)
         event_free(hl->reload_ev);
     if (hl->base)

@@ -29,6 +29,7 @@
 #include "purge.h"
 #include "stats.h"
 #include "store_redis.h"
+#include "tls.h"
 #include "worker.h"
 
 struct main_state {
@@ -123,6 +124,19 @@ static void main_on_hup(evutil_socket_t sig, short what, void *arg)
     warn_unreloadable(m->boot_cfg, cfg);
     if (log_set_level(cfg->error_log_level) == -1)
         log_warnx("reload: unknown error_log_level %s", cfg->error_log_level);
+    if (cfg->tls_listen_count > 0) {
+        /* new certificates for new connections; a bad one keeps the old */
+        struct tls_server *t = tls_server_new(cfg, stderr);
+        if (!t) {
+            log_error("reload: [tls] certificates not loaded; the old ones stay in use");
+        } else {
+            pthread_mutex_lock(&m->shared.tls_lock);
+            struct tls_server *old = m->shared.tls;
+            m->shared.tls = t;
+            pthread_mutex_unlock(&m->shared.tls_lock);
+            tls_server_unref(old);
+        }
+    }
     /* health first: new pools look their servers' state up there */
     health_reload(m->health, cfg);
     for (unsigned i = 0; i < m->worker_count; i++)
@@ -194,6 +208,14 @@ static int run(const char *path)
     evsignal_add(sig_int, NULL);
     evsignal_add(sig_usr1, NULL);
 
+    pthread_mutex_init(&m.shared.tls_lock, NULL);
+    if (m.cfg->tls_listen_count > 0) {
+        m.shared.tls = tls_server_new(m.cfg, stderr); /* dropped after the workers */
+        if (!m.shared.tls) {
+            log_warnx("cannot set up TLS");
+            goto fail;
+        }
+    }
     if (m.cfg->cache_enabled) {
         m.shared.cache = cache_new(m.cfg->cache_memory); /* freed after the workers */
         if (!m.shared.cache) {
@@ -282,6 +304,8 @@ fail:
         free(m.counters[i]);
     cache_free(m.shared.cache);
     m.shared.cache = NULL;
+    tls_server_unref(m.shared.tls);
+    m.shared.tls = NULL;
     if (status == 0)
         log_info("stopped");
     if (sig_hup)
@@ -343,7 +367,10 @@ int main(int argc, char **argv)
         struct config *cfg = config_load(path, stderr);
         if (!cfg)
             return 1;
+        int tls_rc = tls_check(cfg, stdout); /* a line per certificate, or why not */
         config_unref(cfg);
+        if (tls_rc == -1)
+            return 1;
         printf("configuration ok\n");
         return 0;
     }

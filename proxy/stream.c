@@ -17,11 +17,15 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+
+#include "tls.h"
 
 /* Reservations just under a power of two keep evbuffer chains in one
  * allocation of that size. */
 #define STREAM_READ_CHUNK   (16 * 1024 - 128)
-#define STREAM_READS_PER_EV 4 /* reads in one wake-up while the socket keeps filling them */
+#define STREAM_READS_PER_EV 4     /* reads in one wake-up while the socket keeps filling them */
+#define STREAM_TLS_RECORD   16384 /* plaintext bytes of one full TLS record */
 
 static void stream_on_readable(evutil_socket_t fd, short what, void *arg);
 static void stream_on_writable(evutil_socket_t fd, short what, void *arg);
@@ -105,6 +109,9 @@ static void arm_read(struct stream *s)
         return;
     if (!event_pending(&s->read_ev, EV_READ, NULL))
         event_add(&s->read_ev, s->read_tv);
+    /* bytes TLS already decrypted will not make the socket readable */
+    if (s->ssl && SSL_pending(s->ssl) > 0)
+        event_active(&s->read_ev, EV_READ, 1);
 }
 
 void stream_read_enable(struct stream *s, bool on)
@@ -157,6 +164,75 @@ static ssize_t read_once(struct stream *s, size_t want)
     return r;
 }
 
+/* Notes the end of the handshake once. */
+static void tls_note_handshake(struct stream *s)
+{
+    if (!s->tls_done && SSL_is_init_finished(s->ssl)) {
+        s->tls_done = true;
+        tls_count_handshake(s->ssl);
+    }
+}
+
+/* Classifies a failed SSL_read/SSL_write: sets errno (EAGAIN to wait) and
+ * returns -1, or 0 for a clean end. */
+static ssize_t tls_failed(struct stream *s, int r, bool reading)
+{
+    int err = SSL_get_error(s->ssl, r);
+    int saved = errno;
+    switch (err) {
+    case SSL_ERROR_WANT_READ:
+        if (!reading)
+            s->tls_write_wants_read = true;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        if (reading)
+            s->tls_read_wants_write = true;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        ERR_clear_error();
+        if (saved == 0 || saved == ECONNRESET || saved == EPIPE) {
+            if (!s->tls_done)
+                tls_count_failure(false);
+            if (saved == 0)
+                return 0; /* closed without close_notify: an end all the same */
+        }
+        errno = saved ? saved : EIO;
+        return -1;
+    default:
+        if (!s->tls_done)
+            tls_count_failure(false);
+        ERR_clear_error();
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* One SSL_read into reserved space (the handshake runs inside it). */
+static ssize_t tls_read_once(struct stream *s)
+{
+    struct evbuffer_iovec vec;
+    if (evbuffer_reserve_space(s->in, STREAM_TLS_RECORD, &vec, 1) < 1) {
+        errno = ENOMEM;
+        return -1;
+    }
+    size_t want = vec.iov_len < STREAM_TLS_RECORD ? vec.iov_len : STREAM_TLS_RECORD;
+    ERR_clear_error();
+    int r = SSL_read(s->ssl, vec.iov_base, (int)want);
+    tls_note_handshake(s);
+    if (r <= 0) {
+        evbuffer_commit_space(s->in, &vec, 0);
+        return tls_failed(s, r, true);
+    }
+    vec.iov_len = (size_t)r;
+    evbuffer_commit_space(s->in, &vec, 1);
+    s->bytes_read += (uint64_t)r;
+    return r;
+}
+
 static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct stream *s = arg;
@@ -173,12 +249,19 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
+    if (s->tls_write_wants_read) {
+        /* a write waited for this: let it go on first */
+        s->tls_write_wants_read = false;
+        stream_flush(s);
+    }
     size_t got = 0;
-    for (int i = 0; i < STREAM_READS_PER_EV; i++) {
-        ssize_t r = read_once(s, STREAM_READ_CHUNK);
+    for (int i = 0; i < STREAM_READS_PER_EV * (s->ssl ? 4 : 1); i++) {
+        ssize_t r = s->ssl ? tls_read_once(s) : read_once(s, STREAM_READ_CHUNK);
         if (r > 0) {
             got += (size_t)r;
-            if ((size_t)r < STREAM_READ_CHUNK || over_high(s))
+            if (over_high(s))
+                break;
+            if (!s->ssl && (size_t)r < STREAM_READ_CHUNK)
                 break;
             continue;
         }
@@ -217,8 +300,44 @@ void stream_read_now(struct stream *s)
 /* ------------------------------------------------------------ writing */
 
 /* Writes until the socket pushes back or <out> is empty; -1 on an error. */
+static int tls_write_some(struct stream *s)
+{
+    while (evbuffer_get_length(s->out) > 0) {
+        /* whole records where the bytes allow: a small piece makes a small record */
+        size_t len = evbuffer_get_length(s->out);
+        if (len > STREAM_TLS_RECORD)
+            len = STREAM_TLS_RECORD;
+        const unsigned char *p = evbuffer_pullup(s->out, (ev_ssize_t)len);
+        if (!p) {
+            errno = ENOMEM;
+            return -1;
+        }
+        ERR_clear_error();
+        int n = SSL_write(s->ssl, p, (int)len);
+        tls_note_handshake(s);
+        if (n > 0) {
+            evbuffer_drain(s->out, (size_t)n);
+            s->bytes_written += (uint64_t)n;
+            continue;
+        }
+        if (tls_failed(s, n, false) == -1 && errno == EAGAIN) {
+            if (s->tls_write_wants_read) {
+                arm_read(s);
+                return 1; /* waits for readability, not writability */
+            }
+            return 0;
+        }
+        if (errno == 0)
+            errno = EPIPE;
+        return -1;
+    }
+    return 0;
+}
+
 static int write_some(struct stream *s)
 {
+    if (s->ssl)
+        return tls_write_some(s);
     while (evbuffer_get_length(s->out) > 0) {
         int n = evbuffer_write_atmost(s->out, s->fd, -1);
         if (n > 0) {
@@ -246,14 +365,15 @@ void stream_flush(struct stream *s)
 {
     if (s->fd == -1 || s->connecting || s->write_pending)
         return;
-    if (write_some(s) == -1) {
+    int r = write_some(s);
+    if (r == -1) {
         /* report from the loop, not from under the caller */
         s->error = errno;
         evbuffer_drain(s->out, evbuffer_get_length(s->out));
         event_active(&s->write_ev, EV_WRITE, 1);
         return;
     }
-    if (evbuffer_get_length(s->out) > 0)
+    if (r == 0 && evbuffer_get_length(s->out) > 0)
         want_write(s);
 }
 
@@ -304,6 +424,15 @@ static void stream_on_writable(evutil_socket_t fd, short what, void *arg)
         s->on_event(s, STREAM_EV_CONNECTED, s->arg);
         return;
     }
+    if (s->tls_read_wants_write) {
+        s->tls_read_wants_write = false;
+        if (evbuffer_get_length(s->out) == 0) {
+            event_del(&s->write_ev);
+            s->write_pending = false;
+        }
+        stream_on_readable(fd, EV_READ, s); /* calls back last */
+        return;
+    }
     if (write_some(s) == -1) {
         s->error = errno;
         event_del(&s->write_ev);
@@ -335,8 +464,31 @@ void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
         event_add(&s->write_ev, write_tv);
 }
 
+int stream_start_tls(struct stream *s, SSL *ssl, bool server)
+{
+    if (SSL_set_fd(ssl, s->fd) != 1) {
+        SSL_free(ssl);
+        return -1;
+    }
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    s->ssl = ssl;
+    s->tls_done = false;
+    return 0;
+}
+
 void stream_close(struct stream *s)
 {
+    if (s->ssl) {
+        /* a close_notify when the handshake is done; never waits for the answer */
+        if (s->tls_done && s->fd != -1 && !s->error)
+            SSL_shutdown(s->ssl);
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+        ERR_clear_error();
+    }
     if (s->fd != -1) {
         event_del(&s->read_ev);
         event_del(&s->write_ev);

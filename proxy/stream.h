@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 
 #include <event2/event_struct.h>
+#include <openssl/ssl.h>
 
 struct evbuffer;
 struct stream;
@@ -62,6 +63,10 @@ struct stream {
     bool eof_reported;   /* on_event heard of the end */
     bool write_pending;  /* write_ev is added */
     bool notify_drained; /* call on_drained at write_low */
+    SSL *ssl;            /* owned when set (TLS): bytes go through it; freed in stream_close() */
+    bool tls_done;       /* the TLS handshake finished */
+    bool tls_read_wants_write; /* SSL_read needs the socket writable first */
+    bool tls_write_wants_read; /* SSL_write needs the socket readable first */
 };
 
 /*
@@ -105,6 +110,14 @@ void stream_flush(struct stream *s);
 
 /* Asks for on_drained once <out> holds <low> bytes or fewer. */
 void stream_notify_drained(struct stream *s, size_t low);
+
+/*
+ * Speaks TLS over <s> from now on through <ssl> (owned from here; freed by
+ * stream_close()), as the server (<server>) or the client side. The
+ * handshake runs inside the first reads and writes; reads give plaintext.
+ * Returns 0, or -1 when <ssl> could not take the socket (<ssl> is freed).
+ */
+int stream_start_tls(struct stream *s, SSL *ssl, bool server);
 
 /* Closes the socket, drops both buffers and events. Safe to call twice. */
 void stream_close(struct stream *s);

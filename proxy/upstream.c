@@ -18,6 +18,7 @@
 #include "balancer.h"
 #include "health.h"
 #include "log.h"
+#include "tls.h"
 
 #define UPSTREAM_IDLE_TIMEOUT_S 30 /* an idle pooled connection is closed after this */
 
@@ -32,6 +33,7 @@ struct upstream_pool {
     struct event_base *base;             /* borrowed from the worker */
     struct config *cfg;                  /* referenced; dropped in pool_free() */
     struct balancer *balancer;           /* owned */
+    struct tls_client *tls;              /* referenced: [upstream] tls = yes; NULL plain */
     unsigned count;                      /* servers */
     unsigned live;                       /* connections handed out and not released */
     const struct timeval *idle_tv;       /* common timeout for idle pooled connections */
@@ -63,6 +65,7 @@ static void close_idle(struct upstream_pool *pool)
 
 static void pool_free(struct upstream_pool *pool)
 {
+    tls_client_unref(pool->tls);
     close_idle(pool);
     balancer_free(pool->balancer);
     config_unref(pool->cfg);
@@ -79,6 +82,14 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, struct config *
     if (!pool->balancer) {
         free(pool);
         return NULL;
+    }
+    if (cfg->upstream_tls) {
+        pool->tls = tls_client_new(cfg, stderr); /* dropped in pool_free() */
+        if (!pool->tls) {
+            balancer_free(pool->balancer);
+            free(pool);
+            return NULL;
+        }
     }
     pool->base = base;
     pool->cfg = config_ref(cfg);
@@ -182,6 +193,16 @@ static struct upstream_conn *connect_new(struct upstream_pool *pool, unsigned se
         free(u);
         errno = saved;
         return NULL;
+    }
+    if (pool->tls) {
+        /* TLS to the clone: the handshake runs inside the first writes */
+        SSL *ssl = tls_client_ssl(pool->tls, addr->text);
+        if (!ssl || stream_start_tls(&u->s, ssl, false) == -1) {
+            stream_close(&u->s);
+            free(u);
+            errno = EPROTO;
+            return NULL;
+        }
     }
     return u;
 }

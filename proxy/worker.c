@@ -28,6 +28,7 @@
 #include "conn.h"
 #include "stats.h"
 #include "store_redis.h"
+#include "tls.h"
 #include "upstream.h"
 
 #define WORKER_TICK_MS        100  /* access log flush and accept-resume check */
@@ -60,7 +61,32 @@ static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struc
     (void)l;
     (void)salen;
     int now = __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
-    conn_accept(w, fd, sa);
+    conn_accept(w, fd, sa, NULL);
+    if ((unsigned)now >= w->cfg->max_connections && !w->accept_paused) {
+        log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
+        STATS_INC(w->stats->accept_pauses);
+        set_accepting(w, false);
+    }
+}
+
+/* A connection on a [tls] listener: it gets the contexts now in force. */
+static void worker_on_accept_tls(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                                 int salen, void *arg)
+{
+    struct worker *w = arg;
+    (void)l;
+    (void)salen;
+    int now = __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&w->shared->tls_lock);
+    struct tls_server *tls = w->shared->tls ? tls_server_ref(w->shared->tls) : NULL;
+    pthread_mutex_unlock(&w->shared->tls_lock);
+    if (tls) {
+        conn_accept(w, fd, sa, tls);
+        tls_server_unref(tls); /* the connection took its own reference */
+    } else {
+        close(fd);
+        __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    }
     if ((unsigned)now >= w->cfg->max_connections && !w->accept_paused) {
         log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
         STATS_INC(w->stats->accept_pauses);
@@ -88,15 +114,15 @@ void worker_conn_closed(struct worker *w, struct conn *c)
         event_base_loopbreak(w->base);
 }
 
-static int listen_on(struct worker *w, const struct config_addr *addr)
+static int listen_on(struct worker *w, const struct config_addr *addr, bool tls)
 {
     /* SO_REUSEPORT lets each worker own a socket on the same port; the
      * kernel spreads new connections across them. */
     unsigned flags =
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT;
-    struct evconnlistener *l =
-        evconnlistener_new_bind(w->base, worker_on_accept, w, flags, WORKER_BACKLOG,
-                                (const struct sockaddr *)&addr->sa, (int)addr->salen);
+    struct evconnlistener *l = evconnlistener_new_bind(
+        w->base, tls ? worker_on_accept_tls : worker_on_accept, w, flags, WORKER_BACKLOG,
+        (const struct sockaddr *)&addr->sa, (int)addr->salen);
     if (!l) {
         log_write(LOG_LEVEL_ERROR, 1, "cannot listen on %s", addr->text);
         return -1;
@@ -271,7 +297,10 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
         }
     }
     for (unsigned i = 0; i < cfg->listen_count; i++)
-        if (listen_on(w, &cfg->listen[i]) == -1)
+        if (listen_on(w, &cfg->listen[i], false) == -1)
+            goto fail;
+    for (unsigned i = 0; i < cfg->tls_listen_count; i++)
+        if (listen_on(w, &cfg->tls_listen[i], true) == -1)
             goto fail;
     return w;
 fail:

@@ -28,6 +28,7 @@ struct event_base;
 struct evconnlistener;
 struct health;
 struct purge;
+struct tls_server;
 struct stats_worker;
 struct store_redis;
 struct upstream_pool;
@@ -41,6 +42,9 @@ struct worker_shared {
     struct cache *cache; /* owned by main: the L1 store and coalescing; NULL when
                             cache.enabled is off at start */
     struct purge *purge; /* owned by main: purges and their announcements; NULL with no cache */
+    pthread_mutex_t tls_lock; /* guards tls */
+    struct tls_server *tls;   /* referenced by main: the [tls] contexts now in force;
+                                 swapped on reload; NULL without [tls] */
 };
 
 struct worker {
@@ -53,7 +57,7 @@ struct worker {
     struct config *next_cfg;      /* referenced; handed over by worker_reload() */
     pthread_mutex_t next_lock;    /* guards next_cfg between main and this thread */
     struct upstream_pool *pool;   /* owned; retired and replaced on reload */
-    struct evconnlistener *listeners[CONFIG_MAX_LISTEN]; /* owned */
+    struct evconnlistener *listeners[2 * CONFIG_MAX_LISTEN]; /* owned: plain, then TLS */
     unsigned listener_count;
     bool accept_paused;                /* listeners disabled at max_connections */
     struct worker_conn_list conns;     /* every open client connection */

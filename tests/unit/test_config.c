@@ -438,6 +438,17 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->tls_listen_count, 0);
     assert_string_equal(cfg->tls_cert, "");
     assert_string_equal(cfg->tls_key, "");
+    assert_string_equal(cfg->tls_certs, "");
+    assert_string_equal(cfg->tls_protocols, "TLSv1.2 TLSv1.3");
+    assert_string_equal(cfg->tls_ciphers,
+                        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305");
+    assert_string_equal(
+        cfg->tls_ciphersuites,
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+    assert_string_equal(cfg->tls_ocsp, "");
+    assert_true(cfg->tls_session_tickets);
 
     assert_int_equal(cfg->server_count, 1);
     assert_string_equal(cfg->servers[0].addr.text, "127.0.0.1:9001");
@@ -447,6 +458,10 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->connect_timeout_ms, 2000);
     assert_int_equal(cfg->response_timeout_ms, 30000);
     assert_int_equal(cfg->retries, 1);
+    assert_false(cfg->upstream_tls);
+    assert_true(cfg->upstream_tls_verify);
+    assert_string_equal(cfg->upstream_tls_ca, "");
+    assert_string_equal(cfg->upstream_tls_sni, "");
 
     assert_string_equal(cfg->health_path, "/health");
     assert_int_equal(cfg->health_interval_ms, 2000);
@@ -489,6 +504,12 @@ static const char full_ini[] = "[server]\n"
                                "listen = 127.0.0.1:8443\n"
                                "cert = /etc/clonegate/cert.pem\n"
                                "key = /etc/clonegate/key.pem\n"
+                               "certs = .\n" /* checked: a directory that exists */
+                               "protocols = TLSv1.3\n"
+                               "ciphers = ECDHE-ECDSA-AES256-GCM-SHA384\n"
+                               "ciphersuites = TLS_AES_256_GCM_SHA384\n"
+                               "ocsp = test.ini\n" /* checked: a file that can be read */
+                               "session_tickets = no\n"
                                "\n"
                                "[upstream]\n"
                                "servers = 10.0.0.1:80 weight=3, [2001:db8::1]:8080, "
@@ -498,6 +519,10 @@ static const char full_ini[] = "[server]\n"
                                "connect_timeout = 500ms\n"
                                "response_timeout = 1h\n"
                                "retries = 2\n"
+                               "tls = yes\n"
+                               "tls_verify = no\n"
+                               "tls_ca = test.ini\n"
+                               "tls_sni = app.example.com\n"
                                "\n"
                                "[health]\n"
                                "path = /status?full=1\n"
@@ -544,6 +569,12 @@ static void test_full(void **state)
     assert_string_equal(cfg->tls_listen[0].text, "127.0.0.1:8443");
     assert_string_equal(cfg->tls_cert, "/etc/clonegate/cert.pem");
     assert_string_equal(cfg->tls_key, "/etc/clonegate/key.pem");
+    assert_string_equal(cfg->tls_certs, ".");
+    assert_string_equal(cfg->tls_protocols, "TLSv1.3");
+    assert_string_equal(cfg->tls_ciphers, "ECDHE-ECDSA-AES256-GCM-SHA384");
+    assert_string_equal(cfg->tls_ciphersuites, "TLS_AES_256_GCM_SHA384");
+    assert_string_equal(cfg->tls_ocsp, "test.ini");
+    assert_false(cfg->tls_session_tickets);
 
     assert_int_equal(cfg->server_count, 3);
     assert_string_equal(cfg->servers[0].addr.text, "10.0.0.1:80");
@@ -557,6 +588,10 @@ static void test_full(void **state)
     assert_int_equal(cfg->connect_timeout_ms, 500);
     assert_int_equal(cfg->response_timeout_ms, 3600000);
     assert_int_equal(cfg->retries, 2);
+    assert_true(cfg->upstream_tls);
+    assert_false(cfg->upstream_tls_verify);
+    assert_string_equal(cfg->upstream_tls_ca, "test.ini");
+    assert_string_equal(cfg->upstream_tls_sni, "app.example.com");
 
     assert_string_equal(cfg->health_path, "/status?full=1");
     assert_int_equal(cfg->health_interval_ms, 5000);
@@ -834,6 +869,39 @@ static struct bad_case bad_cases[] = {
      "test.ini: [tls] listen: needs cert and key\n"},
     {"tls cert without listen", MINIMAL "[tls]\ncert = c.pem\nkey = k.pem\n", 0,
      "test.ini: [tls] cert and key are set but [tls] listen is not\n"},
+    {"tls certs without listen", MINIMAL "[tls]\ncerts = .\n", 0,
+     "test.ini: [tls] certs or ocsp is set but [tls] listen is not\n"},
+    {"tls protocols, unknown", MINIMAL "[tls]\nprotocols = TLSv1.1 TLSv1.2\n", 0,
+     "test.ini:4: [tls] protocols: bad value 'TLSv1.1 TLSv1.2': the known protocols are "
+     "TLSv1.2 and TLSv1.3\n"},
+    {"tls protocols, separators only", MINIMAL "[tls]\nprotocols = ,\n", 0,
+     "test.ini:4: [tls] protocols: bad value ',': the known protocols are TLSv1.2 and TLSv1.3\n"},
+    {"tls protocols, empty", MINIMAL "[tls]\nprotocols =\n", 0,
+     "test.ini:4: [tls] protocols: empty value\n"},
+    {"tls ciphers, unknown", MINIMAL "[tls]\nciphers = RC5-MAGIC:FOO\n", 0,
+     "test.ini:4: [tls] ciphers: bad value 'RC5-MAGIC:FOO': OpenSSL knows none of these "
+     "ciphers\n"},
+    {"tls ciphers, TLS 1.3 names", MINIMAL "[tls]\nciphers = TLS_AES_128_GCM_SHA256\n", 0,
+     "test.ini:4: [tls] ciphers: bad value 'TLS_AES_128_GCM_SHA256': OpenSSL knows none of "
+     "these ciphers\n"},
+    {"tls ciphersuites, unknown", MINIMAL "[tls]\nciphersuites = TLS_FOO\n", 0,
+     "test.ini:4: [tls] ciphersuites: bad value 'TLS_FOO': OpenSSL knows none of these "
+     "suites\n"},
+    {"tls certs, missing", MINIMAL "[tls]\ncerts = /nonexistent/certs\n", 0,
+     "test.ini:4: [tls] certs: bad value '/nonexistent/certs': no such directory\n"},
+    {"tls certs, a file", MINIMAL "[tls]\ncerts = test.ini\n", 0,
+     "test.ini:4: [tls] certs: bad value 'test.ini': not a directory\n"},
+    {"tls ocsp, missing", MINIMAL "[tls]\nocsp = /nonexistent/ocsp.der\n", 0,
+     "test.ini:4: [tls] ocsp: bad value '/nonexistent/ocsp.der': no such file\n"},
+    {"tls session_tickets, bad", MINIMAL "[tls]\nsession_tickets = sometimes\n", 0,
+     "test.ini:4: [tls] session_tickets: bad boolean 'sometimes' "
+     "(yes/no/on/off/true/false/1/0)\n"},
+    {"upstream tls, bad", MINIMAL "tls = maybe\n", 0,
+     "test.ini:3: [upstream] tls: bad boolean 'maybe' (yes/no/on/off/true/false/1/0)\n"},
+    {"upstream tls_ca, missing", MINIMAL "tls_ca = /nonexistent/ca.pem\n", 0,
+     "test.ini:3: [upstream] tls_ca: bad value '/nonexistent/ca.pem': no such file\n"},
+    {"upstream tls_sni, bad", MINIMAL "tls_sni = app.example.com:443\n", 0,
+     "test.ini:3: [upstream] tls_sni: bad value 'app.example.com:443': must be a DNS name\n"},
     {"listen clash", MINIMAL "[stats]\nlisten = 127.0.0.1:8080\n", 0,
      "test.ini: 127.0.0.1:8080 is in both [server] listen and [stats] listen\n"},
     {"listen twice", "[server]\nlisten = 127.0.0.1:80, localhost:80\n" MINIMAL, 0,
