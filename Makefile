@@ -6,7 +6,8 @@
 #   make test       deps + build, unit (cmocka) and integration (pytest-3) suites
 #   make asan       both suites under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz       libFuzzer targets (clang); FUZZ_SECONDS=N runs each N s
-#   make bench      ../shared/bench/run against this tree (QUICK=1: ~2 min)
+#   make bench      tests/bench: Clonegate against HAProxy, nginx, Varnish (QUICK=1: ~2 min)
+#   make bench-shared  ../shared/bench/run against this tree (QUICK=1: ~2 min)
 #   make install    PREFIX=/usr/local DESTDIR=
 
 CC       ?= cc
@@ -38,7 +39,7 @@ LDFLAGS  += $(SAN)
 DEPS_PKGS := gcc make pkg-config libevent-dev libssl-dev libhiredis-dev libinih-dev \
              libcmocka-dev node-llhttp redis-server python3 python3-pytest clang \
              clang-format curl man-db groff-base chromium prometheus openssl
-BENCH_PKGS := wrk haproxy nginx-light varnish redis-server
+BENCH_PKGS := wrk haproxy nginx-light varnish redis-server gnuplot-nox openssl
 
 PROXY_SRCS := $(wildcard proxy/*.c)
 PROXY_LIB_SRCS := $(filter-out proxy/main.c,$(PROXY_SRCS))
@@ -51,7 +52,7 @@ FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_SECONDS ?= 0
 
 .PHONY: all deps bench-deps run test unit integration configcheck asan fuzz fuzz-replay bench \
-        install clean format
+        install clean format bench-shared
 
 all: $(BUILD)/clonegate $(BUILD)/democlone
 
@@ -139,7 +140,15 @@ fuzz: deps
 	        build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/http.dict \
 	            build/fuzz/corpus-$$n tests/fuzz/corpus/$$n; fi; done
 
+# Options come from the environment or the command line: QUICK=1, WORKERS, ROUNDS,
+# DURATION, ONLY, CONTENDERS, KEEP=1, BENCH_CPUS, LOAD_CPUS (see README.md, Benchmark).
 bench: bench-deps all
+	QUICK='$(QUICK)' WORKERS='$(WORKERS)' ROUNDS='$(ROUNDS)' DURATION='$(DURATION)' \
+	    ONLY='$(ONLY)' CONTENDERS='$(CONTENDERS)' KEEP='$(KEEP)' BENCH_CPUS='$(BENCH_CPUS)' \
+	    LOAD_CPUS='$(LOAD_CPUS)' CLONEGATE='$(abspath $(BUILD)/clonegate)' \
+	    python3 tests/bench/bench.py --out $(BUILD)/bench
+
+bench-shared: bench-deps all
 	../shared/bench/run --project . $(if $(QUICK),--quick,)
 
 install: $(BUILD)/clonegate
