@@ -1650,8 +1650,8 @@ static void cache_purge_request(struct conn *c, const char *buf)
     cx->purge = op;
     cx->active = true;
     conn_set_state(c, CONN_CACHE_LOOKUP);
-    purge_run(c->w->shared->purge, cache, c->w->redis, CACHE_PURGE_URL, cx->key, len, false,
-              conn_on_purged, op);
+    purge_run(c->w->shared->purge, c->w->base, cache, c->w->redis, CACHE_PURGE_URL, cx->key, len,
+              false, conn_on_purged, op);
 }
 
 /*

@@ -82,6 +82,16 @@ static void warn_unreloadable(const struct config *old, const struct config *cfg
     if (!same_stats || strcmp(old->stats_auth, cfg->stats_auth) != 0 ||
         old->stats_allow_count != cfg->stats_allow_count)
         log_warnx("reload: [stats] changed; it takes a restart to apply");
+    if (old->cache_enabled != cfg->cache_enabled || old->cache_memory != cfg->cache_memory ||
+        strcmp(old->cache_redis, cfg->cache_redis) != 0 ||
+        old->cache_redis_timeout_ms != cfg->cache_redis_timeout_ms)
+        log_warnx("reload: cache.enabled, cache.memory, cache.redis or cache.redis_timeout "
+                  "changed; it takes a restart to apply");
+    bool same_tls = old->tls_listen_count == cfg->tls_listen_count;
+    for (unsigned i = 0; same_tls && i < cfg->tls_listen_count; i++)
+        same_tls = strcmp(old->tls_listen[i].text, cfg->tls_listen[i].text) == 0;
+    if (!same_tls)
+        log_warnx("reload: tls.listen changed; it takes a restart to apply");
 }
 
 /* Whether something already accepts connections at <addr>. Our listeners

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
@@ -34,6 +35,7 @@
 static const char kind_chars[4] = {'u', 'p', 't', 'a'};
 
 struct purge {
+    struct event_base *base;   /* borrowed: the admin thread's */
     struct cache *cache;       /* borrowed; outlives the purge */
     struct store_redis *admin; /* owned: the admin's purges; NULL without Redis */
     struct store_redis *sub;   /* owned: the subscription; NULL without Redis */
@@ -50,9 +52,11 @@ struct purge_op {
     bool soft;
     purge_done_fn done; /* told once, at the end */
     void *done_arg;
-    unsigned pending;   /* Redis answers still to come */
-    long long l1_count; /* what L1 purged */
-    long long redis;    /* what Redis purged; -1 until one answered */
+    unsigned pending;    /* Redis answers still to come */
+    long long l1_count;  /* what L1 purged */
+    long long redis;     /* what Redis purged; -1 until one answered */
+    struct event *timer; /* owned: answers without Redis after PURGE_WAIT_MS; NULL none */
+    bool answered;       /* <done> ran: the op lives on only until Redis answers */
 };
 
 static char instance_id[17];
@@ -190,6 +194,7 @@ struct purge *purge_new(struct event_base *base, struct cache *cache, const stru
     if (!p)
         return NULL;
     p->cache = cache;
+    p->base = base;
     purge_instance();
     if (!cache || !cfg->cache_redis[0])
         return p;
@@ -214,16 +219,39 @@ void purge_free(struct purge *p)
 
 /* ------------------------------------------------------------ running purges */
 
+/* Tells the caller, once: Redis's count, or this L1's. */
+static void op_answer(struct purge_op *op)
+{
+    if (op->answered)
+        return;
+    op->answered = true;
+    long long n = op->redis >= 0 ? op->redis : op->l1_count;
+    PURGE_ADD(op->p->stats.entries, (uint64_t)(n > 0 ? n : 0));
+    op->done(op->done_arg, n);
+}
+
+/* Redis did not answer in time: the caller hears this L1's count now; the
+ * purge goes on in Redis and op_finish() frees the op when it ends. */
+static void purge_on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct purge_op *op = arg;
+    (void)fd;
+    (void)what;
+    log_warnx("purge: Redis did not answer within %d ms; answered with this L1's count (%lld)",
+              PURGE_WAIT_MS, op->l1_count);
+    op_answer(op);
+}
+
 static void op_finish(struct purge_op *op)
 {
-    long long n = op->redis >= 0 ? op->redis : op->l1_count;
     /* again once Redis is done: an instance that refilled its L1 from
      * Redis while a multi-step purge ran drops what it took */
     if (op->rs && op->redis >= 0)
         announce(op->rs, kind_chars[op->kind], op->soft, op->arg, op->len);
+    op_answer(op);
+    if (op->timer)
+        event_free(op->timer);
     free(op->arg);
-    PURGE_ADD(op->p->stats.entries, (uint64_t)(n > 0 ? n : 0));
-    op->done(op->done_arg, n);
     free(op);
 }
 
@@ -236,9 +264,9 @@ static void purge_on_redis(void *arg, long long count)
         op_finish(op);
 }
 
-void purge_run(struct purge *p, struct cache *cache, struct store_redis *rs,
-               enum cache_purge_kind kind, const char *arg, size_t len, bool soft,
-               purge_done_fn done, void *done_arg)
+void purge_run(struct purge *p, struct event_base *base, struct cache *cache,
+               struct store_redis *rs, enum cache_purge_kind kind, const char *arg, size_t len,
+               bool soft, purge_done_fn done, void *done_arg)
 {
     struct purge_op *op = calloc(1, sizeof(*op)); /* freed by op_finish() */
     unsigned l1 = cache ? cache_purge(cache, kind, arg, len, soft) : 0;
@@ -296,6 +324,13 @@ void purge_run(struct purge *p, struct cache *cache, struct store_redis *rs,
         }
         if (r == 0)
             op->pending++;
+    }
+    if (op->pending > 1 && base) {
+        /* the answer waits on Redis, but not for ever */
+        op->timer = evtimer_new(base, purge_on_wait_timeout, op);
+        struct timeval tv = {PURGE_WAIT_MS / 1000, (PURGE_WAIT_MS % 1000) * 1000};
+        if (op->timer)
+            evtimer_add(op->timer, &tv);
     }
     if (--op->pending == 0)
         op_finish(op);
@@ -359,8 +394,12 @@ void purge_admin_request(struct purge *p, struct evhttp_request *req)
     bool bad = !items;
     for (struct evkeyval *kv = q.tqh_first; kv && !bad; kv = kv->next.tqe_next) {
         if (strcmp(kv->key, "soft") == 0) {
-            soft = strcmp(kv->value, "1") == 0 || strcmp(kv->value, "yes") == 0 ||
-                   strcmp(kv->value, "true") == 0;
+            bool v;
+            if (config_parse_bool(kv->value, &v) == -1) {
+                bad = true;
+                break;
+            }
+            soft = v;
             continue;
         }
         if (count == PURGE_MAX_TAGS) {
@@ -381,6 +420,8 @@ void purge_admin_request(struct purge *p, struct evhttp_request *req)
             if (strncasecmp(kv->value, "http", 4) == 0) {
                 /* a URL prefix, keyed as the cache keys URLs */
                 items[count].len = purge_url_key(kv->value, items[count].arg, PURGE_ARG_MAX);
+            } else if (kv->value[0] != '/') {
+                items[count].len = 0; /* neither a path nor a URL */
             } else {
                 memcpy(items[count].arg, kv->value, vlen);
                 items[count].len = vlen;
@@ -409,7 +450,7 @@ void purge_admin_request(struct purge *p, struct evhttp_request *req)
     ap->req = req;
     ap->pending = count + 1; /* held until every purge started */
     for (unsigned i = 0; i < count; i++)
-        purge_run(p, p->cache, p->admin, items[i].kind, items[i].arg, items[i].len, soft,
+        purge_run(p, p->base, p->cache, p->admin, items[i].kind, items[i].arg, items[i].len, soft,
                   admin_on_done, ap);
     free(items);
     admin_on_done(ap, 0);

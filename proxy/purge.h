@@ -40,6 +40,7 @@ struct config;
 #define PURGE_TAG_PREFIX  "cg:tag:"       /* Redis key of a tag's index: prefix + tag */
 #define PURGE_TAG_KEY_MAX 300             /* bytes of a tag index key */
 #define PURGE_MAX_TAGS    16              /* tag= arguments in one admin purge */
+#define PURGE_WAIT_MS     2000            /* longest a purge's answer waits on Redis */
 
 /* Counters of the purges this process made or received (atomics). */
 struct purge_stats {
@@ -79,12 +80,14 @@ const struct store_redis_stats *purge_link_stats(struct purge *p, unsigned i);
 
 /*
  * Purges <kind>/<arg> in L1 and, with <rs>, in Redis, and announces it.
- * <done> gets the Redis count (or the L1 count without Redis, or when
- * Redis failed); it may run before this returns. <rs>'s thread.
+ * <done> gets the Redis count (or the L1 count without Redis, when Redis
+ * failed, or when it did not answer within PURGE_WAIT_MS: the purge goes
+ * on in Redis, nobody waits on it); it may run before this returns.
+ * <rs>'s thread, whose loop is <base>.
  */
-void purge_run(struct purge *p, struct cache *cache, struct store_redis *rs,
-               enum cache_purge_kind kind, const char *arg, size_t len, bool soft,
-               purge_done_fn done, void *done_arg);
+void purge_run(struct purge *p, struct event_base *base, struct cache *cache,
+               struct store_redis *rs, enum cache_purge_kind kind, const char *arg, size_t len,
+               bool soft, purge_done_fn done, void *done_arg);
 
 /* Announces that <url> was stored (other instances drop their L1 copy). */
 void purge_announce_store(struct store_redis *rs, const char *url, size_t len);

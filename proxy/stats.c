@@ -6,9 +6,10 @@
  * under the health lock), the process's draining flag, the L1 cache (its
  * figures are atomics and cache_waiting() locks) and the workers' Redis
  * counters (relaxed loads, under redis_lock so main can take them away
- * before the workers free them). Runs only on the health thread, but for
- * stats_admin_set_*() on the main thread; answers are small and built in
- * one evbuffer per request.
+ * before the workers free them), and the process's TLS handshake
+ * counters (tls_stats(), relaxed loads). Runs only on the health thread,
+ * but for stats_admin_set_*() on the main thread; answers are small and
+ * built in one evbuffer per request.
  */
 #include "stats.h"
 
@@ -33,6 +34,7 @@
 #include "log.h"
 #include "purge.h"
 #include "store_redis.h"
+#include "tls.h"
 
 #define STATS_MAX_VIEWS 256 /* servers shown at most */
 
@@ -537,6 +539,37 @@ static void render_server(const struct stats_admin *a, struct evbuffer *out,
     evbuffer_add(out, "}", 1);
 }
 
+/* The TLS handshake figures, read from tls_stats(): zeros without [tls]. */
+struct tls_totals {
+    uint64_t handshakes; /* completed with clients, since start */
+    uint64_t resumed;    /* of those, resumed sessions */
+    uint64_t failures;   /* failed handshakes, plain HTTP included */
+    uint64_t plaintext;  /* of those, plain HTTP on a TLS port */
+    uint64_t timeouts;   /* handshakes not finished within header_timeout */
+};
+
+static void sum_tls(struct tls_totals *t)
+{
+    const struct tls_stats *ts = tls_stats();
+    t->handshakes = load(&ts->handshakes);
+    t->resumed = load(&ts->resumed);
+    t->failures = load(&ts->failures);
+    t->plaintext = load(&ts->plaintext);
+    t->timeouts = load(&ts->timeouts);
+}
+
+static void render_tls(struct evbuffer *out)
+{
+    struct tls_totals t;
+    sum_tls(&t);
+    evbuffer_add_printf(out,
+                        "{\"handshakes\":%llu,\"resumed\":%llu,\"failures\":%llu,"
+                        "\"plaintext\":%llu,\"timeouts\":%llu}",
+                        (unsigned long long)t.handshakes, (unsigned long long)t.resumed,
+                        (unsigned long long)t.failures, (unsigned long long)t.plaintext,
+                        (unsigned long long)t.timeouts);
+}
+
 static void reply(struct evhttp_request *req, int code, const char *reason, struct evbuffer *body,
                   const char *type)
 {
@@ -583,6 +616,8 @@ static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struc
     render_quantiles(out, &t->window);
     evbuffer_add_printf(out, ",\"cache\":");
     render_cache(a, out, ct);
+    evbuffer_add_printf(out, ",\"tls\":");
+    render_tls(out);
     evbuffer_add_printf(out, ",\"servers\":[");
     for (size_t i = 0; i < n; i++) {
         if (i)
@@ -779,6 +814,22 @@ static void cache_metrics(const struct stats_admin *a, struct evbuffer *out,
     metric_value(out, "clonegate_redis_get_duration_seconds_count", "", r->rtt_count);
 }
 
+static void tls_metrics(struct evbuffer *out)
+{
+    struct tls_totals t;
+    sum_tls(&t);
+    metric_one(out, "clonegate_tls_handshakes_total", "counter",
+               "TLS handshakes completed with clients.", t.handshakes);
+    metric_one(out, "clonegate_tls_resumed_total", "counter",
+               "Of those, handshakes that resumed a session.", t.resumed);
+    metric_one(out, "clonegate_tls_failures_total", "counter",
+               "TLS handshakes with clients that failed (plain HTTP included).", t.failures);
+    metric_one(out, "clonegate_tls_plaintext_total", "counter",
+               "Of those, plain HTTP sent to a TLS port (answered 400).", t.plaintext);
+    metric_one(out, "clonegate_tls_timeouts_total", "counter",
+               "TLS handshakes not finished within header_timeout.", t.timeouts);
+}
+
 static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, struct evbuffer *out)
 {
     struct health_server_view *views = calloc(STATS_MAX_VIEWS, sizeof(*views)); /* freed below */
@@ -829,6 +880,7 @@ static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, str
     metric_histogram(out, "clonegate_request_duration_seconds", "", &t->latency);
     sum_cache(a, ct);
     cache_metrics(a, out, ct);
+    tls_metrics(out);
 
     for (unsigned m = 0; m < sizeof(server_metrics) / sizeof(server_metrics[0]); m++) {
         const char *name = server_metrics[m].name;
@@ -921,6 +973,8 @@ static const char dashboard_html[] =
     "entries purged</div></div>\n"
     "<div class=\"card\"><div class=\"v\" id=\"redis\">-</div><div class=\"k\">Redis"
     " <span id=\"rtt\"></span></div></div>\n"
+    "<div class=\"card\"><div class=\"v\" id=\"tls\">-</div><div class=\"k\">TLS handshakes"
+    " / resumed</div></div>\n"
     "</div><div class=\"wrap\"><table><thead><tr><th>clone</th><th>state</th><th>req/s</th>"
     "<th>p50 ms</th><th>p99 ms</th><th>active</th><th>failures</th><th>checks ok/failed</th>"
     "<th>last error</th></tr></thead><tbody id=\"servers\"></tbody></table></div>\n"
@@ -955,6 +1009,7 @@ static const char dashboard_html[] =
     "re.className='v '+rd.state;\n"
     "  document.getElementById('rtt').textContent=rd.configured&&rd.gets?"
     "rd.rtt_ms.toFixed(2)+' ms':'';\n"
+    "  document.getElementById('tls').textContent=s.tls.handshakes+' / '+s.tls.resumed;\n"
     "  const prev={};if(last)for(const x of last.s.servers)prev[x.address]=x.requests;\n"
     "  document.getElementById('servers').innerHTML=s.servers.map(x=>'<tr data-server=\"'+"
     "esc(x.address)+'\"><td>'+esc(x.address)+'</td><td class=\"state '+x.state+'\">'+x.state+"
@@ -1118,7 +1173,7 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
         if (a->purge)
             purge_admin_request(a->purge, req);
         else
-            evhttp_send_error(req, 404, "no cache to purge");
+            evhttp_send_error(req, 404, "Not Found");
     } else if (strncmp(path, "/servers/", 9) == 0) {
         serve_server_action(a, req, out, path + 9);
     } else {

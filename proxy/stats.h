@@ -4,7 +4,7 @@
  * Serves, on the health thread's event_base so no worker is ever blocked:
  *   GET  /                              an HTML dashboard polling /stats
  *   GET  /stats                         JSON: connections, requests, latency, servers,
- *                                       the cache (L1 and Redis)
+ *                                       the cache (L1 and Redis), TLS handshakes
  *   GET  /metrics                       the same in Prometheus text format
  *   GET  /health                        200 while serving, 503 while draining
  *   POST /purge?url=|tag=|prefix=[&soft=1]  purges the shared cache (purge.h)

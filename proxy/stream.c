@@ -9,6 +9,7 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -164,13 +165,41 @@ static ssize_t read_once(struct stream *s, size_t want)
     return r;
 }
 
-/* Notes the end of the handshake once. */
+/* Notes the end of the handshake once; only client connections (the
+ * server side) count in the TLS figures. */
 static void tls_note_handshake(struct stream *s)
 {
     if (!s->tls_done && SSL_is_init_finished(s->ssl)) {
         s->tls_done = true;
-        tls_count_handshake(s->ssl);
+        if (SSL_is_server(s->ssl))
+            tls_count_handshake(s->ssl);
     }
+}
+
+/* OpenSSL says when a handshake is done, even when the peer's close came
+ * in the same read (SSL_read then fails and the state looks unfinished). */
+static void stream_on_tls_info(const SSL *ssl, int where, int ret)
+{
+    (void)ret;
+    if (!(where & SSL_CB_HANDSHAKE_DONE))
+        return;
+    struct stream *s = SSL_get_app_data(ssl);
+    if (s && !s->tls_done) {
+        s->tls_done = true;
+        if (SSL_is_server(ssl))
+            tls_count_handshake((SSL *)(uintptr_t)ssl);
+    }
+}
+
+/* A handshake that failed counts, on the server side, once the client sent
+ * something: a TCP probe that connects and closes is not a failure. */
+static void tls_count_failed(const struct stream *s)
+{
+    if (s->tls_done || !SSL_is_server(s->ssl))
+        return;
+    BIO *rbio = SSL_get_rbio(s->ssl);
+    if (rbio && BIO_number_read(rbio) > 0)
+        tls_count_failure(false);
 }
 
 /* Classifies a failed SSL_read/SSL_write: sets errno (EAGAIN to wait) and
@@ -195,16 +224,15 @@ static ssize_t tls_failed(struct stream *s, int r, bool reading)
     case SSL_ERROR_SYSCALL:
         ERR_clear_error();
         if (saved == 0 || saved == ECONNRESET || saved == EPIPE) {
-            if (!s->tls_done)
-                tls_count_failure(false);
+            tls_count_failed(s);
             if (saved == 0)
                 return 0; /* closed without close_notify: an end all the same */
         }
         errno = saved ? saved : EIO;
         return -1;
     default:
-        if (!s->tls_done)
-            tls_count_failure(false);
+        /* an unexpected EOF right after the handshake lands here too */
+        tls_count_failed(s);
         ERR_clear_error();
         errno = EPROTO;
         return -1;
@@ -474,6 +502,8 @@ int stream_start_tls(struct stream *s, SSL *ssl, bool server)
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
+    SSL_set_app_data(ssl, s);
+    SSL_set_info_callback(ssl, stream_on_tls_info);
     s->ssl = ssl;
     s->tls_done = false;
     return 0;

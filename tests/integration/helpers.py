@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -302,6 +303,9 @@ class Server:
         return self
 
     def get(self, target, headers=None, timeout=IO_TIMEOUT):
+        if getattr(self, "tls", False):
+            with HttpConn(self.port, self.host, timeout, tls=unverified_tls_context()) as c:
+                return c.get(target, headers)
         return get(self.port, target, headers=headers, host=self.host, timeout=timeout)
 
 
@@ -325,14 +329,20 @@ class Origin(Server):
         assert r.status == 200, r
 
 
-def start_origin(name, log_dir=None, port=None, host="127.0.0.1"):
-    """Starts tests/integration/origin.py; returns an Origin once it listens."""
+def start_origin(name, log_dir=None, port=None, host="127.0.0.1", tls=None):
+    """Starts tests/integration/origin.py; returns an Origin once it listens.
+    <tls>: (cert file, key file) to have it speak HTTPS only; its .get()
+    and .count() then go over TLS too (no verification)."""
     log_dir = log_dir or scratch_dir("origin")
     port = port or free_port(host)
     argv = [sys.executable, ORIGIN_PY, "--port", port, "--name", name, "--host", host]
+    if tls is not None:
+        argv += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     proc = Proc(argv, f"origin-{name}", log_dir)
     proc.wait_port(port, host)
-    return Origin(proc, port, host, name)
+    o = Origin(proc, port, host, name)
+    o.tls = tls is not None
+    return o
 
 
 def start_democlone(name, log_dir=None, port=None, host="127.0.0.1", binary=None):
@@ -864,11 +874,20 @@ class HttpConn:
             c.send(raw); r2 = c.read_response()
     """
 
-    def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT):
+    def __init__(self, port, host="127.0.0.1", timeout=IO_TIMEOUT, tls=None,
+                 server_hostname=None):
+        """<tls>: an ssl.SSLContext to speak HTTPS with (the handshake is
+        done here), sending SNI <server_hostname> (None: none)."""
         self.port = port
         self.host = host
         self.timeout = timeout
         self.sock = _connect(port, host, timeout)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
+            except BaseException:
+                self.sock.close()
+                raise
         self.buf = b""
         self.eof = False
 
@@ -945,6 +964,15 @@ class HttpConn:
             except (TimeoutError, socket.timeout):
                 return False
         return True
+
+
+def unverified_tls_context():
+    """A client ssl.SSLContext that accepts any certificate (for test
+    origins behind TLS)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class StreamResult(Response):

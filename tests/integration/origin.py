@@ -2,6 +2,7 @@
 """origin.py: a scriptable HTTP/1.1 origin for the integration tests.
 
     python3 origin.py --port P --name N [--host 127.0.0.1]
+                      [--tls-cert FILE --tls-key FILE]
 
 Standard library only: one thread per connection, raw HTTP/1.1 with
 keep-alive, request bodies read as they arrive (Content-Length or chunked)
@@ -45,6 +46,12 @@ query parameters hdr=Name:Value (repeatable, URL-encoded).
     anything else         200, a line naming the origin and the request
 
 /count, /control and /last are not counted themselves.
+
+With --tls-cert and --tls-key it speaks HTTPS only (TLS 1.2 and 1.3, ALPN
+http/1.1, resumption by ticket): each connection's handshake runs in its
+thread, and /count adds tls_handshakes (completed) and tls_resumed (of
+those, resumed sessions). A connection whose handshake fails is closed
+and counted in neither.
 """
 
 import argparse
@@ -55,6 +62,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -94,6 +102,14 @@ class State:
         self.overrides = {}  # /c/ path -> {param: value}, from /control?path=
         self.last = {}  # /c/ path -> headers of its last request
         self.started = int(time.time())  # s, the epoch /c/?lm= counts back from
+        self.tls_handshakes = 0  # completed, with --tls-cert
+        self.tls_resumed = 0  # of those, resumed sessions
+
+    def tls_done(self, resumed):
+        with self.lock:
+            self.tls_handshakes += 1
+            if resumed:
+                self.tls_resumed += 1
 
     def new_connection(self):
         with self.lock:
@@ -318,6 +334,12 @@ class Conn:
         """Requests until the client closes, an error, or a route that closes."""
         try:
             self.sock.settimeout(IDLE_TIMEOUT)
+            if isinstance(self.sock, ssl.SSLSocket):
+                try:
+                    self.sock.do_handshake()
+                except ssl.SSLError:
+                    return
+                self.state.tls_done(self.sock.session_reused)
             while True:
                 try:
                     head = self.reader.head()
@@ -330,7 +352,7 @@ class Conn:
                 if not self.handle(req):
                     return
         except (OSError, EOFError):
-            return  # the peer left or reset: nothing to answer
+            return  # the peer left or reset (or a TLS error): nothing to answer
         finally:
             try:
                 self.sock.close()
@@ -512,6 +534,8 @@ class Conn:
                 "total": self.state.total,
                 "connections": self.state.connections,
                 "paths": dict(self.state.paths),
+                "tls_handshakes": self.state.tls_handshakes,
+                "tls_resumed": self.state.tls_resumed,
             }
         return self.respond_json(req, obj, keep_alive=ka)
 
@@ -657,7 +681,15 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = ap.parse_args()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        tls.set_alpn_protocols(["http/1.1"])
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     state = State(args.name)
@@ -674,6 +706,9 @@ def main():
         except InterruptedError:
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            # the handshake runs in the connection's thread (Conn.serve)
+            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         threading.Thread(target=Conn(state, sock).serve, daemon=True).start()
 
 

@@ -52,6 +52,7 @@ REDIS_COUNTERS = ("links_up", "gets", "found", "not_found", "failed", "timeouts"
 PURGE_KEYS = ("requests", "url", "prefix", "tag", "soft", "entries", "refused",
               "messages_received", "l1_drops")
 REDIS_STATES = ("off", "down", "connecting", "up", "slow")
+TLS_KEYS = ("handshakes", "resumed", "failures", "plaintext", "timeouts")
 
 
 def start(clonegate, servers=None, **overrides):
@@ -176,6 +177,10 @@ def check_schema(s):
         assert is_int(s["upstream"][k]) and s["upstream"][k] >= 0, s["upstream"]
     check_latency(s["latency_ms"], "latency_ms")
     check_cache_schema(s)
+    t = s["tls"]
+    assert set(t) == set(TLS_KEYS), t
+    assert all(is_int(t[k]) and t[k] >= 0 for k in TLS_KEYS), t
+    assert t["resumed"] <= t["handshakes"] and t["plaintext"] <= t["failures"], t
     assert isinstance(s["servers"], list), s
     for srv in s["servers"]:
         for k, t in SERVER_KEYS.items():
@@ -205,6 +210,8 @@ def test_issue_7_stats_json_has_every_documented_key_with_its_type(origins, clon
     assert s["cache"]["enabled"] is False and s["cache"]["redis"]["state"] == "off", s["cache"]
     assert [x["address"] for x in s["servers"]] == [o1.addr, o2.addr], s["servers"]
     assert s["requests"]["total"] == 0 and s["bytes"] == {"in": 0, "out": 0}, s
+    # present without [tls], all zeros
+    assert s["tls"] == dict.fromkeys(TLS_KEYS, 0), s["tls"]
     # and once traffic has gone through
     assert cg.get("/x").status == 200
     s = requests_settled(cg, s, 1)
@@ -445,6 +452,10 @@ def test_issue_7_metrics_pass_promtool_and_equal_stats(origins, clonegate):
     assert metric(m, "clonegate_upstream_failures_total") == s["upstream"]["failures"] >= 1
     assert metric(m, "clonegate_upstream_retries_total") == s["upstream"]["retries"] >= 1
     assert abs(metric(m, "clonegate_uptime_seconds") - s["uptime"]) <= 1
+    # the TLS handshake counters, there (and 0) without [tls]
+    for k in TLS_KEYS:
+        assert metric(m, f"clonegate_tls_{k}_total") == s["tls"][k] == 0, k
+        assert f"# TYPE clonegate_tls_{k}_total counter\n" in text, k
 
     # the request histogram: cumulative buckets, +Inf == _count == requests
     hist = "clonegate_request_duration_seconds"
