@@ -562,9 +562,16 @@ static SSL_CTX *server_ctx_new(const struct config *cfg, FILE *errors)
                ssl_reason(why, sizeof(why)));
         goto fail;
     }
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    /* with tickets the client keeps its session: no server-side store per
+     * handshake (a lock and an allocation each); without, the cache does */
+    SSL_CTX_set_session_cache_mode(
+        ctx,
+        SSL_SESS_CACHE_SERVER | (cfg->tls_session_tickets ? SSL_SESS_CACHE_NO_INTERNAL_STORE : 0));
     SSL_CTX_sess_set_cache_size(ctx, TLS_SESSION_CACHE_SIZE);
     SSL_CTX_set_timeout(ctx, TLS_SESSION_TIMEOUT_S);
+    /* one TLS 1.3 ticket per handshake (OpenSSL sends two by default):
+     * a client resumes with one, and each costs an encryption */
+    SSL_CTX_set_num_tickets(ctx, 1);
     if (cfg->tls_session_tickets &&
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_on_ticket_key) != 1) {
         report(errors, cfg->path, "cannot set the ticket keys: %s", ssl_reason(why, sizeof(why)));
