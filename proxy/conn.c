@@ -1710,6 +1710,25 @@ static bool cache_begin(struct conn *c, const char *buf)
 
 /* ------------------------------------------------------------ cache: responses */
 
+/* The user's [cache] defaults, as the policy takes them. */
+static struct cache_policy_opts policy_opts(const struct config *cfg)
+{
+    struct cache_policy_opts o = {
+        .default_ttl_ms = cfg->cache_default_ttl_ms,
+        .swr_ms = cfg->cache_stale_while_revalidate_ms,
+        .sie_ms = cfg->cache_stale_if_error_ms,
+        .store_set_cookie = cfg->cache_store_set_cookie,
+    };
+    return o;
+}
+
+/* A stored entry's flags from the policy's verdict on its response. */
+static uint32_t entry_flags(const struct cache_policy_response *pr)
+{
+    return (pr->must_revalidate ? CACHE_ENTRY_MUST_REVALIDATE : 0) |
+           (pr->no_cache ? CACHE_ENTRY_NO_CACHE : 0) | (pr->heuristic ? CACHE_ENTRY_HEURISTIC : 0);
+}
+
 /* Appends the header lines of <h> (bytes in <buf>) that a stored response
  * replays: end-to-end ones but framing, Age, Set-Cookie and the tag header
  * (which a clone sends for the cache, not for clients). */
@@ -1894,12 +1913,7 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
         return true;
 
     const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
-    struct cache_policy_opts opts = {
-        .default_ttl_ms = cfg->cache_default_ttl_ms,
-        .swr_ms = cfg->cache_stale_while_revalidate_ms,
-        .sie_ms = cfg->cache_stale_if_error_ms,
-        .store_set_cookie = cfg->cache_store_set_cookie,
-    };
+    struct cache_policy_opts opts = policy_opts(cfg);
     struct cache_policy_response pr;
     int64_t now = wall_ms();
     if (!req || !c->head_kept) {
@@ -2037,9 +2051,7 @@ static void cache_store_finish(struct conn *c)
     struct cache_entry_parts parts = {
         .kind = CACHE_ENTRY_RESPONSE,
         .status = (uint16_t)c->resp.status,
-        .flags = (pr->must_revalidate ? CACHE_ENTRY_MUST_REVALIDATE : 0) |
-                 (pr->no_cache ? CACHE_ENTRY_NO_CACHE : 0) |
-                 (pr->heuristic ? CACHE_ENTRY_HEURISTIC : 0),
+        .flags = entry_flags(pr),
         .response_ms = now,
         .initial_age_ms = pr->initial_age_ms,
         .freshness_ms = pr->freshness_ms,
@@ -2135,12 +2147,7 @@ static bool cache_refresh(struct conn *c, const char *p)
     if (!m || http_head_parse(h, m, total) != HTTP_PARSE_DONE)
         goto serve_old;
     const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
-    struct cache_policy_opts opts = {
-        .default_ttl_ms = cfg->cache_default_ttl_ms,
-        .swr_ms = cfg->cache_stale_while_revalidate_ms,
-        .sie_ms = cfg->cache_stale_if_error_ms,
-        .store_set_cookie = cfg->cache_store_set_cookie,
-    };
+    struct cache_policy_opts opts = policy_opts(cfg);
     struct cache_policy_response pr;
     if (!req)
         goto serve_old;
@@ -2150,9 +2157,7 @@ static bool cache_refresh(struct conn *c, const char *p)
     struct cache_entry_parts parts = {
         .kind = CACHE_ENTRY_RESPONSE,
         .status = old->status,
-        .flags = (pr.must_revalidate ? CACHE_ENTRY_MUST_REVALIDATE : 0) |
-                 (pr.no_cache ? CACHE_ENTRY_NO_CACHE : 0) |
-                 (pr.heuristic ? CACHE_ENTRY_HEURISTIC : 0),
+        .flags = entry_flags(&pr),
         .response_ms = now,
         .initial_age_ms = pr.initial_age_ms,
         .freshness_ms = pr.freshness_ms,
