@@ -447,6 +447,11 @@ unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, s
     return cache_purge(c, CACHE_PURGE_URL, url, len, false);
 }
 
+size_t cache_l1_max_entry(const struct cache *c)
+{
+    return c->shards[0].budget / 2;
+}
+
 void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out)
 {
     memset(out, 0, sizeof(*out));

@@ -120,6 +120,9 @@ unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *ar
  * count may bring back what a purge removed, and is not kept. */
 uint64_t cache_purge_generation(const struct cache *c);
 
+/* The largest entry L1 takes (half a shard's share of cache.memory). */
+size_t cache_l1_max_entry(const struct cache *c);
+
 /* Snapshot of the L1 figures. */
 void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out);
 

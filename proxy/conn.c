@@ -656,7 +656,10 @@ static void process_input(struct conn *c)
     }
     if (len == 0) {
         if (c->client_eof) {
-            conn_close(c, "client closed");
+            if (evbuffer_get_length(c->cs.out) > 0)
+                close_after_flush(c, "client closed");
+            else
+                conn_close(c, "client closed");
             return;
         }
         if (c->state != CONN_IDLE)
@@ -1609,6 +1612,10 @@ static void conn_on_purged(void *arg, long long count)
  * here, in Redis and in every other instance's L1. */
 static void cache_purge_request(struct conn *c, const char *buf)
 {
+    /* a PURGE's body is never read: the connection ends with the answer,
+     * so the body cannot pass for the next request */
+    if (c->req.has_body)
+        c->keep_alive = false;
     const struct config *cfg = cfg_of(c);
     struct cache *cache = cache_of(c);
     struct conn_cache *cx = c->cx;
@@ -1624,13 +1631,13 @@ static void cache_purge_request(struct conn *c, const char *buf)
         inet_pton(AF_INET, c->client_ip, &peer.in4.sin_addr);
     }
     if (!cache || !cfg->cache_enabled || !c->w->shared->purge) {
-        send_error(c, 405, true, "PURGE without a cache");
+        send_error(c, 405, request_consumed(c), "PURGE without a cache");
         return;
     }
     if (!config_cidr_match(cfg->purge_allow, cfg->purge_allow_count, &peer.sa)) {
         __atomic_add_fetch(&purge_stats(c->w->shared->purge)->refused, 1, __ATOMIC_RELAXED);
         log_info("%s: PURGE refused: not in cache.purge_allow", c->client_ip);
-        send_error(c, 403, true, "PURGE from outside cache.purge_allow");
+        send_error(c, 403, request_consumed(c), "PURGE from outside cache.purge_allow");
         return;
     }
     size_t len =
@@ -1638,12 +1645,12 @@ static void cache_purge_request(struct conn *c, const char *buf)
             ? cache_policy_key(&c->req, buf, c->https ? "https" : "http", cx->key, cx->key_cap)
             : 0;
     if (len == 0) {
-        send_error(c, 400, true, "PURGE of no URL");
+        send_error(c, 400, request_consumed(c), "PURGE of no URL");
         return;
     }
     struct conn_purge *op = calloc(1, sizeof(*op)); /* freed by conn_on_purged() */
     if (!op) {
-        send_error(c, 500, true, "out of memory");
+        send_error(c, 500, request_consumed(c), "out of memory");
         return;
     }
     op->c = c;
@@ -1666,7 +1673,7 @@ static bool cache_begin(struct conn *c, const char *buf)
 
     c->cache_outcome = STATS_CS_BYPASS;
     if ((!cache || !cfg->cache_enabled) && llhttp_get_method(&c->req.parser) == HTTP_PURGE) {
-        send_error(c, 405, true, "PURGE without a cache");
+        send_error(c, 405, request_consumed(c), "PURGE without a cache");
         return true;
     }
     if (!cache || !cfg->cache_enabled || c->req.upgrade)
@@ -1923,8 +1930,11 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
     }
     cache_policy_response(&c->req, req, &cx->rq, &c->resp, p, cx->request_ms, now, &opts, &pr);
     cx->verdict = (uint8_t)pr.verdict;
-    bool too_large =
-        !c->resp.chunked && c->resp.has_body && c->resp.content_length > cfg->cache_max_object_size;
+    /* without Redis, L1 alone must be able to take it */
+    uint64_t limit = cfg->cache_max_object_size;
+    if (!c->w->redis && cache_l1_max_entry(cache_of(c)) < limit)
+        limit = cache_l1_max_entry(cache_of(c));
+    bool too_large = !c->resp.chunked && c->resp.has_body && c->resp.content_length > limit;
     if (pr.verdict == CACHE_STORE && !too_large && !c->decode_body &&
         !http_body_until_close(&c->resp))
         cache_store_begin(c, req, p, &pr, tag_index);
@@ -1960,8 +1970,12 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
 static void cache_store_check(struct conn *c)
 {
     struct conn_cache *cx = c->cx;
-    if (!cx || !cx->store ||
-        evbuffer_get_length(cx->store->body) <= cfg_of(c)->cache_max_object_size)
+    if (!cx || !cx->store)
+        return;
+    size_t limit = cfg_of(c)->cache_max_object_size;
+    if (!c->w->redis && cache_l1_max_entry(cache_of(c)) < limit)
+        limit = cache_l1_max_entry(cache_of(c)); /* L1 alone must take it */
+    if (evbuffer_get_length(cx->store->body) <= limit)
         return;
     STATS_INC(c->w->stats->cache.stores_aborted);
     store_free(cx->store);
@@ -2377,6 +2391,13 @@ static void conn_on_event(struct stream *st, enum stream_event what, void *arg)
         c->client_eof = true;
         switch (c->state) {
         case CONN_IDLE:
+            /* a half-close after the last request: its answer goes first */
+            if (evbuffer_get_length(c->cs.out) > 0) {
+                close_after_flush(c, "client closed");
+                return;
+            }
+            conn_close(c, "client closed");
+            return;
         case CONN_CLOSING:
             conn_close(c, "client closed");
             return;
@@ -2424,8 +2445,13 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (c->resume_input) {
-        /* not the timer running out: send_error() asked for the next request */
+        /* not the timer running out: send_error() asked for the next
+         * request. Running made the timer non-pending: arm it again for
+         * the deadline in force, if any. */
         c->resume_input = false;
+        c->timer_armed = false;
+        if (c->deadline_us)
+            deadline_set(c, c->deadline_us);
         process_input(c);
         return;
     }

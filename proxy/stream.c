@@ -30,6 +30,7 @@
 
 static void stream_on_readable(evutil_socket_t fd, short what, void *arg);
 static void stream_on_writable(evutil_socket_t fd, short what, void *arg);
+static void want_write(struct stream *s);
 
 int stream_init(struct stream *s, struct event_base *base, int fd)
 {
@@ -305,6 +306,8 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
     }
     if (s->eof || over_high(s))
         event_del(&s->read_ev);
+    if (s->tls_read_wants_write)
+        want_write(s); /* the read goes on once the socket takes a write */
     if (got == 0) {
         if (s->eof) {
             s->eof_reported = true;
@@ -440,12 +443,14 @@ static void stream_on_writable(evutil_socket_t fd, short what, void *arg)
             s->on_event(s, STREAM_EV_ERROR, s->arg);
             return;
         }
-        if (write_some(s) == -1) {
+        int r = write_some(s);
+        if (r == -1) {
             s->error = errno;
             s->on_event(s, STREAM_EV_ERROR, s->arg);
             return;
         }
-        if (evbuffer_get_length(s->out) == 0) {
+        /* all written, or TLS waits to read first: no writability to wait on */
+        if (evbuffer_get_length(s->out) == 0 || r == 1) {
             event_del(&s->write_ev);
             s->write_pending = false;
         }
@@ -461,14 +466,15 @@ static void stream_on_writable(evutil_socket_t fd, short what, void *arg)
         stream_on_readable(fd, EV_READ, s); /* calls back last */
         return;
     }
-    if (write_some(s) == -1) {
+    int r = write_some(s);
+    if (r == -1) {
         s->error = errno;
         event_del(&s->write_ev);
         s->write_pending = false;
         s->on_event(s, STREAM_EV_ERROR, s->arg);
         return;
     }
-    if (evbuffer_get_length(s->out) == 0 && s->write_pending) {
+    if ((evbuffer_get_length(s->out) == 0 || r == 1) && s->write_pending) {
         event_del(&s->write_ev);
         s->write_pending = false;
     }

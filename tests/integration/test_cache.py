@@ -876,3 +876,48 @@ def test_the_tag_header_is_kept_from_clients_unless_exposed(origins, clonegate):
         assert r1.header("Surrogate-Key") == seen and r2.header("Surrogate-Key") == seen, \
             (expose, r1.headers, r2.headers)
         cg.stop()
+
+
+# ------------------------------------------------------------ connection upkeep around cache answers
+
+
+def test_idle_timeout_still_closes_after_cache_hits(origins, clonegate):
+    # a hit answered on a keep-alive connection, and two pipelined hits,
+    # must leave the idle timer working: a silent client is closed
+    cg, o = start(clonegate, origins, **{"server.idle_timeout": "500ms"})
+    t = url("idle-after-hit", cc="max-age=60")
+    assert cg.get(t).status == 200  # stored
+    with helpers.HttpConn(cg.port, timeout=5) as c:
+        c.send(build_request("GET", t) + build_request("GET", t))
+        for _ in range(2):
+            r = c.read_response()
+            assert r.status == 200 and is_hit(r), r
+        t0 = time.monotonic()
+        assert c.closed_by_peer(timeout=3.0), "idle connection still open after 3 s"
+        took = time.monotonic() - t0
+    assert took < 1.5, f"idle close after {took:.2f} s, idle_timeout is 0.5 s"
+
+
+def test_a_client_that_half_closes_gets_the_whole_hit(origins, clonegate):
+    # a large stored body, asked for by a client that shuts its side right
+    # after the request: the answer must still arrive whole
+    size = 1536 * 1024  # below what L1 takes in one entry by default (2 MiB)
+    cg, o = start(clonegate, origins)
+    t = url("half-close", cc="max-age=60", size=size)
+    first = cg.get(t)
+    assert first.status == 200 and len(first.body) == size, first
+    s = socket.create_connection(("127.0.0.1", cg.port), timeout=10)
+    try:
+        s.sendall(build_request("GET", t))
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    r, _ = parse_response(data, eof=True)
+    assert r.status == 200 and is_hit(r), r
+    assert r.body == first.body, (len(r.body), size)

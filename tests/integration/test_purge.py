@@ -549,3 +549,18 @@ def test_a_tag_index_shrinks_with_its_expired_entries(origins, clonegate, redis)
           f"after expiry {box['mem']} ({left:+d})")
     assert grown > 0, (start_mem, peak_mem)
     assert left <= max(256 * 1024, grown // 4), (start_mem, peak_mem, box["mem"])
+
+
+def test_a_purge_with_a_body_ends_the_connection_so_the_body_is_never_a_request(origins, clonegate, redis):
+    # the body of a PURGE is not read: it must not be parsed as the next
+    # request on the connection (request smuggling); the proxy closes instead
+    (o,) = origins(1)
+    cg = clonegate({"server.workers": 1}, servers=[o], redis=redis)
+    smuggled = helpers.build_request("GET", "/c/smuggled")
+    raw = helpers.build_request("PURGE", "/c/anything", body=smuggled)
+    with helpers.HttpConn(cg.port, timeout=5) as c:
+        c.send(raw)
+        r = c.read_response()
+        assert r.status in (200, 404), r
+        assert c.closed_by_peer(timeout=3.0), "connection left open after a PURGE with a body"
+    assert o.count("/c/smuggled") == 0
