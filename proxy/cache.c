@@ -21,7 +21,8 @@
 
 #define SHARD_BUCKETS_MIN 256 /* initial buckets per shard */
 #define SHARD_BUCKETS_MAX (1 << 20)
-#define FILL_BUCKETS      256 /* fills in progress, hashed */
+#define FILL_BUCKETS      256  /* fills in progress, hashed */
+#define CACHE_GEN_SLOTS   1024 /* URL purge counters, by URL hash */
 #define STAT_SET(f, v)    __atomic_store_n(&(f), (v), __ATOMIC_RELAXED)
 #define STAT_ADD(f, n)    __atomic_add_fetch(&(f), (n), __ATOMIC_RELAXED)
 
@@ -57,7 +58,8 @@ struct cache {
     struct shard shards[CACHE_SHARDS];
     size_t memory;                          /* total budget */
     uint64_t evictions, expired;            /* atomic counters */
-    uint64_t purge_gen;                     /* atomic: purges seen */
+    uint64_t purge_gen;                     /* atomic: purges seen that select by content */
+    uint64_t url_gen[CACHE_GEN_SLOTS];      /* atomic: URL purges seen, by URL hash */
     pthread_mutex_t wait_lock;              /* fills, their waiters, mailboxes */
     struct cache_fill *fills[FILL_BUCKETS]; /* under wait_lock */
     uint64_t waiting;                       /* atomic gauge: queued waiters */
@@ -400,16 +402,21 @@ static bool purge_one(struct cache *c, struct shard *s, struct cache_entry **slo
     return false;
 }
 
-uint64_t cache_purge_generation(const struct cache *c)
+uint64_t cache_purge_generation(const struct cache *c, uint64_t url_hash)
 {
-    return __atomic_load_n(&c->purge_gen, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&c->purge_gen, __ATOMIC_ACQUIRE) +
+           __atomic_load_n(&c->url_gen[url_hash & (CACHE_GEN_SLOTS - 1)], __ATOMIC_ACQUIRE);
 }
 
 unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *arg, size_t len,
                      bool soft)
 {
     unsigned n = 0;
-    __atomic_add_fetch(&c->purge_gen, 1, __ATOMIC_ACQ_REL);
+    if (kind == CACHE_PURGE_URL)
+        __atomic_add_fetch(&c->url_gen[cache_hash(arg, len) & (CACHE_GEN_SLOTS - 1)], 1,
+                           __ATOMIC_ACQ_REL);
+    else
+        __atomic_add_fetch(&c->purge_gen, 1, __ATOMIC_ACQ_REL);
     if (kind == CACHE_PURGE_URL) {
         uint64_t h = cache_hash(arg, len);
         struct shard *s = shard_of(c, h);
@@ -582,7 +589,9 @@ void cache_fill_end(struct cache *c, struct cache_fill *fill, bool stored)
 
 void cache_waiter_cancel(struct cache *c, struct cache_waiter *w)
 {
-    if (w->where == 0)
+    /* only this thread moves it out of 0; the filler's writes are seen
+     * under the lock below */
+    if (__atomic_load_n(&w->where, __ATOMIC_ACQUIRE) == 0)
         return;
     pthread_mutex_lock(&c->wait_lock);
     if (w->where == 1) {

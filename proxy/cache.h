@@ -116,9 +116,11 @@ enum cache_purge_kind {
 unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *arg, size_t len,
                      bool soft);
 
-/* How many purges this L1 has seen: a Redis read begun under an older
- * count may bring back what a purge removed, and is not kept. */
-uint64_t cache_purge_generation(const struct cache *c);
+/* How many purges this L1 has seen that could touch the URL hashed
+ * <url_hash> (URL purges are counted by hash slot, the others for all): a
+ * Redis read begun under an older count may bring back what a purge
+ * removed, and is not kept. */
+uint64_t cache_purge_generation(const struct cache *c, uint64_t url_hash);
 
 /* The largest entry L1 takes (half a shard's share of cache.memory). */
 size_t cache_l1_max_entry(const struct cache *c);

@@ -1386,7 +1386,8 @@ static void conn_on_redis(void *arg, enum store_redis_result r, const char *data
     struct conn_cache *cx = c->cx;
     cx->op = NULL;
     /* a purge ran while Redis answered: what came may be what it purged */
-    if (r == STORE_REDIS_FOUND && cx->purge_gen != cache_purge_generation(cache_of(c)))
+    if (r == STORE_REDIS_FOUND &&
+        cx->purge_gen != cache_purge_generation(cache_of(c), cx->url_hash))
         r = STORE_REDIS_NOT_FOUND;
     if (r == STORE_REDIS_FOUND) {
         struct cache_entry *e = cache_entry_decode(data, len);
@@ -1428,7 +1429,7 @@ static void cache_lookup(struct conn *c)
         if (!*tried) {
             *tried = true;
             cache_redis_key("", cx->key, cx->key_len, cx->redis_key);
-            cx->purge_gen = cache_purge_generation(cache);
+            cx->purge_gen = cache_purge_generation(cache, cx->url_hash);
             cx->op = store_redis_get(c->w->redis, cx->redis_key, strlen(cx->redis_key),
                                      conn_on_redis, c);
             if (cx->op)
@@ -1554,7 +1555,7 @@ static void cache_forward(struct conn *c, enum stats_cache_outcome why)
     struct conn_cache *cx = c->cx;
     if (!c->cache_outcome || c->cache_outcome == STATS_CS_URI_MISS)
         c->cache_outcome = (uint8_t)why;
-    if ((cx->rq.cc.flags & CACHE_CC_ONLY_IF_CACHED) && !cx->stale) {
+    if (cx->rq.cc.flags & CACHE_CC_ONLY_IF_CACHED) {
         /* RFC 9111 5.2.1.7: nothing stored may answer it */
         conn_set_state(c, CONN_FORWARDING);
         send_error(c, 504, true, "only-if-cached: nothing stored");
