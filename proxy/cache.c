@@ -448,12 +448,6 @@ unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *ar
     return n;
 }
 
-unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, size_t len)
-{
-    (void)url_hash; /* the URL's own hash, as cache_purge() computes it */
-    return cache_purge(c, CACHE_PURGE_URL, url, len, false);
-}
-
 size_t cache_l1_max_entry(const struct cache *c)
 {
     return c->shards[0].budget / 2;

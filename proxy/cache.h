@@ -92,10 +92,6 @@ struct cache_entry *cache_get(struct cache *c, uint64_t url_hash, const char *ke
  */
 bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms);
 
-/* Removes the entry with key <url> and every variant of it (key <url> then
- * "\n"). Returns the number of responses removed (markers not counted). */
-unsigned cache_remove_url(struct cache *c, uint64_t url_hash, const char *url, size_t len);
-
 /* What a purge selects. */
 enum cache_purge_kind {
     CACHE_PURGE_URL = 0,    /* one URL key and its variants */

@@ -1218,6 +1218,20 @@ static bool key_room(struct conn_cache *cx, size_t need)
     return true;
 }
 
+/* The request's URL key into cx->key, sized to it: keys are made in a
+ * per-thread scratch buffer so a connection keeps only what it uses.
+ * Returns the length, 0 when there is none (or no memory). */
+static size_t request_key(struct conn *c, const char *buf)
+{
+    static _Thread_local char scratch[CACHE_POLICY_KEY_MAX];
+    size_t len =
+        cache_policy_key(&c->req, buf, c->https ? "https" : "http", scratch, sizeof(scratch));
+    if (len == 0 || !key_room(c->cx, len + 1))
+        return 0;
+    memcpy(c->cx->key, scratch, len);
+    return len;
+}
+
 /* The "Cache-Status: ..." line for a forwarded response. */
 /* Appends <len> bytes to the line being built at out[*n] (room <room>,
  * keeping 3 bytes for the end); drops what does not fit. */
@@ -1641,10 +1655,7 @@ static void cache_purge_request(struct conn *c, const char *buf)
         send_error(c, 403, request_consumed(c), "PURGE from outside cache.purge_allow");
         return;
     }
-    size_t len =
-        key_room(cx, CACHE_POLICY_KEY_MAX)
-            ? cache_policy_key(&c->req, buf, c->https ? "https" : "http", cx->key, cx->key_cap)
-            : 0;
+    size_t len = request_key(c, buf);
     if (len == 0) {
         send_error(c, 400, request_consumed(c), "PURGE of no URL");
         return;
@@ -1692,9 +1703,7 @@ static bool cache_begin(struct conn *c, const char *buf)
     cache_policy_request(&c->req, buf, &cx->rq);
     if (!(cx->rq.lookup && !c->req.has_body) && !cx->rq.unsafe)
         return false;
-    if (!key_room(cx, CACHE_POLICY_KEY_MAX))
-        return false;
-    size_t len = cache_policy_key(&c->req, buf, c->https ? "https" : "http", cx->key, cx->key_cap);
+    size_t len = request_key(c, buf);
     if (len == 0)
         return false;
     cx->active = true;
@@ -1779,7 +1788,7 @@ static void keep_tags(struct conn_store *st, const struct http_head *h, const ch
 static void cache_invalidate_url(struct conn *c, const char *url, size_t len)
 {
     char rkey[CACHE_REDIS_KEY_LEN + 1], skey[CACHE_REDIS_KEY_LEN + 4];
-    cache_remove_url(cache_of(c), cache_hash(url, len), url, len);
+    cache_purge(cache_of(c), CACHE_PURGE_URL, url, len, false);
     if (c->w->redis) {
         size_t rl = cache_redis_key("", url, len, rkey);
         size_t sl = cache_redis_key("vs:", url, len, skey);
