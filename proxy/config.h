@@ -66,6 +66,7 @@ struct config {
     unsigned listen_count;                    /* >= 1; default 127.0.0.1:8080 */
     unsigned workers;                         /* resolved: auto = online CPUs */
     unsigned max_connections;                 /* per process; default 10000 */
+    unsigned queue_timeout_ms;                /* default 5s; 0 = wait for a slot */
     unsigned header_timeout_ms;               /* default 10s */
     unsigned idle_timeout_ms;                 /* default 60s */
     unsigned drain_timeout_ms;                /* default 30s */

@@ -207,7 +207,7 @@ static void render_quantiles(struct evbuffer *out, const struct stats_latency *l
 
 /* The workers' counters added up. */
 struct totals {
-    uint64_t connections_total, connections_open, accept_pauses;
+    uint64_t connections_total, connections_open, accept_pauses, refused;
     uint64_t requests, status_class[6], bytes_in, bytes_out, upstream_failures, retries;
     struct stats_latency latency; /* since start */
     struct stats_latency window;  /* last minute */
@@ -221,6 +221,7 @@ static void sum_workers(const struct stats_admin *a, struct totals *t, int64_t n
         t->connections_total += load(&sw->connections_total);
         t->connections_open += load(&sw->connections_open);
         t->accept_pauses += load(&sw->accept_pauses);
+        t->refused += load(&sw->refused);
         t->requests += load(&sw->requests);
         for (unsigned i = 0; i < 6; i++)
             t->status_class[i] += load(&sw->status_class[i]);
@@ -597,16 +598,17 @@ static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struc
     evbuffer_add_printf(
         out,
         "{\"version\":\"%s\",\"uptime\":%lld,\"workers\":%u,\"draining\":%s,"
-        "\"connections\":{\"open\":%llu,\"total\":%llu,\"accept_pauses\":%llu},"
+        "\"connections\":{\"open\":%llu,\"total\":%llu,\"refused\":%llu,\"accept_pauses\":%llu},"
         "\"requests\":{\"total\":%llu,\"by_class\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,"
         "\"4xx\":%llu,\"5xx\":%llu,\"none\":%llu},\"by_cache_status\":",
         CLONEGATE_VERSION, (long long)(now - a->started), a->workers,
         __atomic_load_n(a->draining, __ATOMIC_RELAXED) ? "true" : "false",
         (unsigned long long)t->connections_open, (unsigned long long)t->connections_total,
-        (unsigned long long)t->accept_pauses, (unsigned long long)t->requests,
-        (unsigned long long)t->status_class[1], (unsigned long long)t->status_class[2],
-        (unsigned long long)t->status_class[3], (unsigned long long)t->status_class[4],
-        (unsigned long long)t->status_class[5], (unsigned long long)t->status_class[0]);
+        (unsigned long long)t->refused, (unsigned long long)t->accept_pauses,
+        (unsigned long long)t->requests, (unsigned long long)t->status_class[1],
+        (unsigned long long)t->status_class[2], (unsigned long long)t->status_class[3],
+        (unsigned long long)t->status_class[4], (unsigned long long)t->status_class[5],
+        (unsigned long long)t->status_class[0]);
     render_outcomes(out, ct);
     evbuffer_add_printf(out,
                         "},\"bytes\":{\"in\":%llu,\"out\":%llu},"
@@ -857,6 +859,9 @@ static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, str
     metric_head(out, "clonegate_accept_pauses_total", "counter",
                 "Times accepting paused at max_connections.");
     metric_value(out, "clonegate_accept_pauses_total", "", t->accept_pauses);
+    metric_head(out, "clonegate_connections_refused_total", "counter",
+                "Client connections refused because max_connections held past queue_timeout.");
+    metric_value(out, "clonegate_connections_refused_total", "", t->refused);
     metric_head(out, "clonegate_requests_total", "counter",
                 "Requests answered, by status class (none: closed without a status).");
     static const char *const classes[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};

@@ -98,6 +98,7 @@ struct stats_worker {
     uint64_t connections_total;   /* accepted */
     uint64_t connections_open;    /* gauge */
     uint64_t accept_pauses;       /* times max_connections paused accepting */
+    uint64_t refused;             /* turned away: max_connections held past queue_timeout */
     uint64_t requests;            /* answered, all statuses */
     uint64_t status_class[6];     /* [n] = nxx; [0] = closed without a status */
     uint64_t bytes_in;            /* from clients */

@@ -26,14 +26,16 @@
 
 #include "cache.h"
 #include "conn.h"
+#include "health.h"
 #include "stats.h"
 #include "store_redis.h"
 #include "tls.h"
 #include "upstream.h"
 
-#define WORKER_TICK_MS        100  /* access log flush and accept-resume check */
-#define WORKER_BACKLOG        4096 /* listen(2) backlog */
-#define WORKER_DEFER_ACCEPT_S 1    /* TCP_DEFER_ACCEPT: wait this long for a first byte */
+#define WORKER_TICK_MS        100   /* access log flush and accept-resume check */
+#define WORKER_BACKLOG        4096  /* listen(2) backlog */
+#define WORKER_DEFER_ACCEPT_S 1     /* TCP_DEFER_ACCEPT: wait this long for a first byte */
+#define WORKER_PAUSE_LOG_MS   10000 /* at most one "accepting paused" line this often */
 
 static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg);
@@ -54,19 +56,76 @@ static void set_accepting(struct worker *w, bool on)
     w->accept_paused = !on;
 }
 
+/* The answer to a connection refused at max_connections: sent before the
+ * request is read, like any error answer that ends a connection. */
+static const char refused_answer[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                     "Content-Type: text/plain\r\n"
+                                     "Content-Length: 46\r\n"
+                                     "Retry-After: 1\r\n"
+                                     "Cache-Status: clonegate; fwd=bypass; detail=refused\r\n"
+                                     "Connection: close\r\n"
+                                     "\r\n"
+                                     "503 Service Unavailable: too many connections\n";
+
+/* Turns <fd> away: max_connections has held past queue_timeout. A plain
+ * client gets the 503 above; a TLS one (it speaks no plaintext) just the
+ * close. The request already sent is read first so that the close is a FIN,
+ * not a reset that could destroy the answer. Best effort: the socket buffer
+ * takes the few bytes at once or the client is gone anyway. */
+static void refuse_connection(struct worker *w, evutil_socket_t fd, bool tls)
+{
+    char sink[4096];
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+        ;
+    if (!tls &&
+        send(fd, refused_answer, sizeof(refused_answer) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) == -1 &&
+        errno != EAGAIN && errno != EPIPE && errno != ECONNRESET)
+        log_debug("refusing a connection: %s", strerror(errno));
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    STATS_INC(w->stats->refused);
+}
+
+/* Counts a new connection in; false (and <fd> refused) when the worker is
+ * refusing and the limit still holds. */
+static bool admit(struct worker *w, evutil_socket_t fd, bool tls)
+{
+    int now = __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    if (w->refusing && (unsigned)now > w->cfg->max_connections) {
+        __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+        refuse_connection(w, fd, tls);
+        return false;
+    }
+    return true;
+}
+
+/* After a connection came in: at the limit, accepting pauses; clients wait
+ * in the listen queue for queue_timeout (see worker_on_tick). */
+static void pause_if_full(struct worker *w)
+{
+    if ((unsigned)shared_connections(w) >= w->cfg->max_connections && !w->accept_paused) {
+        int64_t now_ms = health_now_ms();
+        if (now_ms - w->pause_logged_ms >= WORKER_PAUSE_LOG_MS) { /* not once per client */
+            log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
+            w->pause_logged_ms = now_ms;
+        }
+        STATS_INC(w->stats->accept_pauses);
+        set_accepting(w, false);
+        w->refusing = false;
+        w->paused_at_ms = now_ms;
+    }
+}
+
 static void worker_on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg)
 {
     struct worker *w = arg;
     (void)l;
     (void)salen;
-    int now = __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    if (!admit(w, fd, false))
+        return;
     conn_accept(w, fd, sa, NULL);
-    if ((unsigned)now >= w->cfg->max_connections && !w->accept_paused) {
-        log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
-        STATS_INC(w->stats->accept_pauses);
-        set_accepting(w, false);
-    }
+    pause_if_full(w);
 }
 
 /* A connection on a [tls] listener: it gets the contexts now in force. */
@@ -76,7 +135,8 @@ static void worker_on_accept_tls(struct evconnlistener *l, evutil_socket_t fd, s
     struct worker *w = arg;
     (void)l;
     (void)salen;
-    int now = __atomic_add_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
+    if (!admit(w, fd, true))
+        return;
     pthread_mutex_lock(&w->shared->tls_lock);
     struct tls_server *tls = w->shared->tls ? tls_server_ref(w->shared->tls) : NULL;
     pthread_mutex_unlock(&w->shared->tls_lock);
@@ -87,11 +147,7 @@ static void worker_on_accept_tls(struct evconnlistener *l, evutil_socket_t fd, s
         close(fd);
         __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
     }
-    if ((unsigned)now >= w->cfg->max_connections && !w->accept_paused) {
-        log_warnx("max_connections (%u) reached: accepting paused", w->cfg->max_connections);
-        STATS_INC(w->stats->accept_pauses);
-        set_accepting(w, false);
-    }
+    pause_if_full(w);
 }
 
 static void worker_on_accept_error(struct evconnlistener *l, void *arg)
@@ -108,8 +164,11 @@ void worker_conn_closed(struct worker *w, struct conn *c)
     (void)c;
     w->conn_count--;
     int now = __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
-    if (w->accept_paused && !w->draining && (unsigned)now < w->cfg->max_connections)
-        set_accepting(w, true);
+    if ((unsigned)now < w->cfg->max_connections) {
+        w->refusing = false;
+        if (w->accept_paused && !w->draining)
+            set_accepting(w, true);
+    }
     if (w->draining && w->conn_count == 0)
         event_base_loopbreak(w->base);
 }
@@ -239,9 +298,23 @@ static void worker_on_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     log_access_flush(&w->access);
-    if (w->accept_paused && !w->draining &&
-        (unsigned)shared_connections(w) < w->cfg->max_connections)
+    if (!w->accept_paused || w->draining)
+        return;
+    if ((unsigned)shared_connections(w) < w->cfg->max_connections) {
+        w->refusing = false;
         set_accepting(w, true);
+    } else if (w->cfg->queue_timeout_ms &&
+               health_now_ms() - w->paused_at_ms >= (int64_t)w->cfg->queue_timeout_ms) {
+        /* the limit held past queue_timeout: stop making clients wait */
+        int64_t now_ms = health_now_ms();
+        if (now_ms - w->refuse_logged_ms >= WORKER_PAUSE_LOG_MS) {
+            log_warnx("max_connections (%u) held for %ums: refusing new connections with 503",
+                      w->cfg->max_connections, w->cfg->queue_timeout_ms);
+            w->refuse_logged_ms = now_ms;
+        }
+        set_accepting(w, true);
+        w->refusing = true;
+    }
 }
 
 /* ------------------------------------------------------------ life cycle */

@@ -60,6 +60,10 @@ struct worker {
     struct evconnlistener *listeners[2 * CONFIG_MAX_LISTEN]; /* owned: plain, then TLS */
     unsigned listener_count;
     bool accept_paused;                /* listeners disabled at max_connections */
+    bool refusing;                     /* listeners on again, but only to refuse (503) */
+    int64_t paused_at_ms;              /* when max_connections paused accepting */
+    int64_t pause_logged_ms;           /* when that was last logged */
+    int64_t refuse_logged_ms;          /* when refusing was last logged */
     struct worker_conn_list conns;     /* every open client connection */
     unsigned conn_count;               /* length of conns */
     int wake_fd;                       /* owned eventfd; written by worker_reload()/_stop() */

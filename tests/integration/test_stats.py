@@ -163,7 +163,7 @@ def check_schema(s):
     assert is_int(s["workers"]) and s["workers"] >= 1, s
     assert type(s["draining"]) is bool, s
     conns = s["connections"]
-    for k in ("open", "total", "accept_pauses"):
+    for k in ("open", "total", "refused", "accept_pauses"):
         assert is_int(conns[k]) and conns[k] >= 0, (k, conns)
     req = s["requests"]
     assert is_int(req["total"]) and req["total"] >= 0, req
@@ -352,7 +352,10 @@ def test_issue_7_latency_percentiles_are_ordered_and_plausible_for_a_50ms_origin
 def test_issue_7_connections_open_follows_keep_alive_sockets(origins, clonegate):
     origins(2)
     cg = start(clonegate)
-    base = settled(cg, lambda s: s["connections"]["open"] == 0, "no client connection open")
+    # wait_ready's probe (one connect per listener) is counted in first
+    probes = len(cg.listen) + len(cg.tls_listen)
+    base = settled(cg, lambda s: s["connections"]["open"] == 0
+                   and s["connections"]["total"] >= probes, "the ready probes counted")
     conns = [cg.conn() for _ in range(3)]
     try:
         for c in conns:  # a request on each: accepted and kept alive
@@ -447,6 +450,7 @@ def test_issue_7_metrics_pass_promtool_and_equal_stats(origins, clonegate):
     assert metric(m, "clonegate_connections_total") == s["connections"]["total"]
     assert metric(m, "clonegate_connections_open") == s["connections"]["open"] == 0
     assert metric(m, "clonegate_accept_pauses_total") == s["connections"]["accept_pauses"]
+    assert metric(m, "clonegate_connections_refused_total") == s["connections"]["refused"] == 0
     assert metric(m, "clonegate_received_bytes_total") == s["bytes"]["in"] > 0
     assert metric(m, "clonegate_sent_bytes_total") == s["bytes"]["out"] > 0
     assert metric(m, "clonegate_upstream_failures_total") == s["upstream"]["failures"] >= 1

@@ -134,3 +134,72 @@ def test_max_connections_pauses_accept(origins, clonegate):
             c.close()
     # With the limit free again, new connections are served at once.
     assert cg.get("/echo?after").status == 200
+
+
+def read_answer(sock, deadline_s):
+    """The whole answer on <sock> up to its close, and when it ended."""
+    data = b""
+    sock.settimeout(deadline_s)
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, time.monotonic()
+        data += chunk
+
+
+def test_max_connections_refuses_past_queue_timeout(origins, clonegate):
+    """A client waits in the listen queue at most queue_timeout; then it gets
+    503 and the refusal is counted. Freeing a slot serves again at once."""
+    origins(1)
+    limit = 2
+    cg = clonegate({"server.max_connections": limit, "server.workers": 1,
+                    "server.queue_timeout": "1s", "cache.enabled": "no"})
+    cg.allowed_errors.append(r"(?i)max_connections")
+    before = cg.stats()["connections"]
+    assert before["refused"] == 0, before
+    idle = []
+    try:
+        for i in range(limit):
+            c = cg.conn(timeout=5)
+            idle.append(c)
+            assert c.get(f"/echo?idle={i}").status == 200
+        started = time.monotonic()
+        third = socket.create_connection(("127.0.0.1", cg.port), timeout=5)
+        try:
+            third.sendall(helpers.build_request("GET", "/echo?third"))
+            data, ended = read_answer(third, 5)
+        finally:
+            third.close()
+        waited = ended - started
+        r, _ = helpers.parse_response(data, 0, "GET", eof=True)
+        assert r.status == 503, data[:300]
+        assert r.header("retry-after") == "1", r.headers
+        assert r.header("connection") == "close", r.headers
+        assert b"too many connections" in r.body, r.body
+        # it waited (queue_timeout, checked every 100 ms), but not for ever
+        assert 0.9 <= waited <= 3.0, waited
+        # refusing is fast once the limit has held past queue_timeout
+        for _ in range(3):
+            t0 = time.monotonic()
+            more = socket.create_connection(("127.0.0.1", cg.port), timeout=5)
+            try:
+                more.sendall(helpers.build_request("GET", "/echo?more"))
+                data, ended = read_answer(more, 5)
+            finally:
+                more.close()
+            assert data.startswith(b"HTTP/1.1 503 "), data[:200]
+            assert ended - t0 < 0.5, ended - t0
+        # the connections within the limit were served all along
+        assert idle[0].get("/echo?still").status == 200
+        after = cg.stats()["connections"]
+        assert after["refused"] == before["refused"] + 4, after
+        assert after["accept_pauses"] >= 1, after
+        # a slot frees: the next client is served, not refused
+        idle.pop().close()
+        helpers.wait_for(lambda: cg.stats()["connections"]["open"] <= limit - 1, timeout=5,
+                         what="the closed connection counted out")
+        assert cg.get("/echo?after").status == 200
+        assert cg.stats()["connections"]["refused"] == after["refused"]
+    finally:
+        for c in idle:
+            c.close()
