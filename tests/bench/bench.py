@@ -22,20 +22,37 @@ Options come from the environment (the Makefile passes its variables on):
   BENCH_CPUS      CPU list (taskset syntax) for proxies, origins and redis
   LOAD_CPUS       CPU list for wrk
   CLONEGATE       the clonegate executable (default build/clonegate)
+
+Every scenario but one is a wrk run. `idle` is not: it measures what an idle
+keep-alive client connection costs in memory. A fresh contender (configured
+as for `pass`, allowing more than IDLE_CONNS clients and idling them for
+longer than the measurement) gets one warm-up request; after IDLE_PAUSE s its
+VmRSS (current, summed over its processes) is read. The bench itself then
+opens IDLE_CONNS connections (non-blocking sockets and a selector, at most
+IDLE_WINDOW connecting or waiting for their answer at a time, so that the
+proxies' upstream pools stay small), sends one GET /nostore on each, reads
+the whole answer (200, 1 KiB) and keeps it open; after IDLE_SETTLE s VmRSS is
+read again, and every connection must still be open. The figure is
+idle_bytes_per_conn = (VmRSS after - VmRSS before) / IDLE_CONNS, in bytes;
+Clonegate's ratio is to the peer with the fewest bytes (lower is better).
+The connections are then reset (SO_LINGER 0: no TIME_WAIT left behind).
 """
 
 import argparse
 import ctypes
+import errno
 import http.client
 import json
 import os
 import platform
 import resource
+import selectors
 import shutil
 import signal
 import socket
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +65,12 @@ STOP_GRACE = 5.0  # s between SIGTERM and SIGKILL
 WRK_SLACK = 30.0  # s wrk may overrun its -d before it is stopped
 WARMUP = 1  # s of unmeasured load before each measured run
 HEALTH_INTERVAL = "2s"
+IDLE_CONNS = 10000  # idle scenario: client connections held open at once
+IDLE_WINDOW = 8  # ... of which at most this many connecting or awaiting their answer
+IDLE_PAUSE = 0.5  # s after the warm-up request before the first VmRSS reading
+IDLE_SETTLE = 1.0  # s with every connection open and idle before the second
+IDLE_TIMEOUT = 60.0  # s opening them all may take
+IDLE_HEADROOM = 1000  # client connections each contender allows beyond IDLE_CONNS
 # Every TLS listener offers the same: TLS 1.2 and 1.3, these 1.3 suites in the server's order.
 TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
@@ -72,6 +95,12 @@ SCENARIOS = {
     "tls-handshakes": dict(path="/nostore", size=KIB, conns=64, close=True, tls=True,
                            cache=False, desc="1 KiB no-store over HTTPS, a new TLS connection "
                            "(full handshake) per request, 64 connections"),
+    # not a wrk run: see Bench.idle()
+    "idle": dict(path="/nostore", size=KIB, conns=IDLE_CONNS, close=False, tls=False,
+                 cache=False, idle=True,
+                 desc="VmRSS bytes per idle keep-alive client connection: %d connections "
+                 "opened by the bench, one 1 KiB no-store request each, then held idle"
+                 % IDLE_CONNS),
 }
 CONTENDERS = ["clonegate", "haproxy", "nginx", "varnish"]
 PROGRAMS = {"clonegate": None, "haproxy": "haproxy", "nginx": "nginx", "varnish": "varnishd"}
@@ -201,6 +230,21 @@ def peak_rss_mib(pids):
     return kib / 1024.0
 
 
+def rss_bytes(pids):
+    """Current VmRSS summed over pids, in bytes."""
+    kib = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        kib += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return kib * 1024
+
+
 class Processes:
     """Everything the bench started, by pid. Each process leads its own
     process group, so signalling the group (by that pid) reaches its workers."""
@@ -290,6 +334,106 @@ def get(port, path, tls_ctx=None, timeout=3.0):
         return r.status, {k.lower(): v for k, v in r.getheaders()}, body, tls
     finally:
         c.close()
+
+
+def answer_done(buf):
+    """(status, connection header) once buf holds one whole HTTP/1.1 answer, else None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip().lower()
+    body = len(buf) - end - 4
+    if "chunked" in headers.get("transfer-encoding", ""):
+        if not buf.endswith(b"\r\n0\r\n\r\n"):
+            return None
+    elif body < int(headers.get("content-length", "0")):
+        return None
+    return status, headers.get("connection", "")
+
+
+def hold_idle(port, path, n, window, timeout):
+    """n keep-alive connections to port, each having had one GET path answered
+    200 (read whole), left open: the list of their sockets. At most window of
+    them connecting or waiting for their answer at a time."""
+    request = ("GET %s HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: clonegate-bench\r\n\r\n"
+               % path).encode()
+    done, busy = [], {}  # busy: socket -> bytes read so far, or None while connecting
+    sel = selectors.DefaultSelector()
+    deadline = time.monotonic() + timeout
+    started = 0
+    ok = False
+    try:
+        while len(done) < n:
+            while started < n and len(busy) < window:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                busy[s] = None
+                started += 1
+                err = s.connect_ex(("127.0.0.1", port))
+                if err not in (0, errno.EINPROGRESS):
+                    raise BenchError("idle: connection %d: connect: %s" % (started, os.strerror(err)))
+                sel.register(s, selectors.EVENT_WRITE)
+            if time.monotonic() > deadline:
+                raise BenchError("idle: only %d of %d connections answered within %.0f s"
+                                 % (len(done), n, timeout))
+            for key, _ in sel.select(1.0):
+                s = key.fileobj
+                if busy[s] is None:  # connected (or refused)
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise BenchError("idle: connection %d: connect: %s"
+                                         % (len(done) + 1, os.strerror(err)))
+                    s.send(request)  # a few dozen bytes into an empty buffer
+                    busy[s] = b""
+                    sel.modify(s, selectors.EVENT_READ)
+                    continue
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise BenchError("idle: connection %d closed by the proxy before its "
+                                     "answer was complete" % (len(done) + 1))
+                busy[s] += chunk
+                answer = answer_done(busy[s])
+                if answer is None:
+                    continue
+                if answer[0] != 200 or "close" in answer[1]:
+                    raise BenchError("idle: connection %d: status %d, Connection: %s"
+                                     % (len(done) + 1, answer[0], answer[1] or "-"))
+                sel.unregister(s)
+                del busy[s]
+                done.append(s)
+        ok = True
+        return done
+    finally:
+        sel.close()
+        if not ok:
+            close_reset(done + list(busy))
+
+
+def close_reset(socks):
+    """Close with SO_LINGER 0: a reset, no TIME_WAIT left behind."""
+    linger = struct.pack("ii", 1, 0)
+    for s in socks:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        except OSError:
+            pass
+        s.close()
+
+
+def still_open(socks):
+    """How many of socks the peer has not closed (nothing to read on any)."""
+    sel = selectors.DefaultSelector()
+    try:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        return len(socks) - len(sel.select(0))
+    finally:
+        sel.close()
 
 
 def origin_counts(port):
@@ -440,6 +584,13 @@ def nginx_conf(b, scen, port, tls_port):
 def haproxy_conf(b, scen, port, tls_port):
     s = SCENARIOS[scen]
     maxconn = max(2000, min(20000, (b.nofile - 500) // 2))
+    limits = ""
+    if s.get("idle"):
+        # HAProxy reserves two fds per connection (client and server side), so
+        # IDLE_CONNS would need more than the usual open-file limit; idle
+        # clients need one each. Without strict-limits it starts and says so.
+        maxconn = IDLE_CONNS + IDLE_HEADROOM
+        limits = f"  ulimit-n {b.nofile}\n  no strict-limits\n"
     servers = "".join(f"  server clone{i + 1} 127.0.0.1:{p}\n"
                       for i, p in enumerate(b.origin_ports))
     bind_tls = f"  bind 127.0.0.1:{tls_port} ssl crt {b.cert_and_key}\n" if s["tls"] else ""
@@ -449,7 +600,7 @@ def haproxy_conf(b, scen, port, tls_port):
                          "  max-age 300\n")
         cache_use = "  http-request cache-use bench\n  http-response cache-store bench\n"
     return (
-        f"global\n  nbthread {b.workers}\n  maxconn {maxconn}\n"
+        f"global\n  nbthread {b.workers}\n  maxconn {maxconn}\n{limits}"
         "  ssl-default-bind-options ssl-min-ver TLSv1.2\n"
         f"  ssl-default-bind-ciphersuites {TLS13_SUITES}\n\n"
         "defaults\n  mode http\n  option http-keep-alive\n  option forwardfor\n"
@@ -484,11 +635,12 @@ def clonegate_ini(b, scen, port, tls_port):
         tls = (f"\n[tls]\nlisten = 127.0.0.1:{tls_port}\ncert = {b.cert}\nkey = {b.key}\n"
                f"protocols = TLSv1.2 TLSv1.3\nciphersuites = {TLS13_SUITES}\n")
     memory = "0" if scen == "hit-redis" else "64m"
+    max_conns = IDLE_CONNS + IDLE_HEADROOM if s.get("idle") else 10000
     servers = ", ".join(f"127.0.0.1:{p}" for p in b.origin_ports)
     return (
         f"; written by tests/bench/bench.py for the {scen} scenario\n"
         f"[server]\nlisten = 127.0.0.1:{port}\nworkers = {b.workers}\n"
-        "max_connections = 10000\nidle_timeout = 120s\naccess_log = off\n"
+        f"max_connections = {max_conns}\nidle_timeout = 120s\naccess_log = off\n"
         f"error_log_level = warn\n{tls}\n"
         f"[upstream]\nservers = {servers}\nbalance = round_robin\nkeepalive = 512\n"
         "connect_timeout = 2s\nresponse_timeout = 30s\nretries = 1\n\n"
@@ -539,6 +691,9 @@ class Bench:
         if self.nofile < 2600 and "conns" in self.o.scenarios:
             self.notes.append("open-file limit %d: conns needs about 2,600 (raise ulimit -Hn)"
                               % self.nofile)
+        if self.nofile < IDLE_CONNS + 200 and "idle" in self.o.scenarios:
+            self.notes.append("open-file limit %d: idle needs about %d (raise ulimit -Hn)"
+                              % (self.nofile, IDLE_CONNS + 200))
         if os.access("/dev/shm", os.W_OK):
             self.shm = tempfile.mkdtemp(prefix="clonegate-bench.", dir="/dev/shm")
             os.chmod(self.shm, 0o755)
@@ -650,6 +805,8 @@ class Bench:
             argv = ["varnishd", "-F", "-j", "none", "-n", work, "-T", "none",
                     "-a", "127.0.0.1:%d" % port, "-f", vcl, "-s", "malloc,256m",
                     "-p", "thread_pools=%d" % self.workers, "-p", "listen_depth=4096"]
+            if SCENARIOS[scen].get("idle"):
+                argv += ["-p", "timeout_idle=120"]  # default 5 s: longer than idle takes
         else:
             raise BenchError("unknown contender " + name)
         return self.procs.start(name, argv, log, self.o.bench_cpus), log
@@ -684,8 +841,57 @@ class Bench:
         except (OSError, ValueError, KeyError, http.client.HTTPException):
             return None
 
+    def idle(self, name, scen, rnd):
+        """The idle scenario: VmRSS bytes per idle keep-alive client connection."""
+        s = SCENARIOS[scen]
+        port = self.port[name]
+        if self.nofile < IDLE_CONNS + 200:
+            raise BenchError("open-file limit %d is too low for %d connections"
+                             % (self.nofile, IDLE_CONNS))
+        res = {"round": rnd}
+        proc, log = self.start(name, scen)
+        socks = []
+        try:
+            self.wait_ready(proc, port, s["path"], name, log)
+            st, _, body, _ = get(port, s["path"])  # the warm-up request
+            if st != 200 or len(body) != s["size"]:
+                raise BenchError("%s answered %s with %d, %d bytes"
+                                 % (name, s["path"], st, len(body)))
+            time.sleep(IDLE_PAUSE)
+            before = rss_bytes(family(proc.pid, all_stats()))
+            t0 = time.monotonic()
+            socks = hold_idle(port, s["path"], IDLE_CONNS, IDLE_WINDOW, IDLE_TIMEOUT)
+            opened = time.monotonic() - t0
+            time.sleep(IDLE_SETTLE)
+            pids = family(proc.pid, all_stats())
+            after = rss_bytes(pids)
+            left = still_open(socks)
+            if proc.poll() is not None:
+                raise BenchError("%s exited during the run (status %s):\n%s"
+                                 % (name, proc.returncode, tail(log)))
+            if left < len(socks):
+                raise BenchError("%s closed %d of the %d idle connections within %.1f s"
+                                 % (name, len(socks) - left, len(socks), IDLE_SETTLE))
+            rss = peak_rss_mib(pids)
+        finally:
+            close_reset(socks)
+            self.procs.stop(proc)
+        res.update({
+            "idle_conns": IDLE_CONNS,
+            "idle_bytes_per_conn": (after - before) / IDLE_CONNS,
+            "rss_before_mib": before / (1024.0 * 1024),
+            "rss_after_mib": after / (1024.0 * 1024),
+            "open_s": opened,
+            "errors": 0,
+            "rss_mib": rss,
+            "processes": len(pids),
+        })
+        return res
+
     def run(self, name, scen, rnd):
         s = SCENARIOS[scen]
+        if s.get("idle"):
+            return self.idle(name, scen, rnd)
         tls_ctx = self.tls_ctx if s["tls"] else None
         port = self.tls_port[name] if s["tls"] else self.port[name]
         res = {"round": rnd}
@@ -784,6 +990,15 @@ def summarise(runs):
         out["error"] = next(r["error"] for r in runs if "error" in r)
     if not ok:
         return out
+    if any("idle_bytes_per_conn" in r for r in ok):
+        for key in ("idle_bytes_per_conn", "rss_before_mib", "rss_after_mib", "rss_mib"):
+            out[key] = median_of(ok, key)
+        per = [r["idle_bytes_per_conn"] for r in ok]
+        mid = out["idle_bytes_per_conn"]
+        out["spread_pct"] = 100.0 * (max(per) - min(per)) / mid if mid > 0 else 0.0
+        out["idle_conns"] = ok[0]["idle_conns"]
+        out["errors"] = sum(r["errors"] for r in ok)
+        return out
     for key in ("rps", "mib_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_per_10k",
                 "redis_cpu_per_10k", "origin_cpu_per_10k", "origin_requests_per_10k",
                 "origin_conns_per_10k", "rss_mib", "redis_hit_share"):
@@ -806,9 +1021,26 @@ def total_cpu(name, row):
     return row["cpu_per_10k"] + (redis or 0.0)
 
 
+def idle_ratio(rows):
+    """Clonegate's bytes per idle connection over the lowest peer's (lower is better)."""
+    key = "idle_bytes_per_conn"
+    cg = rows.get("clonegate")
+    peers = {n: r for n, r in rows.items() if n != "clonegate" and r.get(key) is not None}
+    if not cg or cg.get(key) is None or not peers:
+        return None
+    best = min(peers, key=lambda n: peers[n][key])
+    return {"best_peer": best, "idle_bytes_ratio": (cg[key] / peers[best][key]
+                                                    if peers[best][key] > 0 else None)}
+
+
 def ratios(results):
     out = {}
     for scen, rows in results.items():
+        if SCENARIOS[scen].get("idle"):
+            r = idle_ratio(rows)
+            if r:
+                out[scen] = r
+            continue
         cg = rows.get("clonegate")
         peers = {n: r for n, r in rows.items() if n != "clonegate" and r.get("rps")}
         if not cg or not cg.get("rps") or not peers:
@@ -827,19 +1059,33 @@ def ratios(results):
 
 def markdown(results, rat, opts, meta, notes, raw):
     lines = []
+    has_idle = any(SCENARIOS[s].get("idle") for s in opts.scenarios)
     head = ["scenario", "contender", "req/s", "±%", "p50 ms", "p99 ms", "errors",
-            "CPU s/10k req", "redis CPU s/10k", "origin CPU s/10k", "RSS MiB",
-            "Clonegate vs best peer"]
+            "CPU s/10k req", "redis CPU s/10k", "origin CPU s/10k", "RSS MiB"]
+    if has_idle:
+        head.append("bytes/idle conn")
+    head.append("Clonegate vs best peer")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|---|---|" + "---:|" * (len(head) - 3) + "---|")
     for scen in opts.scenarios:
+        idle = SCENARIOS[scen].get("idle")
         for name in opts.contenders:
             row = results.get(scen, {}).get(name)
             if row is None:
                 continue
-            if row.get("rps") is None:
+            if row.get("idle_bytes_per_conn" if idle else "rps") is None:
                 cells = [scen, name, "failed: " + row["error"].splitlines()[0][:70]]
                 cells += [""] * (len(head) - len(cells))
+            elif idle:
+                vs = ""
+                if name == "clonegate" and scen in rat:
+                    r = rat[scen]
+                    vs = "%s bytes/idle conn (%s; lower is better)" % (
+                        "%.2fx" % r["idle_bytes_ratio"] if r["idle_bytes_ratio"] else "-",
+                        r["best_peer"])
+                cells = [scen, name, "-", fmt(row["spread_pct"], 0), "-", "-",
+                         str(row["errors"]), "-", "-", "-", fmt(row["rss_mib"], 1),
+                         fmt(row["idle_bytes_per_conn"], 0), vs]
             else:
                 label = name
                 if row.get("both_clones") is False:
@@ -855,19 +1101,31 @@ def markdown(results, rat, opts, meta, notes, raw):
                 cells = [scen, label, fmt(row["rps"], 0), fmt(row["spread_pct"], 0),
                          fmt(row["p50_ms"]), fmt(row["p99_ms"]), str(row["errors"]),
                          fmt(row["cpu_per_10k"], 3), fmt(row.get("redis_cpu_per_10k"), 3),
-                         fmt(row["origin_cpu_per_10k"], 3), fmt(row["rss_mib"], 1), vs]
+                         fmt(row["origin_cpu_per_10k"], 3), fmt(row["rss_mib"], 1)]
+                cells += ["-"] if has_idle else []
+                cells.append(vs)
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if rat:
-        lines.append("| scenario | best peer | throughput ratio | CPU/req ratio | p99 ratio |")
-        lines.append("|---|---|---:|---:|---:|")
+        x = lambda v: "%.2fx" % v if v else "-"
+        rhead = "| scenario | best peer | throughput ratio | CPU/req ratio | p99 ratio |"
+        rline = "|---|---|---:|---:|---:|"
+        if has_idle:
+            rhead += " bytes/idle conn ratio (lower is better) |"
+            rline += "---:|"
+        lines.append(rhead)
+        lines.append(rline)
         for scen in opts.scenarios:
-            if scen in rat:
-                r = rat[scen]
-                lines.append("| %s | %s | %.2fx | %s | %s |" % (
-                    scen, r["best_peer"], r["throughput_ratio"],
-                    "%.2fx" % r["cpu_ratio"] if r["cpu_ratio"] else "-",
-                    "%.2fx" % r["p99_ratio"] if r["p99_ratio"] else "-"))
+            if scen not in rat:
+                continue
+            r = rat[scen]
+            if SCENARIOS[scen].get("idle"):
+                lines.append("| %s | %s | - | - | - | %s |" % (
+                    scen, r["best_peer"], x(r["idle_bytes_ratio"])))
+            else:
+                lines.append("| %s | %s | %s | %s | %s |%s" % (
+                    scen, r["best_peer"], x(r["throughput_ratio"]), x(r["cpu_ratio"]),
+                    x(r["p99_ratio"]), " - |" if has_idle else ""))
         lines.append("")
     lines.append("%s; %d round(s) x %d s, medians; workers = %d; %s." % (
         meta["machine"], opts.rounds, opts.duration, opts.workers, meta["pinning"]))
@@ -880,20 +1138,31 @@ def markdown(results, rat, opts, meta, notes, raw):
                  "the contender's processes per 10,000 requests; Clonegate's ratio adds the "
                  "redis-server it uses. Best peer = the peer with the most req/s. RSS = "
                  "VmHWM summed over the contender's processes.")
+    if has_idle:
+        lines.append("idle (no wrk): bytes/idle conn = (VmRSS with %s idle keep-alive client "
+                     "connections open, each after one 1 KiB request - VmRSS before them) / "
+                     "%s, VmRSS summed over the contender's processes; ±%% is over that "
+                     "figure. Its best peer is the one with the fewest bytes, and the ratio "
+                     "is Clonegate's bytes over that peer's: lower is better."
+                     % ("{:,}".format(IDLE_CONNS), "{:,}".format(IDLE_CONNS)))
     for n in notes:
         lines.append("Note: " + n)
     return "\n".join(lines)
 
 
 def chart(results, opts, out_dir, scratch):
-    """build/bench/bench.png: req/s and p99 per scenario and contender."""
+    """build/bench/bench.png: req/s and p99 per scenario and contender (idle,
+    which has neither, is left out). None when written, else why not."""
+    scenarios = [s for s in opts.scenarios if not SCENARIOS[s].get("idle")]
+    if not scenarios:
+        return "no chart: only the idle scenario ran (its figures are in the table)"
     if not shutil.which("gnuplot"):
         return "gnuplot not installed: no chart (apt-get install gnuplot-nox)"
     names = opts.contenders
     data = os.path.join(scratch, "chart.dat")
     with open(data, "w") as f:
         f.write("# scenario " + " ".join(names) + " " + " ".join(names) + "\n")
-        for scen in opts.scenarios:
+        for scen in scenarios:
             rows = results.get(scen, {})
             rps = [rows.get(n, {}).get("rps") for n in names]
             p99 = [rows.get(n, {}).get("p99_ms") for n in names]
@@ -1024,14 +1293,23 @@ def main(argv):
                 plan += [(rnd + 1, scen, c) for c in names[k:] + names[:k]]
         say("bench: %d runs (%s; %s), about %.1f min; %s" % (
             len(plan), ",".join(opts.contenders), ",".join(opts.scenarios),
-            len(plan) * (opts.duration + WARMUP + 0.7) / 60.0, opts.pinning))
+            sum(IDLE_PAUSE + IDLE_SETTLE + 3 if SCENARIOS[s].get("idle")
+                else opts.duration + WARMUP + 0.7 for _, s, _ in plan) / 60.0, opts.pinning))
         t0 = time.monotonic()
         for i, (rnd, scen, name) in enumerate(plan, 1):
             try:
                 res = bench.run(name, scen, rnd)
-                say("[%2d/%d] round %d %-14s %-9s %9s req/s  p99 %7s ms  cpu %s s/10k  errors %d"
-                    % (i, len(plan), rnd, scen, name, fmt(res["rps"], 0), fmt(res["p99_ms"]),
-                       fmt(res["cpu_per_10k"], 3), res["errors"]))
+                if "idle_bytes_per_conn" in res:
+                    say("[%2d/%d] round %d %-14s %-9s %9s bytes/idle conn  VmRSS %.1f -> %.1f "
+                        "MiB  (%d connections opened in %.1f s)"
+                        % (i, len(plan), rnd, scen, name, fmt(res["idle_bytes_per_conn"], 0),
+                           res["rss_before_mib"], res["rss_after_mib"], res["idle_conns"],
+                           res["open_s"]))
+                else:
+                    say("[%2d/%d] round %d %-14s %-9s %9s req/s  p99 %7s ms  cpu %s s/10k  "
+                        "errors %d" % (i, len(plan), rnd, scen, name, fmt(res["rps"], 0),
+                                       fmt(res["p99_ms"]), fmt(res["cpu_per_10k"], 3),
+                                       res["errors"]))
             except (BenchError, OSError, ValueError, KeyError, http.client.HTTPException,
                     subprocess.SubprocessError) as e:
                 res = {"round": rnd, "error": str(e) or type(e).__name__}
