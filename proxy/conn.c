@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,7 @@
 #define CONN_CACHE_KEEP_MS    (10 * 60 * 1000) /* a validatable entry outlives its windows by this */
 #define CONN_CACHE_PASS_MS    (60 * 1000) /* a URL found not storable is not waited on for this */
 #define CONN_CACHE_STATUS_MAX 256         /* bytes of our Cache-Status line */
+#define CONN_SPARE_MAX        64          /* closed connections a thread keeps for reuse */
 
 enum conn_state {
     CONN_IDLE = 0,         /* between requests: waiting for a first byte (idle timer) */
@@ -344,15 +346,62 @@ static void drop_upstream(struct conn *c, bool reusable)
     c->up = NULL;
 }
 
+/*
+ * Closed connections kept for this thread's next accepts, their cache part
+ * included, so that a connection per request allocates neither. Freed by
+ * conn_close_all() when the worker ends. Sanitizer builds free at once, so
+ * that a use after close is caught.
+ */
+static _Thread_local struct conn *spare[CONN_SPARE_MAX];
+static _Thread_local unsigned spare_count;
+
+/* Whether <c>, closed, goes to the spares (else it is freed). */
+static bool keep_spare(struct conn *c)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    (void)c;
+    return false;
+#else
+    if (spare_count == CONN_SPARE_MAX)
+        return false;
+    spare[spare_count++] = c;
+    return true;
+#endif
+}
+
+static void conn_free(struct conn *c)
+{
+    if (c->cx)
+        free(c->cx->key);
+    free(c->cx);
+    free(c);
+}
+
+/* A connection's memory for conn_start(): a spare one or a new one (the
+ * caller sets it up). NULL when out of memory. */
+static struct conn *conn_alloc(void)
+{
+    struct conn *c;
+    struct conn_cache *cx = NULL;
+    if (spare_count > 0) {
+        c = spare[--spare_count];
+        cx = c->cx;
+    } else {
+        /* the heads' header arrays are left unset: only entries below
+         * header_count are ever read */
+        c = malloc(sizeof(*c)); /* freed by conn_free() */
+        if (!c)
+            return NULL;
+    }
+    memset(c, 0, offsetof(struct conn, req));
+    c->cx = cx; /* reset per request by cache_begin() */
+    return c;
+}
+
 static void conn_close(struct conn *c, const char *why)
 {
     log_debug("%s: %s closed: %s", __func__, c->client_ip, why);
     cache_request_end(c);
-    if (c->cx) {
-        free(c->cx->key);
-        free(c->cx);
-        c->cx = NULL;
-    }
     drop_upstream(c, false);
     tls_server_unref(c->tls);
     c->tls = NULL;
@@ -366,7 +415,8 @@ static void conn_close(struct conn *c, const char *why)
     stream_close(&c->cs);
     TAILQ_REMOVE(&c->w->conns, c, link);
     worker_conn_closed(c->w, c);
-    free(c);
+    if (!keep_spare(c))
+        conn_free(c);
 }
 
 /* The response already began and cannot be finished: log the request as it
@@ -2507,6 +2557,23 @@ static bool refuse_plaintext(int fd)
     return true;
 }
 
+/* Writes <a> as dotted decimal into <out> (room for INET_ADDRSTRLEN): what
+ * inet_ntop() writes, without its printf. */
+static void ipv4_text(const struct in_addr *a, char *out)
+{
+    const unsigned char *b = (const unsigned char *)&a->s_addr;
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = i < 3 ? '.' : '\0';
+    }
+}
+
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, struct tls_server *tls)
 {
     conn_start(w, fd, sa, tls, tls != NULL);
@@ -2526,7 +2593,7 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1 && errno != EOPNOTSUPP)
         log_debug("%s: TCP_NODELAY: %s", __func__, strerror(errno));
 
-    struct conn *c = calloc(1, sizeof(*c)); /* freed in conn_close() */
+    struct conn *c = conn_alloc(); /* given back by conn_close() */
     if (!c) {
         log_warn("accept: cannot allocate a connection");
         close(fd);
@@ -2545,13 +2612,12 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
         else
             inet_ntop(AF_INET6, &s6->sin6_addr, c->client_ip, sizeof(c->client_ip));
     } else {
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip,
-                  sizeof(c->client_ip));
+        ipv4_text(&((const struct sockaddr_in *)sa)->sin_addr, c->client_ip);
     }
     if (stream_init(&c->cs, w->base, fd) == -1) {
         log_warnx("accept: cannot allocate buffers");
         close(fd);
-        free(c);
+        conn_free(c);
         /* counted by the listener and above, never opened after all */
         __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
         STATS_DEC(w->stats->connections_open);
@@ -2563,7 +2629,7 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
         if (!ssl || stream_start_tls(&c->cs, ssl, true) == -1) {
             log_warnx("accept: cannot set up TLS");
             stream_close(&c->cs);
-            free(c);
+            conn_free(c);
             __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
             STATS_DEC(w->stats->connections_open);
             return;
@@ -2605,4 +2671,6 @@ void conn_close_all(struct worker *w)
     struct conn *c;
     while ((c = TAILQ_FIRST(&w->conns)) != NULL)
         conn_close(c, "shutting down");
+    while (spare_count > 0)
+        conn_free(spare[--spare_count]);
 }

@@ -10,6 +10,7 @@
  */
 #include "http.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -19,6 +20,7 @@
 #define VIA_TOKEN       "clonegate"
 #define SERIALIZE_EXTRA 768 /* room for the headers we add, beyond the head itself */
 #define MAX_CONN_TOKENS 16  /* Connection: tokens we honour */
+#define KNOWN_SLOTS     128 /* hash slots for the known header names (a power of two) */
 
 /* ------------------------------------------------------------ header names */
 
@@ -76,47 +78,77 @@ static const struct known_header known_headers[] = {
     KH("cache-status", HTTP_H_CACHE_STATUS, 0),
 };
 #undef KH
+_Static_assert(sizeof(known_headers) / sizeof(known_headers[0]) < KNOWN_SLOTS / 2,
+               "known header slots too full");
 
 /* Whether <name> (a token) equals the lower-case literal <lit> of the same
  * length, ignoring ASCII case: token bytes are letters, digits and marks,
  * and OR-ing 0x20 folds only letters' case among those a literal holds. */
 static bool eq_lower(const char *name, const char *lit, size_t len)
 {
+    /* whole words, the last one overlapping: OR-ing 0x20 into each byte
+     * folds them alike */
+    if (len >= 8) {
+        uint64_t a, b;
+        for (size_t i = 0; i + 8 < len; i += 8) {
+            memcpy(&a, name + i, 8);
+            memcpy(&b, lit + i, 8);
+            if ((a | UINT64_C(0x2020202020202020)) != b)
+                return false;
+        }
+        memcpy(&a, name + len - 8, 8);
+        memcpy(&b, lit + len - 8, 8);
+        return (a | UINT64_C(0x2020202020202020)) == b;
+    }
+    if (len >= 4) {
+        uint32_t a, b, c, d;
+        memcpy(&a, name, 4);
+        memcpy(&b, lit, 4);
+        memcpy(&c, name + len - 4, 4);
+        memcpy(&d, lit + len - 4, 4);
+        return (a | UINT32_C(0x20202020)) == b && (c | UINT32_C(0x20202020)) == d;
+    }
     for (size_t i = 0; i < len; i++)
         if ((char)(name[i] | 0x20) != lit[i])
             return false;
     return true;
 }
 
-/* Lengths of the known names, as a bit mask: most fields are ruled out by
- * their length alone. */
-static uint32_t known_lengths(void)
+/* Known names by a hash of length, first and last byte (case folded):
+ * slot i holds known_headers index + 1, 0 empty; collisions probe on. The
+ * factors make every known name land in its own slot. */
+static uint8_t known_slot[KNOWN_SLOTS];
+static pthread_once_t known_once = PTHREAD_ONCE_INIT;
+
+static unsigned known_hash(const char *name, size_t len)
 {
-    uint32_t mask = 0;
-    for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++)
-        mask |= UINT32_C(1) << known_headers[i].len;
-    return mask;
+    return ((unsigned)len * 11 + (unsigned)(unsigned char)(name[0] | 0x20) * 51 +
+            (unsigned)(unsigned char)(name[len - 1] | 0x20)) &
+           (KNOWN_SLOTS - 1);
+}
+
+static void known_build(void)
+{
+    for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
+        unsigned h = known_hash(known_headers[i].name, known_headers[i].len);
+        while (known_slot[h])
+            h = (h + 1) & (KNOWN_SLOTS - 1);
+        known_slot[h] = (uint8_t)(i + 1);
+    }
 }
 
 static void classify(struct http_header *hd, const char *name, size_t len)
 {
-    static uint32_t mask; /* computed once; every thread computes the same value */
-    uint32_t m = __atomic_load_n(&mask, __ATOMIC_RELAXED);
-    if (m == 0) {
-        m = known_lengths();
-        __atomic_store_n(&mask, m, __ATOMIC_RELAXED);
-    }
     hd->id = HTTP_H_OTHER;
     hd->hop = 0;
-    if (len < 32 && (m & (UINT32_C(1) << len))) {
-        char first = (char)(name[0] | 0x20);
-        for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
-            const struct known_header *k = &known_headers[i];
-            if (k->len == len && k->name[0] == first && eq_lower(name, k->name, len)) {
-                hd->id = (uint8_t)k->id;
-                hd->hop = k->hop;
-                return;
-            }
+    if (len == 0)
+        return;
+    for (unsigned h = known_hash(name, len); known_slot[h]; h = (h + 1) & (KNOWN_SLOTS - 1)) {
+        const struct known_header *k = &known_headers[known_slot[h] - 1];
+        if (k->len == len && eq_lower(name, k->name, len)) {
+            hd->id = (uint8_t)k->id;
+            hd->hop = k->hop;
+            return;
         }
     }
     if (len > 6 && eq_lower(name, "proxy-", 6))
@@ -252,12 +284,19 @@ static void apply_connection_tokens(struct http_head *h)
                 break;
             if (token_eq(v + start, tlen, "close"))
                 h->conn_close = 1;
+            /* a known name matches by id, any other by its bytes */
+            struct http_header tok;
+            classify(&tok, v + start, tlen);
+            if (tok.id == HTTP_H_CONTENT_LENGTH || tok.id == HTTP_H_TRANSFER_ENCODING ||
+                tok.id == HTTP_H_HOST)
+                continue;
             for (unsigned j = 0; j < h->header_count; j++) {
                 struct http_header *o = &h->headers[j];
-                if (o->id == HTTP_H_CONTENT_LENGTH || o->id == HTTP_H_TRANSFER_ENCODING ||
-                    o->id == HTTP_H_HOST)
+                if (o->id != tok.id)
                     continue;
-                if (o->name.len == tlen && strncasecmp(h->base + o->name.off, v + start, tlen) == 0)
+                if (tok.id != HTTP_H_OTHER ||
+                    (o->name.len == tlen &&
+                     strncasecmp(h->base + o->name.off, v + start, tlen) == 0))
                     o->hop = 1;
             }
         }
@@ -282,12 +321,34 @@ static bool last_coding_chunked(const struct http_head *h)
  * empty allowed. */
 static bool host_valid(const char *v, size_t len)
 {
-    static const char extra[] = "-._~%!$&'()*+,;=:[]";
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)v[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              (ch != 0 && strchr(extra, ch))))
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+            continue;
+        switch (ch) {
+        case '-':
+        case '.':
+        case '_':
+        case '~':
+        case '%':
+        case '!':
+        case '$':
+        case '&':
+        case '\'':
+        case '(':
+        case ')':
+        case '*':
+        case '+':
+        case ',':
+        case ';':
+        case '=':
+        case ':':
+        case '[':
+        case ']':
+            continue;
+        default:
             return false;
+        }
     }
     return true;
 }
@@ -297,8 +358,8 @@ static int on_headers_complete(llhttp_t *p)
     struct http_head *h = head_of(p);
     unsigned hosts = 0;
 
-    for (int i = 0; i < HTTP_H_COUNT_; i++)
-        h->index[i] = -1;
+    pthread_once(&known_once, known_build);
+    memset(h->index, 0xff, sizeof(h->index)); /* every entry -1 */
     for (unsigned i = 0; i < h->header_count; i++) {
         struct http_header *hd = &h->headers[i];
         const char *v = h->base + hd->value.off;
@@ -655,6 +716,9 @@ static void put_str(struct writer *w, const char *s)
     put(w, s, strlen(s));
 }
 
+/* <s> a string literal: its length is known at compile time */
+#define PUT_LIT(w, s) put(w, s, sizeof(s) - 1)
+
 static void put_span(struct writer *w, const char *buf, struct http_span s)
 {
     put(w, buf + s.off, s.len);
@@ -674,11 +738,13 @@ static void put_uint(struct writer *w, unsigned v)
 /* Opens the line "Name: v1, v2, " from every header with <id> (or just
  * "Name: " when there is none); the caller appends its own element. */
 static void put_joined(struct writer *w, const struct http_head *h, const char *buf,
-                       enum http_header_id id, const char *name)
+                       enum http_header_id id, const char *name, size_t name_len)
 {
-    put_str(w, name);
+    put(w, name, name_len);
     put(w, ": ", 2);
-    for (unsigned i = 0; i < h->header_count; i++) {
+    if (h->index[id] < 0)
+        return;
+    for (unsigned i = (unsigned)h->index[id]; i < h->header_count; i++) {
         if (h->headers[i].id != id || h->headers[i].value.len == 0)
             continue;
         put_span(w, buf, h->headers[i].value);
@@ -686,27 +752,51 @@ static void put_joined(struct writer *w, const struct http_head *h, const char *
     }
 }
 
+#define PUT_JOINED(w, h, buf, id, lit) put_joined(w, h, buf, id, lit, sizeof(lit) - 1)
+
+/* Whether header <hd> stands in <buf> exactly as put_headers() writes it,
+ * "Name: value\r\n", so its line can be copied whole. */
+static bool line_as_is(const struct http_header *hd, const char *buf)
+{
+    uint32_t colon = hd->name.off + hd->name.len, end = hd->value.off + hd->value.len;
+    return hd->value.off == colon + 2 && buf[colon] == ':' && buf[colon + 1] == ' ' &&
+           buf[end] == '\r' && buf[end + 1] == '\n';
+}
+
 static void put_headers(struct writer *w, const struct http_head *h, const char *buf,
                         bool drop_framing)
 {
+    /* adjacent lines kept as they came go out in one copy */
+    uint32_t run_off = 0, run_end = 0;
     for (unsigned i = 0; i < h->header_count; i++) {
         const struct http_header *hd = &h->headers[i];
         if (hd->hop || (drop_framing && hd->id == HTTP_H_TRANSFER_ENCODING))
             continue;
+        if (line_as_is(hd, buf)) {
+            if (run_end != hd->name.off) {
+                put(w, buf + run_off, run_end - run_off);
+                run_off = hd->name.off;
+            }
+            run_end = hd->value.off + hd->value.len + 2;
+            continue;
+        }
+        put(w, buf + run_off, run_end - run_off);
+        run_off = run_end = 0;
         put_span(w, buf, hd->name);
         put(w, ": ", 2);
         put_span(w, buf, hd->value);
         put(w, "\r\n", 2);
     }
+    put(w, buf + run_off, run_end - run_off);
 }
 
 static void put_upgrade(struct writer *w, const struct http_head *h, const char *buf)
 {
     size_t len;
     const char *v = http_header_value(h, buf, HTTP_H_UPGRADE, &len);
-    put_str(w, "Connection: upgrade\r\n");
+    PUT_LIT(w, "Connection: upgrade\r\n");
     if (v) {
-        put_str(w, "Upgrade: ");
+        PUT_LIT(w, "Upgrade: ");
         put(w, v, len);
         put(w, "\r\n", 2);
     }
@@ -747,23 +837,32 @@ int http_request_serialize(const struct http_head *h, const char *buf,
     put_span(&w, buf, h->target);
     put(&w, " HTTP/1.1\r\n", 11);
     put_headers(&w, h, buf, false);
-    put_joined(&w, h, buf, HTTP_H_X_FORWARDED_FOR, "X-Forwarded-For");
+    PUT_JOINED(&w, h, buf, HTTP_H_X_FORWARDED_FOR, "X-Forwarded-For");
     put_str(&w, info->client_ip);
-    put_str(&w, "\r\nX-Forwarded-Proto: ");
+    PUT_LIT(&w, "\r\nX-Forwarded-Proto: ");
     put_str(&w, info->proto);
     put(&w, "\r\n", 2);
-    put_joined(&w, h, buf, HTTP_H_FORWARDED, "Forwarded");
-    put_str(&w, v6 ? "for=\"[" : "for=");
+    PUT_JOINED(&w, h, buf, HTTP_H_FORWARDED, "Forwarded");
+    if (v6)
+        PUT_LIT(&w, "for=\"[");
+    else
+        PUT_LIT(&w, "for=");
     put_str(&w, info->client_ip);
-    put_str(&w, v6 ? "]\";proto=" : ";proto=");
+    if (v6)
+        PUT_LIT(&w, "]\";proto=");
+    else
+        PUT_LIT(&w, ";proto=");
     put_str(&w, info->proto);
     put(&w, "\r\n", 2);
-    put_joined(&w, h, buf, HTTP_H_VIA, "Via");
-    put_str(&w, h->version_minor ? "1.1 " VIA_TOKEN "\r\n" : "1.0 " VIA_TOKEN "\r\n");
+    PUT_JOINED(&w, h, buf, HTTP_H_VIA, "Via");
+    if (h->version_minor)
+        PUT_LIT(&w, "1.1 " VIA_TOKEN "\r\n");
+    else
+        PUT_LIT(&w, "1.0 " VIA_TOKEN "\r\n");
     if (info->extra)
         put_str(&w, info->extra);
     if (h->index[HTTP_H_HOST] < 0 && info->default_host) {
-        put_str(&w, "Host: ");
+        PUT_LIT(&w, "Host: ");
         put_str(&w, info->default_host);
         put(&w, "\r\n", 2);
     }
@@ -794,14 +893,17 @@ int http_response_serialize(const struct http_head *h, const char *buf, const ch
     if (extra_first)
         put_str(&w, extra_first);
     put_headers(&w, h, buf, drop_framing);
-    put_joined(&w, h, buf, HTTP_H_VIA, "Via");
-    put_str(&w, h->version_minor ? "1.1 " VIA_TOKEN "\r\n" : "1.0 " VIA_TOKEN "\r\n");
+    PUT_JOINED(&w, h, buf, HTTP_H_VIA, "Via");
+    if (h->version_minor)
+        PUT_LIT(&w, "1.1 " VIA_TOKEN "\r\n");
+    else
+        PUT_LIT(&w, "1.0 " VIA_TOKEN "\r\n");
     if (h->status == 101)
         put_upgrade(&w, h, buf);
     else if (!keep_alive)
-        put_str(&w, "Connection: close\r\n");
+        PUT_LIT(&w, "Connection: close\r\n");
     else if (http10_client)
-        put_str(&w, "Connection: keep-alive\r\n");
+        PUT_LIT(&w, "Connection: keep-alive\r\n");
     put(&w, "\r\n", 2);
     return commit(out, &vec, &w);
 }

@@ -232,14 +232,24 @@ void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
 {
     char line[LOG_ACCESS_BUF_SIZE / 2];
     size_t n = 0;
-    char when[40];
+    /* the time text changes once a second: made once per second per thread */
+    static _Thread_local char when[40];
+    static _Thread_local time_t when_sec = -1;
+    static _Thread_local int when_json;
     struct timespec ts;
-    struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    if (ts.tv_sec != when_sec || when_json != access_json) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        if (access_json)
+            strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        else
+            strftime(when, sizeof(when), "%d/%b/%Y:%H:%M:%S +0000", &tm);
+        when_sec = ts.tv_sec;
+        when_json = access_json;
+    }
 
     if (access_json) {
-        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         PUT_FMT("{\"time\":\"%s\",\"client\":\"%s\",\"method\":\"", when, e->client);
         PUT_ESC(e->method, e->method_len);
         PUT_LIT("\",\"target\":\"");
@@ -262,7 +272,6 @@ void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
             PUT_LIT("null");
         PUT_FMT(",\"total_time\":%.3f}\n", e->total_time);
     } else {
-        strftime(when, sizeof(when), "%d/%b/%Y:%H:%M:%S +0000", &tm);
         PUT_FMT("%s - - [%s] \"", e->client, when);
         PUT_ESC(e->method, e->method_len);
         PUT_LIT(" ");

@@ -241,7 +241,14 @@ void upstream_release(struct upstream_conn *u, bool reusable)
         stream_is_open(&u->s) && !u->s.eof && evbuffer_get_length(u->s.in) == 0 &&
         evbuffer_get_length(u->s.out) == 0) {
         stream_set_callbacks(&u->s, upstream_on_idle_read, NULL, upstream_on_idle_event, u);
-        stream_set_timeouts(&u->s, pool->idle_tv, NULL);
+        /* The read that ended the response re-armed the persistent read
+         * event with its timeout just now: when that is already the idle
+         * one (same duration, same common timeout), re-adding it would
+         * change nothing but cost a timer operation per request. */
+        if (u->s.read_tv == pool->idle_tv && !u->s.write_pending)
+            u->s.write_tv = NULL;
+        else
+            stream_set_timeouts(&u->s, pool->idle_tv, NULL);
         u->s.read_high = 0;
         stream_read_enable(&u->s, true);
         TAILQ_INSERT_HEAD(&s->idle, u, idle_link);
