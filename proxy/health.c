@@ -67,6 +67,7 @@ struct health {
     pthread_t thread;             /* the health thread */
     bool started;                 /* thread running */
     struct event *reload_ev;      /* owned: applies pending */
+    struct event *stop_ev;        /* owned: ends the loop (made active by health_stop) */
     struct config *cfg;           /* referenced: what the thread checks by */
     struct tls_client *tls;       /* referenced: checks over TLS ([upstream] tls); NULL plain */
     const struct config *tls_cfg; /* the cfg <tls> was made for */
@@ -484,6 +485,16 @@ static void health_on_reload(evutil_socket_t fd, short what, void *arg)
     rebuild_checks(hl);
 }
 
+/* health_stop() asked: an active event rather than a loop break, which a
+ * loop that has not started yet would forget when it starts. */
+static void health_on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct health *hl = arg;
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(hl->base);
+}
+
 struct health *health_new(struct config *cfg)
 {
     struct health *hl = calloc(1, sizeof(*hl)); /* freed in health_free() */
@@ -494,7 +505,8 @@ struct health *health_new(struct config *cfg)
     if (!hl->base)
         goto fail;
     hl->reload_ev = event_new(hl->base, -1, 0, health_on_reload, hl);
-    if (!hl->reload_ev)
+    hl->stop_ev = event_new(hl->base, -1, 0, health_on_stop, hl);
+    if (!hl->reload_ev || !hl->stop_ev)
         goto fail;
     hl->cfg = config_ref(cfg);
     pthread_mutex_lock(&hl->lock);
@@ -549,7 +561,7 @@ void health_stop(struct health *hl)
 {
     if (!hl || !hl->started)
         return;
-    event_base_loopbreak(hl->base);
+    event_active(hl->stop_ev, EV_READ, 1);
     pthread_join(hl->thread, NULL);
     hl->started = false;
 }
@@ -568,6 +580,8 @@ void health_free(struct health *hl)
     hl->tls = NULL;
     if (hl->reload_ev)
         event_free(hl->reload_ev);
+    if (hl->stop_ev)
+        event_free(hl->stop_ev);
     if (hl->base)
         event_base_free(hl->base);
     config_unref(hl->pending);

@@ -64,6 +64,24 @@ def test_sigterm_with_idle_keepalive_connection_exits_promptly(origins, clonegat
         assert c.closed_by_peer(1.0), "the idle connection was left open"
 
 
+def test_sigterm_right_after_start_exits(origins, clonegate):
+    """A SIGTERM that comes while the threads are still starting (health
+    checks, workers) is not lost: every start ends with exit 0 at once."""
+    origins(1)
+    cg = clonegate({"server.workers": 2})
+    for i in range(30):
+        if i:
+            cg.proc.start()
+            # the listeners open before the threads start: signal the
+            # moment they do, without the readiness poll's pauses
+            deadline = time.monotonic() + 10
+            while not helpers.port_open(cg.port, timeout=0.05):
+                assert cg.proc.alive() and time.monotonic() < deadline, cg.stderr_text()[-2000:]
+        cg.signal(signal.SIGTERM)
+        code = cg.proc.wait(5)
+        assert code == 0, f"start {i + 1}: exit {code}\n" + cg.stderr_text()[-2000:]
+
+
 def test_drain_timeout_bounds_the_exit(origins, clonegate):
     os_ = origins(2)
     cg = clonegate({"server.drain_timeout": "1s"})
