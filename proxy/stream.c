@@ -112,7 +112,7 @@ static void arm_read(struct stream *s)
     if (!event_pending(&s->read_ev, EV_READ, NULL))
         event_add(&s->read_ev, s->read_tv);
     /* bytes TLS already decrypted will not make the socket readable */
-    if (s->ssl && SSL_pending(s->ssl) > 0)
+    if (s->ssl && SSL_has_pending(s->ssl))
         event_active(&s->read_ev, EV_READ, 1);
 }
 
@@ -164,6 +164,15 @@ static ssize_t read_once(struct stream *s, size_t want)
     }
     evbuffer_commit_space(s->in, vec, used);
     return r;
+}
+
+/* SSL_get_error() needs an empty error queue before each SSL_read or
+ * SSL_write; every failure path below empties it, so it is nearly always
+ * empty already, and looking is far cheaper than clearing. */
+static void tls_clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
 }
 
 /* Notes the end of the handshake once; only client connections (the
@@ -249,7 +258,7 @@ static ssize_t tls_read_once(struct stream *s)
         return -1;
     }
     size_t want = vec.iov_len < STREAM_TLS_RECORD ? vec.iov_len : STREAM_TLS_RECORD;
-    ERR_clear_error();
+    tls_clear_errors();
     int r = SSL_read(s->ssl, vec.iov_base, (int)want);
     tls_note_handshake(s);
     if (r <= 0) {
@@ -284,13 +293,19 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
         stream_flush(s);
     }
     size_t got = 0;
+    bool more = false; /* the last read returned bytes: there may be more */
     for (int i = 0; i < STREAM_READS_PER_EV * (s->ssl ? 4 : 1); i++) {
         ssize_t r = s->ssl ? tls_read_once(s) : read_once(s, STREAM_READ_CHUNK);
+        more = r > 0;
         if (r > 0) {
             got += (size_t)r;
             if (over_high(s))
                 break;
             if (!s->ssl && (size_t)r < STREAM_READ_CHUNK)
+                break;
+            /* a short record with nothing buffered behind it: the socket
+             * is most likely drained, and it stays readable if not */
+            if (s->ssl && (size_t)r < STREAM_TLS_RECORD && !SSL_has_pending(s->ssl))
                 break;
             continue;
         }
@@ -306,6 +321,8 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
     }
     if (s->eof || over_high(s))
         event_del(&s->read_ev);
+    else if (more && s->ssl && SSL_has_pending(s->ssl))
+        event_active(&s->read_ev, EV_READ, 1); /* records read ahead: no readability says so */
     if (s->tls_read_wants_write)
         want_write(s); /* the read goes on once the socket takes a write */
     if (got == 0) {
@@ -343,7 +360,7 @@ static int tls_write_some(struct stream *s)
             errno = ENOMEM;
             return -1;
         }
-        ERR_clear_error();
+        tls_clear_errors();
         int n = SSL_write(s->ssl, p, (int)len);
         tls_note_handshake(s);
         if (n > 0) {
@@ -539,4 +556,10 @@ void stream_close(struct stream *s)
     s->out = NULL;
     s->write_pending = false;
     s->reading = false;
+}
+
+void stream_release_buffers(struct stream *s)
+{
+    if (s->ssl && !SSL_has_pending(s->ssl))
+        SSL_free_buffers(s->ssl);
 }

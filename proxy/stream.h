@@ -125,4 +125,9 @@ void stream_close(struct stream *s);
 /* Whether the stream has a socket. */
 bool stream_is_open(const struct stream *s);
 
+/* Gives back the TLS record buffers of an idle stream (no-op without TLS,
+ * or when TLS still holds unread bytes); they are made again on the next
+ * read or write. */
+void stream_release_buffers(struct stream *s);
+
 #endif /* CLONEGATE_STREAM_H */

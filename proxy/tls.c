@@ -556,12 +556,16 @@ static SSL_CTX *server_ctx_new(const struct config *cfg, FILE *errors)
                                  (cfg->tls_session_tickets ? 0 : SSL_OP_NO_TICKET));
     /* No SSL_MODE_RELEASE_BUFFERS: it frees and reallocates the 17 KiB
      * record buffers around every record, two allocations per request on a
-     * keep-alive connection; each busy connection keeps its ~34 KiB instead.
+     * keep-alive connection; each busy connection keeps its ~34 KiB instead,
+     * and conn.c gives them back once it has been idle for a second.
      * No auto chain: the context's store is empty, so building a chain on
      * each full handshake only ever found the leaf; a chain file's
      * intermediates are sent as loaded. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_NO_AUTO_CHAIN);
+    /* whole socket reads, not one per record header and body: stream.c
+     * looks at SSL_has_pending() for records read ahead */
+    SSL_CTX_set_read_ahead(ctx, 1);
     /* one cache for every context: the handshake keeps the first
      * context's cache even when SNI moves it to another certificate */
     if (SSL_CTX_set_session_id_context(ctx, (const unsigned char *)TLS_SID_CONTEXT,
