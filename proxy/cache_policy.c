@@ -841,8 +841,10 @@ static int digits(const char *s, size_t n)
  * as RFC 9110 5.6.7 has it). */
 static int name_index(const char *s, size_t n, const char *const *names, int count)
 {
+    if (n == 0)
+        return -1;
     for (int i = 0; i < count; i++)
-        if (strlen(names[i]) == n && memcmp(s, names[i], n) == 0)
+        if (names[i][0] == s[0] && strlen(names[i]) == n && memcmp(s, names[i], n) == 0)
             return i;
     return -1;
 }
@@ -918,8 +920,16 @@ int64_t cache_policy_parse_date(const char *s, size_t len)
 {
     if (s == NULL)
         return -1;
-    if (len == IMF_FIXDATE_LEN && s[3] == ',')
-        return parse_imf_fixdate(s);
+    if (len == IMF_FIXDATE_LEN && s[3] == ',') {
+        /* a clone's Date changes once a second: the last one is kept */
+        static _Thread_local char last[IMF_FIXDATE_LEN];
+        static _Thread_local int64_t last_ms = -2; /* -2: nothing kept */
+        if (last_ms != -2 && memcmp(s, last, IMF_FIXDATE_LEN) == 0)
+            return last_ms;
+        last_ms = parse_imf_fixdate(s);
+        memcpy(last, s, IMF_FIXDATE_LEN);
+        return last_ms;
+    }
     if (len == ASCTIME_LEN && s[3] == ' ')
         return parse_asctime(s);
     if (len > IMF_FIXDATE_LEN - 6)

@@ -193,6 +193,10 @@ static int listen_on(struct worker *w, const struct config_addr *addr, bool tls)
     if (setsockopt(evconnlistener_get_fd(l), IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer,
                    sizeof(defer)) == -1)
         log_warn("TCP_DEFER_ACCEPT on %s", addr->text);
+    /* accepted sockets inherit it: no setsockopt per connection */
+    int one = 1;
+    if (setsockopt(evconnlistener_get_fd(l), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+        log_warn("TCP_NODELAY on %s", addr->text);
     w->listeners[w->listener_count++] = l;
     return 0;
 }
