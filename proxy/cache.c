@@ -23,6 +23,7 @@
 #define SHARD_BUCKETS_MAX (1 << 20)
 #define FILL_BUCKETS      256  /* fills in progress, hashed */
 #define CACHE_GEN_SLOTS   1024 /* URL purge counters, by URL hash */
+#define REFRESH_SLOTS     1024 /* background refresh claims, by key hash */
 #define STAT_SET(f, v)    __atomic_store_n(&(f), (v), __ATOMIC_RELAXED)
 #define STAT_ADD(f, n)    __atomic_add_fetch(&(f), (n), __ATOMIC_RELAXED)
 
@@ -63,6 +64,9 @@ struct cache {
     pthread_mutex_t wait_lock;              /* fills, their waiters, mailboxes */
     struct cache_fill *fills[FILL_BUCKETS]; /* under wait_lock */
     uint64_t waiting;                       /* atomic gauge: queued waiters */
+    pthread_mutex_t refresh_lock;           /* guards the two arrays below */
+    uint64_t refresh_hash[REFRESH_SLOTS];   /* key hash claimed in each slot */
+    int64_t refresh_until[REFRESH_SLOTS];   /* ms the claim holds until; 0 none */
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -117,6 +121,7 @@ struct cache *cache_new(size_t memory)
         return NULL;
     c->memory = memory;
     pthread_mutex_init(&c->wait_lock, NULL);
+    pthread_mutex_init(&c->refresh_lock, NULL);
     for (unsigned i = 0; i < CACHE_SHARDS; i++) {
         struct shard *s = &c->shards[i];
         pthread_mutex_init(&s->lock, NULL);
@@ -156,6 +161,7 @@ void cache_free(struct cache *c)
         }
     }
     pthread_mutex_destroy(&c->wait_lock);
+    pthread_mutex_destroy(&c->refresh_lock);
     free(c);
 }
 
@@ -400,6 +406,29 @@ static bool purge_one(struct cache *c, struct shard *s, struct cache_entry **slo
     cache_entry_unref(e);
     (void)c;
     return false;
+}
+
+bool cache_refresh_claim(struct cache *c, uint64_t hash, int64_t now_ms, int64_t until_ms)
+{
+    unsigned slot = (unsigned)(hash & (REFRESH_SLOTS - 1));
+    bool claimed = false;
+    pthread_mutex_lock(&c->refresh_lock);
+    if (c->refresh_hash[slot] != hash || c->refresh_until[slot] <= now_ms) {
+        c->refresh_hash[slot] = hash;
+        c->refresh_until[slot] = until_ms;
+        claimed = true;
+    }
+    pthread_mutex_unlock(&c->refresh_lock);
+    return claimed;
+}
+
+void cache_refresh_done(struct cache *c, uint64_t hash)
+{
+    unsigned slot = (unsigned)(hash & (REFRESH_SLOTS - 1));
+    pthread_mutex_lock(&c->refresh_lock);
+    if (c->refresh_hash[slot] == hash)
+        c->refresh_until[slot] = 0;
+    pthread_mutex_unlock(&c->refresh_lock);
 }
 
 uint64_t cache_purge_generation(const struct cache *c, uint64_t url_hash)

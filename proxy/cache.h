@@ -118,6 +118,18 @@ unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *ar
  * removed, and is not kept. */
 uint64_t cache_purge_generation(const struct cache *c, uint64_t url_hash);
 
+/*
+ * Background refreshes (stale-while-revalidate), one per key at a time,
+ * whether or not L1 holds the entry. Whether a refresh of the key hashed
+ * <hash> may start at <now_ms>: true, and the key claimed until <until_ms>,
+ * unless a claim on it still holds. cache_refresh_done() ends a claim (the
+ * refresh stored its answer, or could not start). Keys are remembered in a
+ * fixed table by hash: two keys sharing a slot may each get an extra
+ * refresh, never none. Any thread.
+ */
+bool cache_refresh_claim(struct cache *c, uint64_t hash, int64_t now_ms, int64_t until_ms);
+void cache_refresh_done(struct cache *c, uint64_t hash);
+
 /* The largest entry L1 takes (half a shard's share of cache.memory). */
 size_t cache_l1_max_entry(const struct cache *c);
 

@@ -73,7 +73,6 @@ struct cache_entry {
     struct cache_entry *lru_next;
     uint64_t l1_hash;      /* hash of the key text */
     int64_t l1_expires_ms; /* drop after this: freshness + stale windows */
-    int l1_refreshing;     /* atomic: a background refresh was started from it */
 };
 
 /* What an entry is built from; strings need not be NUL-terminated. */

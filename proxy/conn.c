@@ -1,9 +1,11 @@
 /*
  * conn: a client connection and the exchange it drives with a clone.
  *
- * Owns its client stream, its timer, both parsed heads (request and the
- * current response) and, during an exchange, the upstream connection it
- * acquired (given back with upstream_release() when the exchange ends).
+ * Owns its client stream, its timer and, during an exchange, the exchange's
+ * state (both parsed heads, the log fields, the cache's part: taken from a
+ * per-thread list at a request's first byte, given back once idle) and the
+ * upstream connection it acquired (given back with upstream_release() when
+ * the exchange ends).
  * Borrows its worker, the worker's config and pool (read afresh per use,
  * since a reload swaps them between callbacks). Lives in one worker thread;
  * freed only by conn_close(), after which no callback can reach it.
@@ -19,7 +21,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,9 +54,10 @@
 #define CONN_LOG_TARGET       512          /* request target bytes kept for the access log */
 #define CONN_LOG_FIELD        128          /* referer / user agent bytes kept for the log */
 #define CONN_CACHE_KEEP_MS    (10 * 60 * 1000) /* a validatable entry outlives its windows by this */
-#define CONN_CACHE_PASS_MS    (60 * 1000) /* a URL found not storable is not waited on for this */
-#define CONN_CACHE_STATUS_MAX 256         /* bytes of our Cache-Status line */
-#define CONN_SPARE_MAX        64          /* closed connections a thread keeps for reuse */
+#define CONN_CACHE_PASS_MS    (60 * 1000)   /* a URL found not storable is not waited on for this */
+#define CONN_CACHE_STATUS_MAX 256           /* bytes of our Cache-Status line */
+#define CONN_SPARE_MAX        64            /* closed connections (and exchanges) kept per thread */
+#define CONN_TLS_RELEASE_US   (1000 * 1000) /* idle this long, TLS gives back its record buffers */
 
 enum conn_state {
     CONN_IDLE = 0,         /* between requests: waiting for a first byte (idle timer) */
@@ -86,10 +88,10 @@ struct conn_log_fields {
 };
 
 /*
- * The cache's part of a request. Made the first time a connection sends a
- * request the cache handles and kept for the connection's life (freed in
- * conn_close()), so keep-alive requests allocate nothing; reset per
- * request by cache_request_end().
+ * The cache's part of a request. Made the first time an exchange carries a
+ * request the cache handles and kept with the exchange (freed in
+ * exchange_free()), so requests allocate nothing; reset per request by
+ * cache_request_end().
  */
 struct conn_cache {
     struct cache_policy_request rq; /* what the request asks of the cache */
@@ -133,6 +135,22 @@ struct conn_store {
     size_t tags_len;
 };
 
+/*
+ * What a connection needs only while a request is under way: both heads,
+ * the access log's copy of the request, the clone's name and the cache's
+ * part. A connection takes one when the first byte of a request arrives
+ * and gives it back when it goes idle with nothing buffered, or closes
+ * (exchange_take(), exchange_give()), so an idle keep-alive connection
+ * holds none of it. Given-back exchanges are kept per thread for reuse.
+ */
+struct conn_exchange {
+    struct http_head req;                 /* current request head; reset per request */
+    struct http_head resp;                /* current response head; reset per response */
+    struct conn_log_fields log;           /* filled only while the access log is on */
+    char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
+    struct conn_cache *cx; /* owned (freed in exchange_free()): the cache's part, or NULL */
+};
+
 struct conn {
     struct worker *w;                 /* borrowed; outlives the conn */
     struct stream cs;                 /* client socket and buffers; closed in conn_close() */
@@ -142,42 +160,44 @@ struct conn {
     TAILQ_ENTRY(conn) link;           /* in w->conns */
 
     /* the exchange in progress */
-    struct upstream_conn *up; /* owned while set; upstream_release() gives it back */
-    int server;               /* index of the clone in the worker's pool, -1 none */
-    uint64_t tried;           /* bit i: clone i was tried for this request */
-    unsigned attempts;        /* connections tried for this request */
-    bool req_done;            /* the request, body included, went to the clone */
-    bool head_kept;           /* request head (and body) still at the front of the input */
-    bool resp_started;        /* the response head went to the client */
-    bool resp_bytes;          /* the clone sent at least one byte */
-    bool keep_alive;          /* the connection goes on after this response */
-    bool decode_body;         /* chunked response de-chunked for an HTTP/1.0 client */
-    bool client_eof;          /* the client closed its side */
-    bool client_read_paused;  /* client reading stopped for backpressure */
-    bool up_read_paused;      /* clone reading stopped for backpressure */
-    unsigned status;          /* status sent to the client, for the log */
-    uint64_t bytes_sent;      /* response body bytes sent, for the log */
-    int64_t t_start;          /* us, monotonic: first byte of the request */
-    int64_t t_upstream;       /* us, monotonic: request sent to the clone */
-    double upstream_time;     /* seconds, -1 when no clone answered */
-    char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
-    int server_id;                        /* stable id of that clone (stats), -1 none */
-    int64_t deadline_us;                  /* idle or header deadline, monotonic us; 0 none */
-    int64_t timer_expiry_us;              /* when the armed timer fires */
-    bool timer_armed;                     /* <timer> is pending */
-    bool resume_input;                    /* process_input() on the next loop turn */
-    bool tunnel_half_closed;              /* the client closed its side of a tunnel */
-    uint64_t bytes_read_mark;             /* cs.bytes_read already counted */
-    uint64_t bytes_written_mark;          /* cs.bytes_written already counted */
-    int stale_server;                     /* clone whose pooled connection went stale, -1 none */
-    struct conn_log_fields log;           /* filled only while the access log is on */
-    struct conn_cache *cx;                /* owned (freed in conn_close()): the cache's part */
-    struct tls_server *tls; /* referenced while set (HTTPS); dropped in conn_close() */
-    bool https;             /* requests came over TLS (scheme, X-Forwarded-Proto) */
-    uint8_t cache_outcome;  /* enum stats_cache_outcome of the request */
-    struct http_head req;   /* current request head; reset per request */
-    struct http_head resp;  /* current response head; reset per response */
+    struct upstream_conn *up;    /* owned while set; upstream_release() gives it back */
+    int server;                  /* index of the clone in the worker's pool, -1 none */
+    uint64_t tried;              /* bit i: clone i was tried for this request */
+    unsigned attempts;           /* connections tried for this request */
+    bool req_done;               /* the request, body included, went to the clone */
+    bool head_kept;              /* request head (and body) still at the front of the input */
+    bool resp_started;           /* the response head went to the client */
+    bool resp_bytes;             /* the clone sent at least one byte */
+    bool keep_alive;             /* the connection goes on after this response */
+    bool decode_body;            /* chunked response de-chunked for an HTTP/1.0 client */
+    bool client_eof;             /* the client closed its side */
+    bool client_read_paused;     /* client reading stopped for backpressure */
+    bool up_read_paused;         /* clone reading stopped for backpressure */
+    unsigned status;             /* status sent to the client, for the log */
+    uint64_t bytes_sent;         /* response body bytes sent, for the log */
+    int64_t t_start;             /* us, monotonic: first byte of the request */
+    int64_t t_upstream;          /* us, monotonic: request sent to the clone */
+    double upstream_time;        /* seconds, -1 when no clone answered */
+    int server_id;               /* stable id of the clone (stats), -1 none */
+    int64_t deadline_us;         /* idle or header deadline, monotonic us; 0 none */
+    int64_t timer_expiry_us;     /* when the armed timer fires */
+    bool timer_armed;            /* <timer> is pending */
+    bool resume_input;           /* process_input() on the next loop turn */
+    bool tunnel_half_closed;     /* the client closed its side of a tunnel */
+    uint64_t bytes_read_mark;    /* cs.bytes_read already counted */
+    uint64_t bytes_written_mark; /* cs.bytes_written already counted */
+    int stale_server;            /* clone whose pooled connection went stale, -1 none */
+    int64_t release_at_us;       /* monotonic us: an idle TLS connection gives back
+                                    its record buffers then; 0 none */
+    struct conn_exchange *ex;    /* owned while a request is under way, NULL while idle */
+    struct tls_server *tls;      /* referenced while set (HTTPS); dropped in conn_close() */
+    bool https;                  /* requests came over TLS (scheme, X-Forwarded-Proto) */
+    uint8_t cache_outcome;       /* enum stats_cache_outcome of the request */
 };
+
+/* What every idle keep-alive connection costs (with its stream's buffers):
+ * request state belongs in struct conn_exchange. */
+_Static_assert(sizeof(struct conn) <= 1024, "struct conn is held by every idle connection");
 
 static void conn_close(struct conn *c, const char *why);
 static void process_input(struct conn *c);
@@ -236,8 +256,8 @@ static void copy_field(char *dst, size_t room, size_t *dst_len, const char *src,
 /* Keeps what the access log needs of the request before its head goes. */
 static void keep_log_fields(struct conn *c, const char *buf)
 {
-    struct conn_log_fields *l = &c->log;
-    const struct http_head *h = &c->req;
+    struct conn_log_fields *l = &c->ex->log;
+    const struct http_head *h = &c->ex->req;
     size_t len;
     const char *v;
 
@@ -281,7 +301,7 @@ static void request_done(struct conn *c)
                          (int64_t)time(NULL));
     if (!log_access_enabled() || c->status == 0)
         return;
-    const struct conn_log_fields *l = &c->log;
+    const struct conn_log_fields *l = &c->ex->log;
     struct log_access_entry e = {
         .client = c->client_ip,
         .method = l->method_len ? l->method : "-",
@@ -295,7 +315,7 @@ static void request_done(struct conn *c)
         .referer_len = l->referer_len,
         .user_agent = l->has_user_agent ? l->user_agent : NULL,
         .user_agent_len = l->user_agent_len,
-        .upstream = c->upstream_name[0] ? c->upstream_name : NULL,
+        .upstream = c->ex->upstream_name[0] ? c->ex->upstream_name : NULL,
         .upstream_time = c->upstream_time,
         .total_time = (double)total_us / 1e6,
     };
@@ -307,20 +327,37 @@ static void request_done(struct conn *c)
  * timer event is armed only when none is pending or the new deadline comes
  * before the pending expiry. A timer that fires before the deadline arms
  * itself again for what is left; one that fires with no deadline does
- * nothing. Keep-alive requests so cost no timer operation at all.
+ * nothing. Keep-alive requests so cost no timer operation at all. The
+ * moment an idle TLS connection gives back its record buffers
+ * (release_at_us) rides on the same timer.
  */
-static void deadline_set(struct conn *c, int64_t deadline_us)
+static void timer_arm(struct conn *c, int64_t at_us)
 {
-    c->deadline_us = deadline_us;
-    if (c->timer_armed && c->timer_expiry_us <= deadline_us)
+    if (c->timer_armed && c->timer_expiry_us <= at_us)
         return;
-    int64_t left = deadline_us - now_us();
+    int64_t left = at_us - now_us();
     if (left < 0)
         left = 0;
     struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
     event_add(&c->timer, &tv);
     c->timer_armed = true;
-    c->timer_expiry_us = deadline_us;
+    c->timer_expiry_us = at_us;
+}
+
+static void deadline_set(struct conn *c, int64_t deadline_us)
+{
+    c->deadline_us = deadline_us;
+    timer_arm(c, deadline_us);
+}
+
+/* Arms the timer, which has just run, for the earliest moment still wanted. */
+static void timer_rearm(struct conn *c)
+{
+    int64_t at = c->deadline_us;
+    if (c->release_at_us && (at == 0 || c->release_at_us < at))
+        at = c->release_at_us;
+    if (at)
+        timer_arm(c, at);
 }
 
 static void deadline_after_ms(struct conn *c, int64_t from_us, unsigned ms)
@@ -347,13 +384,16 @@ static void drop_upstream(struct conn *c, bool reusable)
 }
 
 /*
- * Closed connections kept for this thread's next accepts, their cache part
- * included, so that a connection per request allocates neither. Freed by
+ * Closed connections kept for this thread's next accepts, and given-back
+ * exchanges kept for its next requests (their cache part included), so
+ * that neither a connection nor a request allocates. Freed by
  * conn_close_all() when the worker ends. Sanitizer builds free at once, so
- * that a use after close is caught.
+ * that a use after close or after give-back is caught.
  */
 static _Thread_local struct conn *spare[CONN_SPARE_MAX];
 static _Thread_local unsigned spare_count;
+static _Thread_local struct conn_exchange *spare_ex[CONN_SPARE_MAX];
+static _Thread_local unsigned spare_ex_count;
 
 /* Whether <c>, closed, goes to the spares (else it is freed). */
 static bool keep_spare(struct conn *c)
@@ -369,11 +409,19 @@ static bool keep_spare(struct conn *c)
 #endif
 }
 
+static void exchange_free(struct conn_exchange *ex)
+{
+    if (!ex)
+        return;
+    if (ex->cx)
+        free(ex->cx->key);
+    free(ex->cx);
+    free(ex);
+}
+
 static void conn_free(struct conn *c)
 {
-    if (c->cx)
-        free(c->cx->key);
-    free(c->cx);
+    exchange_free(c->ex);
     free(c);
 }
 
@@ -382,26 +430,74 @@ static void conn_free(struct conn *c)
 static struct conn *conn_alloc(void)
 {
     struct conn *c;
-    struct conn_cache *cx = NULL;
     if (spare_count > 0) {
         c = spare[--spare_count];
-        cx = c->cx;
     } else {
-        /* the heads' header arrays are left unset: only entries below
-         * header_count are ever read */
         c = malloc(sizeof(*c)); /* freed by conn_free() */
         if (!c)
             return NULL;
     }
-    memset(c, 0, offsetof(struct conn, req));
-    c->cx = cx; /* reset per request by cache_begin() */
+    memset(c, 0, sizeof(*c));
     return c;
+}
+
+/*
+ * Gives <c> an exchange for the request whose first byte came: a spare one
+ * (its request head reset, see exchange_give()) or a new one. Returns 0, or
+ * -1 when out of memory.
+ */
+static int exchange_take(struct conn *c)
+{
+    struct conn_exchange *ex;
+    assert(!c->ex);
+    if (spare_ex_count > 0) {
+        ex = spare_ex[--spare_ex_count];
+    } else {
+        /* the heads' header arrays are left unset: only entries below
+         * header_count are ever read */
+        ex = malloc(sizeof(*ex)); /* given back by exchange_give(), freed by exchange_free() */
+        if (!ex)
+            return -1;
+        http_head_init(&ex->req, false, 0, 0, 0); /* limits: set per request */
+        http_head_init(&ex->resp, true, CONN_RESP_HEAD_MAX, 0, 0);
+        ex->cx = NULL;
+    }
+    ex->upstream_name[0] = '\0';
+    if (ex->cx)
+        ex->cx->collapsed = false; /* read by cache_status_line() before cache_begin() */
+    c->ex = ex;
+    return 0;
+}
+
+/*
+ * Takes <c>'s exchange back, if any: the cache's part of the request ends
+ * first (its Redis lookup, wait and fill refer to the exchange). The
+ * exchange goes to the spares, its request head reset, or is freed.
+ */
+static void exchange_give(struct conn *c)
+{
+    struct conn_exchange *ex = c->ex;
+    if (!ex)
+        return;
+    cache_request_end(c);
+    c->ex = NULL;
+#if defined(__SANITIZE_ADDRESS__)
+    exchange_free(ex);
+#else
+    if (spare_ex_count == CONN_SPARE_MAX) {
+        exchange_free(ex);
+        return;
+    }
+    if (ex->req.parsed || ex->req.error != HTTP_ERR_NONE)
+        http_head_reset(&ex->req); /* a request cut short */
+    spare_ex[spare_ex_count++] = ex;
+#endif
 }
 
 static void conn_close(struct conn *c, const char *why)
 {
     log_debug("%s: %s closed: %s", __func__, c->client_ip, why);
-    cache_request_end(c);
+    exchange_give(c);
     drop_upstream(c, false);
     tls_server_unref(c->tls);
     c->tls = NULL;
@@ -478,10 +574,10 @@ static void send_error(struct conn *c, unsigned status, bool keep, const char *w
         return;
     }
     if (c->head_kept) {
-        evbuffer_drain(c->cs.in, c->req.head_len);
+        evbuffer_drain(c->cs.in, c->ex->req.head_len);
         c->head_kept = false;
     }
-    http_head_reset(&c->req);
+    http_head_reset(&c->ex->req);
     conn_set_state(c, CONN_IDLE);
     /* The next pipelined request waits for the next loop turn: answering
      * it at once could answer the one after it at once too, and so on,
@@ -565,19 +661,19 @@ static void pump_request_body(struct conn *c)
     struct evbuffer *out = c->up->s.out;
     size_t moved;
 
-    enum http_parse r = frame_and_move(&c->req, in, out, false, NULL, &moved);
+    enum http_parse r = frame_and_move(&c->ex->req, in, out, false, NULL, &moved);
     if (moved)
         stream_flush(&c->up->s);
     if (r == HTTP_PARSE_ERROR) {
-        unsigned status = http_error_status(c->req.error);
-        log_info("%s: request body refused: %s", c->client_ip, c->req.error_text);
+        unsigned status = http_error_status(c->ex->req.error);
+        log_info("%s: request body refused: %s", c->client_ip, c->ex->req.error_text);
         drop_upstream(c, false);
         if (c->resp_started) {
             abort_response(c, "bad request body after the response began");
             return;
         }
         c->keep_alive = false;
-        send_error(c, status, false, c->req.error_text);
+        send_error(c, status, false, c->ex->req.error_text);
         return;
     }
     if (r != HTTP_PARSE_AGAIN) {
@@ -675,9 +771,9 @@ static void start_exchange(struct conn *c, const char *buf)
     c->status = 0;
     c->bytes_sent = 0;
     c->upstream_time = -1;
-    c->upstream_name[0] = '\0';
+    c->ex->upstream_name[0] = '\0';
     c->stale_server = -1;
-    c->keep_alive = c->req.keep_alive && !c->w->draining && !c->client_eof;
+    c->keep_alive = c->ex->req.keep_alive && !c->w->draining && !c->client_eof;
     if (log_access_enabled())
         keep_log_fields(c, buf);
     /* The head stays in the input until it cannot be needed again: without
@@ -685,7 +781,7 @@ static void start_exchange(struct conn *c, const char *buf)
      * is up (the body then streams and cannot be replayed). A failed attempt
      * before that goes whole to another clone. */
     c->head_kept = true;
-    if (c->req.has_body)
+    if (c->ex->req.has_body)
         stream_set_timeouts(&c->cs, c->w->idle_tv, c->w->idle_tv);
     if (cache_begin(c, buf))
         return;
@@ -714,28 +810,42 @@ static void process_input(struct conn *c)
         }
         if (c->state != CONN_IDLE)
             conn_set_state(c, CONN_IDLE);
+        /* nothing pending: the request state goes until the next first byte */
+        exchange_give(c);
         if (c->w->draining) {
             conn_close(c, "draining");
             return;
         }
-        deadline_after_ms(c, now_us(), cfg->idle_timeout_ms);
+        int64_t now = now_us();
+        /* TLS record buffers go after a second of quiet (see conn_on_timer);
+         * armed first, so that the later idle deadline needs no timer call */
+        if (c->cs.ssl && c->cs.tls_done && c->release_at_us == 0) {
+            c->release_at_us = now + CONN_TLS_RELEASE_US;
+            timer_arm(c, c->release_at_us);
+        }
+        deadline_after_ms(c, now, cfg->idle_timeout_ms);
         return;
     }
     if (c->state == CONN_IDLE) {
+        if (!c->ex && exchange_take(c) == -1) {
+            conn_close(c, "out of memory");
+            return;
+        }
         conn_set_state(c, CONN_READING_HEAD);
         c->t_start = now_us();
         c->cache_outcome = STATS_CS_BYPASS;
-        memset(&c->log, 0, sizeof(c->log));
-        c->log.version_minor = 1; /* until the request line says otherwise */
-        deadline_clear(c);        /* a header deadline only if the head is incomplete */
+        c->release_at_us = 0; /* busy again: the record buffers are in use */
+        memset(&c->ex->log, 0, sizeof(c->ex->log));
+        c->ex->log.version_minor = 1; /* until the request line says otherwise */
+        deadline_clear(c);            /* a header deadline only if the head is incomplete */
     }
     size_t limit = cfg->max_header_size + 1;
-    c->req.max_head = cfg->max_header_size;
-    c->req.max_target = cfg->max_uri_size;
-    c->req.max_body = cfg->max_body_size;
+    c->ex->req.max_head = cfg->max_header_size;
+    c->ex->req.max_target = cfg->max_uri_size;
+    c->ex->req.max_body = cfg->max_body_size;
     const char *p;
     size_t n;
-    enum http_parse r = parse_head_in(&c->req, in, limit, &p, &n);
+    enum http_parse r = parse_head_in(&c->ex->req, in, limit, &p, &n);
     if (!p) {
         conn_close(c, "out of memory");
         return;
@@ -754,12 +864,12 @@ static void process_input(struct conn *c)
         return;
     case HTTP_PARSE_ERROR:
         log_info("%s: request refused: %s", c->client_ip,
-                 c->req.error_text ? c->req.error_text : "malformed");
+                 c->ex->req.error_text ? c->ex->req.error_text : "malformed");
         c->keep_alive = false;
         /* the access log names what was refused, as far as it was read */
         if (p && log_access_enabled()) {
-            struct conn_log_fields *l = &c->log;
-            const struct http_head *h = &c->req;
+            struct conn_log_fields *l = &c->ex->log;
+            const struct http_head *h = &c->ex->req;
             if (h->method.len && (size_t)h->method.off + h->method.len <= n)
                 copy_field(l->method, sizeof(l->method), &l->method_len, p + h->method.off,
                            h->method.len);
@@ -767,8 +877,8 @@ static void process_input(struct conn *c)
                 copy_field(l->target, sizeof(l->target), &l->target_len, p + h->target.off,
                            h->target.len);
         }
-        send_error(c, http_error_status(c->req.error), false,
-                   c->req.error_text ? c->req.error_text : "malformed request");
+        send_error(c, http_error_status(c->ex->req.error), false,
+                   c->ex->req.error_text ? c->ex->req.error_text : "malformed request");
         return;
     case HTTP_PARSE_DONE:
     case HTTP_PARSE_UPGRADE:
@@ -791,7 +901,7 @@ static void count_failure(struct conn *c)
  * read whole, or had no body to read. */
 static bool request_consumed(const struct conn *c)
 {
-    return c->req_done || !c->req.has_body;
+    return c->req_done || !c->ex->req.has_body;
 }
 
 /* Whether a failed attempt may go to another clone: nothing of the request
@@ -800,13 +910,13 @@ static bool request_consumed(const struct conn *c)
  * connection to the clone never came up). */
 static bool may_retry(const struct conn *c, bool sent)
 {
-    return c->head_kept && !c->resp_bytes && (!sent || http_method_idempotent(&c->req));
+    return c->head_kept && !c->resp_bytes && (!sent || http_method_idempotent(&c->ex->req));
 }
 
 /* The connection to the clone is up: a request body starts to stream. */
 static void send_body(struct conn *c)
 {
-    evbuffer_drain(c->cs.in, c->req.head_len);
+    evbuffer_drain(c->cs.in, c->ex->req.head_len);
     c->head_kept = false;
     pump_request_body(c);
 }
@@ -818,7 +928,7 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
     bool reused = c->up && c->up->requests > 0;
     bool sent = c->up && c->up->connected;
     count_failure(c);
-    log_warnx("upstream %s failed: %s, client %s", c->upstream_name, why, c->client_ip);
+    log_warnx("upstream %s failed: %s, client %s", c->ex->upstream_name, why, c->client_ip);
     /* a pooled connection found closed says nothing about the clone */
     if (c->up && !(reused && retryable && !c->resp_bytes))
         upstream_report(c->up->pool, c->up->server, why);
@@ -844,8 +954,8 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
 
 static void finish_exchange(struct conn *c)
 {
-    bool reusable =
-        c->resp.keep_alive && c->req_done && !c->decode_body && !http_body_until_close(&c->resp);
+    bool reusable = c->ex->resp.keep_alive && c->req_done && !c->decode_body &&
+                    !http_body_until_close(&c->ex->resp);
     c->upstream_time = seconds_since(c->t_upstream);
     drop_upstream(c, reusable);
     request_done(c);
@@ -854,7 +964,7 @@ static void finish_exchange(struct conn *c)
         close_after_flush(c, "response sent, connection not kept");
         return;
     }
-    http_head_reset(&c->req);
+    http_head_reset(&c->ex->req);
     conn_set_state(c, CONN_IDLE);
     process_input(c);
 }
@@ -863,7 +973,8 @@ static void start_tunnel(struct conn *c)
 {
     conn_set_state(c, CONN_TUNNEL);
     request_done(c);
-    c->status = 0; /* logged once, at the switch */
+    exchange_give(c); /* a tunnel relays bytes: no heads, no cache */
+    c->status = 0;    /* logged once, at the switch */
     stream_set_timeouts(&c->cs, NULL, NULL);
     stream_set_timeouts(&c->up->s, NULL, NULL);
     stream_read_enable(&c->cs, true);
@@ -882,13 +993,13 @@ static bool read_response_head(struct conn *c)
     struct evbuffer *in = c->up->s.in;
     struct evbuffer *client_out = c->cs.out;
 
-    while (!c->resp.head_done) {
+    while (!c->ex->resp.head_done) {
         size_t len = evbuffer_get_length(in);
         if (len == 0)
             return false;
         const char *p;
         size_t n;
-        enum http_parse r = parse_head_in(&c->resp, in, CONN_RESP_HEAD_MAX, &p, &n);
+        enum http_parse r = parse_head_in(&c->ex->resp, in, CONN_RESP_HEAD_MAX, &p, &n);
         if (!p) {
             conn_close(c, "out of memory");
             return false;
@@ -901,27 +1012,29 @@ static bool read_response_head(struct conn *c)
             return false;
         }
         if (r == HTTP_PARSE_ERROR) {
-            upstream_failed(c, 502, c->resp.error_text ? c->resp.error_text : "invalid response",
+            upstream_failed(c, 502,
+                            c->ex->resp.error_text ? c->ex->resp.error_text : "invalid response",
                             false);
             return false;
         }
-        unsigned status = c->resp.status;
-        if (status == 101 && !c->req.upgrade) {
+        unsigned status = c->ex->resp.status;
+        if (status == 101 && !c->ex->req.upgrade) {
             upstream_failed(c, 502, "101 to a request that did not ask to upgrade", false);
             return false;
         }
         if (status < 200 && status != 101) {
             /* interim response: pass it on (HTTP/1.1 clients only) and read the next */
-            if (c->req.version_minor >= 1 &&
-                http_response_serialize(&c->resp, p, NULL, true, false, false, client_out) == -1) {
+            if (c->ex->req.version_minor >= 1 &&
+                http_response_serialize(&c->ex->resp, p, NULL, true, false, false, client_out) ==
+                    -1) {
                 conn_close(c, "out of memory");
                 return false;
             }
-            evbuffer_drain(in, c->resp.head_len);
+            evbuffer_drain(in, c->ex->resp.head_len);
             stream_flush(&c->cs);
-            uint8_t skip = c->resp.skip_body;
-            http_head_reset(&c->resp);
-            c->resp.skip_body = skip;
+            uint8_t skip = c->ex->resp.skip_body;
+            http_head_reset(&c->ex->resp);
+            c->ex->resp.skip_body = skip;
             continue;
         }
         /* the final response: the request can no longer be retried */
@@ -930,21 +1043,22 @@ static bool read_response_head(struct conn *c)
         if (cache_response_head(c, p, cache_status, sizeof(cache_status)))
             return false; /* answered from the cache */
         if (c->head_kept) {
-            evbuffer_drain(c->cs.in, c->req.head_len);
+            evbuffer_drain(c->cs.in, c->ex->req.head_len);
             c->head_kept = false;
         }
-        if (!c->req_done || c->w->draining || http_body_until_close(&c->resp))
+        if (!c->req_done || c->w->draining || http_body_until_close(&c->ex->resp))
             c->keep_alive = false;
-        c->decode_body = c->req.version_minor == 0 && c->resp.chunked;
+        c->decode_body = c->ex->req.version_minor == 0 && c->ex->resp.chunked;
         if (c->decode_body)
             c->keep_alive = false;
         c->status = status;
-        if (http_response_serialize(&c->resp, p, cache_status, c->keep_alive,
-                                    c->req.version_minor == 0, c->decode_body, client_out) == -1) {
+        if (http_response_serialize(&c->ex->resp, p, cache_status, c->keep_alive,
+                                    c->ex->req.version_minor == 0, c->decode_body,
+                                    client_out) == -1) {
             conn_close(c, "out of memory");
             return false;
         }
-        evbuffer_drain(in, c->resp.head_len);
+        evbuffer_drain(in, c->ex->resp.head_len);
         c->resp_started = true;
         if (status == 101) {
             start_tunnel(c);
@@ -960,13 +1074,13 @@ static void pump_response_body(struct conn *c)
     struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
 
-    struct evbuffer *tee = c->cx && c->cx->store ? c->cx->store->body : NULL;
-    enum http_parse r = frame_and_move(&c->resp, in, out, c->decode_body, tee, &moved);
+    struct evbuffer *tee = c->ex->cx && c->ex->cx->store ? c->ex->cx->store->body : NULL;
+    enum http_parse r = frame_and_move(&c->ex->resp, in, out, c->decode_body, tee, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
     stream_flush(&c->cs);
     if (r == HTTP_PARSE_ERROR) {
-        log_warnx("upstream %s sent a broken body: %s, client %s", c->upstream_name,
-                  c->resp.error_text ? c->resp.error_text : "invalid", c->client_ip);
+        log_warnx("upstream %s sent a broken body: %s, client %s", c->ex->upstream_name,
+                  c->ex->resp.error_text ? c->ex->resp.error_text : "invalid", c->client_ip);
         abort_response(c, "broken response body");
         return;
     }
@@ -989,12 +1103,12 @@ static void finish_on_eof(struct conn *c)
 {
     struct evbuffer *out = c->cs.out;
     size_t before = evbuffer_get_length(out), moved;
-    struct evbuffer *tee = c->cx && c->cx->store ? c->cx->store->body : NULL;
-    enum http_parse r = frame_and_move(&c->resp, c->up->s.in, out, c->decode_body, tee, &moved);
+    struct evbuffer *tee = c->ex->cx && c->ex->cx->store ? c->ex->cx->store->body : NULL;
+    enum http_parse r = frame_and_move(&c->ex->resp, c->up->s.in, out, c->decode_body, tee, &moved);
     c->bytes_sent += evbuffer_get_length(out) - before;
     stream_flush(&c->cs);
     if (r == HTTP_PARSE_AGAIN)
-        r = http_body_eof(&c->resp);
+        r = http_body_eof(&c->ex->resp);
     if (r == HTTP_PARSE_DONE) {
         if (tee)
             cache_store_check(c);
@@ -1002,7 +1116,7 @@ static void finish_on_eof(struct conn *c)
         finish_exchange(c);
         return;
     }
-    log_warnx("upstream %s closed mid-response, client %s", c->upstream_name, c->client_ip);
+    log_warnx("upstream %s closed mid-response, client %s", c->ex->upstream_name, c->client_ip);
     upstream_report(c->up->pool, c->up->server, "closed mid-response");
     abort_response(c, "clone closed mid-response");
 }
@@ -1016,7 +1130,7 @@ static void conn_on_up_read(struct stream *st, void *arg)
         return;
     }
     c->resp_bytes = true;
-    if (!c->resp.head_done && !read_response_head(c))
+    if (!c->ex->resp.head_done && !read_response_head(c))
         return;
     pump_response_body(c);
 }
@@ -1050,7 +1164,7 @@ static void conn_on_up_event(struct stream *st, enum stream_event what, void *ar
     if (what == STREAM_EV_CONNECTED) {
         c->up->connected = true;
         stream_set_timeouts(st, c->w->response_tv, c->w->response_tv);
-        if (c->head_kept && c->req.has_body && !c->req_done)
+        if (c->head_kept && c->ex->req.has_body && !c->req_done)
             send_body(c);
         return;
     }
@@ -1069,7 +1183,7 @@ static void conn_on_up_event(struct stream *st, enum stream_event what, void *ar
         return;
     }
     if (what == STREAM_EV_EOF) {
-        if (c->resp.head_done) {
+        if (c->ex->resp.head_done) {
             finish_on_eof(c);
             return;
         }
@@ -1127,9 +1241,9 @@ static void dispatch(struct conn *c)
     }
     /* the name outlives the pool (access log): keep a copy */
     const char *name = upstream_server_name(w->pool, (unsigned)c->server);
-    size_t name_len = strnlen(name, sizeof(c->upstream_name) - 1);
-    memcpy(c->upstream_name, name, name_len);
-    c->upstream_name[name_len] = '\0';
+    size_t name_len = strnlen(name, sizeof(c->ex->upstream_name) - 1);
+    memcpy(c->ex->upstream_name, name, name_len);
+    c->ex->upstream_name[name_len] = '\0';
     struct stream *us = &c->up->s;
     stream_set_callbacks(us, conn_on_up_read, conn_on_up_drained, conn_on_up_event, c);
     us->read_high = CONN_BUF_HIGH;
@@ -1138,27 +1252,28 @@ static void dispatch(struct conn *c)
     else
         stream_set_timeouts(us, w->connect_tv, w->connect_tv);
 
-    const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->req.head_len);
+    const char *head = (const char *)evbuffer_pullup(in, (ev_ssize_t)c->ex->req.head_len);
     struct http_forward_info info = {
         .client_ip = c->client_ip,
         .proto = c->https ? "https" : "http",
-        .default_host = c->upstream_name,
-        .extra = c->cx && c->cx->active && c->cx->cond[0] ? c->cx->cond : NULL,
+        .default_host = c->ex->upstream_name,
+        .extra = c->ex->cx && c->ex->cx->active && c->ex->cx->cond[0] ? c->ex->cx->cond : NULL,
     };
-    if (c->cx && c->cx->active)
-        c->cx->request_ms = wall_ms();
-    if (!head || http_request_serialize(&c->req, head, &info, us->out) == -1) {
+    if (c->ex->cx && c->ex->cx->active)
+        c->ex->cx->request_ms = wall_ms();
+    if (!head || http_request_serialize(&c->ex->req, head, &info, us->out) == -1) {
         conn_close(c, "out of memory");
         return;
     }
-    http_head_reset(&c->resp);
-    c->resp.skip_body = c->req.method.len == 4 && memcmp(head + c->req.method.off, "HEAD", 4) == 0;
+    http_head_reset(&c->ex->resp);
+    c->ex->resp.skip_body =
+        c->ex->req.method.len == 4 && memcmp(head + c->ex->req.method.off, "HEAD", 4) == 0;
     c->resp_bytes = false;
     c->t_upstream = now_us();
     stream_read_enable(us, true);
     stream_flush(us);
 
-    if (!c->req.has_body) {
+    if (!c->ex->req.has_body) {
         c->req_done = true;
         return;
     }
@@ -1227,7 +1342,7 @@ static void store_free(struct conn_store *st)
  * wait, the fill (waiters then forward on their own), the stale entry. */
 static void cache_request_end(struct conn *c)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex ? c->ex->cx : NULL;
     if (!cx || !cx->active)
         return;
     cx->active = false;
@@ -1260,7 +1375,7 @@ static bool key_room(struct conn_cache *cx, size_t need)
     size_t cap = cx->key_cap ? cx->key_cap : 256;
     while (cap < need)
         cap *= 2;
-    char *k = realloc(cx->key, cap); /* owned by cx, freed in conn_close() */
+    char *k = realloc(cx->key, cap); /* owned by cx, freed by exchange_free() */
     if (!k)
         return false;
     cx->key = k;
@@ -1275,10 +1390,10 @@ static size_t request_key(struct conn *c, const char *buf)
 {
     static _Thread_local char scratch[CACHE_POLICY_KEY_MAX];
     size_t len =
-        cache_policy_key(&c->req, buf, c->https ? "https" : "http", scratch, sizeof(scratch));
-    if (len == 0 || !key_room(c->cx, len + 1))
+        cache_policy_key(&c->ex->req, buf, c->https ? "https" : "http", scratch, sizeof(scratch));
+    if (len == 0 || !key_room(c->ex->cx, len + 1))
         return 0;
-    memcpy(c->cx->key, scratch, len);
+    memcpy(c->ex->cx->key, scratch, len);
     return len;
 }
 
@@ -1323,13 +1438,13 @@ static void cache_status_line(const struct conn *c, char *out, size_t room, bool
         LINE_LIT(out, room, &n, "; fwd-status=");
         line_put_int(out, room, &n, fwd_status);
     }
-    if (c->cx && c->cx->collapsed)
+    if (c->ex->cx && c->ex->cx->collapsed)
         LINE_LIT(out, room, &n, "; collapsed");
     if (stored) {
         LINE_LIT(out, room, &n, "; stored; ttl=");
         line_put_int(out, room, &n, ttl_s);
-    } else if (c->cx && c->cx->active && c->cx->verdict != CACHE_STORE) {
-        const char *d = cache_policy_verdict_text(c->cx->verdict);
+    } else if (c->ex->cx && c->ex->cx->active && c->ex->cx->verdict != CACHE_STORE) {
+        const char *d = cache_policy_verdict_text(c->ex->cx->verdict);
         LINE_LIT(out, room, &n, "; detail=");
         line_put(out, room, &n, d, strlen(d));
     }
@@ -1377,11 +1492,12 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
                         enum stats_cache_outcome outcome, unsigned fwd_status)
 {
     struct evbuffer *out = c->cs.out;
-    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
-    bool nm = req && c->cx->rq.conditional &&
-              cache_policy_not_modified(&c->req, req, e->etag, e->etag_len, e->last_modified_ms);
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
+    bool nm =
+        req && c->ex->cx->rq.conditional &&
+        cache_policy_not_modified(&c->ex->req, req, e->etag, e->etag_len, e->last_modified_ms);
     unsigned status = nm ? 304 : e->status;
-    bool body = !nm && !c->cx->rq.is_head && status != 204 && status != 304 && status >= 200;
+    bool body = !nm && !c->ex->cx->rq.is_head && status != 204 && status != 304 && status >= 200;
     long long ttl_s = (long long)((e->freshness_ms - age_ms) / 1000);
     int r;
     if (outcome == STATS_CS_HIT)
@@ -1400,7 +1516,7 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
         r |= evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)e->body_len);
     if (!c->keep_alive)
         r |= evbuffer_add(out, "Connection: close\r\n", 19);
-    else if (c->req.version_minor == 0)
+    else if (c->ex->req.version_minor == 0)
         r |= evbuffer_add(out, "Connection: keep-alive\r\n", 24);
     r |= evbuffer_add(out, "\r\n", 2);
     if (body && e->body_len)
@@ -1422,14 +1538,14 @@ static void cache_after_answer(struct conn *c)
     request_done(c);
     drop_upstream(c, false);
     if (c->head_kept) {
-        evbuffer_drain(c->cs.in, c->req.head_len);
+        evbuffer_drain(c->cs.in, c->ex->req.head_len);
         c->head_kept = false;
     }
     if (!c->keep_alive) {
         close_after_flush(c, "answered from the cache, connection not kept");
         return;
     }
-    http_head_reset(&c->req);
+    http_head_reset(&c->ex->req);
     conn_set_state(c, CONN_IDLE);
     if (evbuffer_get_length(c->cs.in) == 0) {
         process_input(c); /* arms the idle deadline */
@@ -1447,7 +1563,7 @@ static void cache_found(struct conn *c, struct cache_entry *e);
 static void conn_on_redis(void *arg, enum store_redis_result r, const char *data, size_t len)
 {
     struct conn *c = arg;
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     cx->op = NULL;
     /* a purge ran while Redis answered: what came may be what it purged */
     if (r == STORE_REDIS_FOUND &&
@@ -1483,7 +1599,7 @@ static void cache_use_entry(struct conn *c, struct cache_entry *e);
  */
 static void cache_lookup(struct conn *c)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     struct cache *cache = cache_of(c);
     int64_t now = wall_ms();
 
@@ -1511,7 +1627,7 @@ static void cache_lookup(struct conn *c)
  * current key: a response is judged, a Vary record leads to the variant. */
 static void cache_found(struct conn *c, struct cache_entry *e)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     if (e->kind == CACHE_ENTRY_PASS) {
         /* known not storable lately: forward alone, no wait, judge again */
         cache_entry_unref(e);
@@ -1521,11 +1637,11 @@ static void cache_found(struct conn *c, struct cache_entry *e)
         return;
     }
     if (e->kind == CACHE_ENTRY_VARY && !cx->vary_checked) {
-        const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+        const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
         char variant[CACHE_POLICY_VARY_MAX];
-        int vlen =
-            req ? cache_policy_variant(&c->req, req, e->vary, e->vary_len, variant, sizeof(variant))
-                : -1;
+        int vlen = req ? cache_policy_variant(&c->ex->req, req, e->vary, e->vary_len, variant,
+                                              sizeof(variant))
+                       : -1;
         cache_entry_unref(e);
         if (vlen < 0 || !key_room(cx, cx->url_len + 1 + (size_t)vlen)) {
             cache_forward(c, STATS_CS_BYPASS);
@@ -1549,7 +1665,7 @@ static void cache_found(struct conn *c, struct cache_entry *e)
 /* Decides what a found entry <e> (a reference, consumed) is good for. */
 static void cache_use_entry(struct conn *c, struct cache_entry *e)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     struct cache_policy_stored st;
     int64_t age;
     stored_facts(e, &st);
@@ -1586,10 +1702,10 @@ static void cache_use_entry(struct conn *c, struct cache_entry *e)
     }
     if (cx->cond[0]) {
         /* the client's own validators are answered here, from the result */
-        for (unsigned i = 0; i < c->req.header_count; i++) {
-            uint8_t id = c->req.headers[i].id;
+        for (unsigned i = 0; i < c->ex->req.header_count; i++) {
+            uint8_t id = c->ex->req.headers[i].id;
             if (id == HTTP_H_IF_NONE_MATCH || id == HTTP_H_IF_MODIFIED_SINCE)
-                c->req.headers[i].hop = 1;
+                c->ex->req.headers[i].hop = 1;
         }
     }
     cx->no_coalesce = true; /* a validation is quick and may not store */
@@ -1600,7 +1716,7 @@ static void cache_use_entry(struct conn *c, struct cache_entry *e)
 static void conn_on_fill_done(void *arg, bool filled)
 {
     struct conn *c = arg;
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     deadline_clear(c);
     cx->no_coalesce = true;
     if (!filled) {
@@ -1616,7 +1732,7 @@ static void conn_on_fill_done(void *arg, bool filled)
  * stored and nobody fills it yet, else waiting for whoever does. */
 static void cache_forward(struct conn *c, enum stats_cache_outcome why)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     if (!c->cache_outcome || c->cache_outcome == STATS_CS_URI_MISS)
         c->cache_outcome = (uint8_t)why;
     if (cx->rq.cc.flags & CACHE_CC_ONLY_IF_CACHED) {
@@ -1655,7 +1771,7 @@ static void conn_on_purged(void *arg, long long count)
     free(op);
     if (!c)
         return;
-    c->cx->purge = NULL;
+    c->ex->cx->purge = NULL;
     char body[64];
     int blen = snprintf(body, sizeof(body), "{\"purged\":%lld}\n", count > 0 ? count : 0);
     unsigned status = count > 0 ? 200 : 404;
@@ -1679,11 +1795,11 @@ static void cache_purge_request(struct conn *c, const char *buf)
 {
     /* a PURGE's body is never read: the connection ends with the answer,
      * so the body cannot pass for the next request */
-    if (c->req.has_body)
+    if (c->ex->req.has_body)
         c->keep_alive = false;
     const struct config *cfg = cfg_of(c);
     struct cache *cache = cache_of(c);
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     union {
         struct sockaddr sa;
         struct sockaddr_in in4;
@@ -1734,24 +1850,24 @@ static bool cache_begin(struct conn *c, const char *buf)
     struct cache *cache = cache_of(c);
 
     c->cache_outcome = STATS_CS_BYPASS;
-    if ((!cache || !cfg->cache_enabled) && llhttp_get_method(&c->req.parser) == HTTP_PURGE) {
+    if ((!cache || !cfg->cache_enabled) && llhttp_get_method(&c->ex->req.parser) == HTTP_PURGE) {
         send_error(c, 405, request_consumed(c), "PURGE without a cache");
         return true;
     }
-    if (!cache || !cfg->cache_enabled || c->req.upgrade)
+    if (!cache || !cfg->cache_enabled || c->ex->req.upgrade)
         return false;
-    if (!c->cx) {
-        c->cx = calloc(1, sizeof(*c->cx)); /* freed in conn_close() */
-        if (!c->cx)
+    if (!c->ex->cx) {
+        c->ex->cx = calloc(1, sizeof(*c->ex->cx)); /* freed by exchange_free() */
+        if (!c->ex->cx)
             return false;
     }
-    struct conn_cache *cx = c->cx;
-    if (llhttp_get_method(&c->req.parser) == HTTP_PURGE) {
+    struct conn_cache *cx = c->ex->cx;
+    if (llhttp_get_method(&c->ex->req.parser) == HTTP_PURGE) {
         cache_purge_request(c, buf);
         return true;
     }
-    cache_policy_request(&c->req, buf, &cx->rq);
-    if (!(cx->rq.lookup && !c->req.has_body) && !cx->rq.unsafe)
+    cache_policy_request(&c->ex->req, buf, &cx->rq);
+    if (!(cx->rq.lookup && !c->ex->req.has_body) && !cx->rq.unsafe)
         return false;
     size_t len = request_key(c, buf);
     if (len == 0)
@@ -1850,7 +1966,7 @@ static void cache_invalidate_url(struct conn *c, const char *url, size_t len)
 
 static void cache_invalidate(struct conn *c, const char *buf)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     cache_invalidate_url(c, cx->key, cx->url_len);
     /* the origin: "scheme://host" ends at the third slash of the key */
     const char *slash = memchr(cx->key + 7, '/', cx->url_len > 7 ? cx->url_len - 7 : 0);
@@ -1858,7 +1974,7 @@ static void cache_invalidate(struct conn *c, const char *buf)
     const enum http_header_id ids[] = {HTTP_H_LOCATION, HTTP_H_CONTENT_LOCATION};
     for (size_t i = 0; i < 2; i++) {
         size_t vlen;
-        const char *v = http_header_value(&c->resp, buf, ids[i], &vlen);
+        const char *v = http_header_value(&c->ex->resp, buf, ids[i], &vlen);
         if (!v || vlen == 0)
             continue;
         char url[CACHE_POLICY_KEY_MAX];
@@ -1882,7 +1998,7 @@ static void cache_invalidate(struct conn *c, const char *buf)
  * next requests neither wait on each other nor ask Redis. */
 static void cache_mark_pass(struct conn *c)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     int64_t now = wall_ms();
     struct cache_entry_parts p = {
         .kind = CACHE_ENTRY_PASS,
@@ -1902,21 +2018,21 @@ static void cache_mark_pass(struct conn *c)
 static void cache_store_begin(struct conn *c, const char *req, const char *p,
                               const struct cache_policy_response *pr, int tag_index)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     struct conn_store *st = calloc(1, sizeof(*st)); /* freed by store_free() at its end */
     if (!st)
         return;
     st->pr = *pr;
     st->head = evbuffer_new();
     st->body = evbuffer_new();
-    int vlen = cache_policy_vary_names(&c->resp, p, st->vary, sizeof(st->vary));
-    if (!st->head || !st->body || vlen < 0 || add_store_lines(st->head, &c->resp, p) == -1)
+    int vlen = cache_policy_vary_names(&c->ex->resp, p, st->vary, sizeof(st->vary));
+    if (!st->head || !st->body || vlen < 0 || add_store_lines(st->head, &c->ex->resp, p) == -1)
         goto fail;
     st->vary_len = (size_t)vlen;
     if (tag_index >= 0)
-        keep_tags(st, &c->resp, p, tag_index);
+        keep_tags(st, &c->ex->resp, p, tag_index);
     size_t elen;
-    const char *etag = http_header_value(&c->resp, p, HTTP_H_ETAG, &elen);
+    const char *etag = http_header_value(&c->ex->resp, p, HTTP_H_ETAG, &elen);
     if (etag && elen < sizeof(st->etag)) {
         memcpy(st->etag, etag, elen);
         st->etag_len = elen;
@@ -1924,8 +2040,8 @@ static void cache_store_begin(struct conn *c, const char *req, const char *p,
     /* a Vary response is keyed by the request's variant */
     if (st->vary_len) {
         char variant[CACHE_POLICY_VARY_MAX];
-        int n =
-            cache_policy_variant(&c->req, req, st->vary, st->vary_len, variant, sizeof(variant));
+        int n = cache_policy_variant(&c->ex->req, req, st->vary, st->vary_len, variant,
+                                     sizeof(variant));
         if (n < 0 || !key_room(cx, cx->url_len + 1 + (size_t)n))
             goto fail;
         cx->key[cx->url_len] = '\n';
@@ -1949,25 +2065,25 @@ fail:
  */
 static bool cache_response_head(struct conn *c, const char *p, char *line, size_t room)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     const struct config *cfg = cfg_of(c);
     int tag_index = -1;
 
     if (cache_of(c) && cfg->cache_enabled) {
         tag_index =
-            http_header_find(&c->resp, p, cfg->cache_tag_header, strlen(cfg->cache_tag_header));
+            http_header_find(&c->ex->resp, p, cfg->cache_tag_header, strlen(cfg->cache_tag_header));
         if (tag_index >= 0 && !cfg->cache_expose_tags)
-            for (unsigned i = (unsigned)tag_index; i < c->resp.header_count; i++)
-                if (c->resp.headers[i].name.len == c->resp.headers[tag_index].name.len &&
-                    strncasecmp(p + c->resp.headers[i].name.off, cfg->cache_tag_header,
-                                c->resp.headers[i].name.len) == 0)
-                    c->resp.headers[i].hop = 1;
+            for (unsigned i = (unsigned)tag_index; i < c->ex->resp.header_count; i++)
+                if (c->ex->resp.headers[i].name.len == c->ex->resp.headers[tag_index].name.len &&
+                    strncasecmp(p + c->ex->resp.headers[i].name.off, cfg->cache_tag_header,
+                                c->ex->resp.headers[i].name.len) == 0)
+                    c->ex->resp.headers[i].hop = 1;
     }
     if (!cx || !cx->active) {
         cache_status_line(c, line, room, false, 0, 0);
         return false;
     }
-    unsigned status = c->resp.status;
+    unsigned status = c->ex->resp.status;
     if (cx->invalidate) {
         if (status >= 200 && status < 400)
             cache_invalidate(c, p);
@@ -1979,7 +2095,7 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
     if (cx->stale && status >= 500 && cache_stale_if_error(c, status))
         return true;
 
-    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
     struct cache_policy_opts opts = policy_opts(cfg);
     struct cache_policy_response pr;
     int64_t now = wall_ms();
@@ -1988,15 +2104,17 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
         cache_status_line(c, line, room, false, 0, 0);
         return false;
     }
-    cache_policy_response(&c->req, req, &cx->rq, &c->resp, p, cx->request_ms, now, &opts, &pr);
+    cache_policy_response(&c->ex->req, req, &cx->rq, &c->ex->resp, p, cx->request_ms, now, &opts,
+                          &pr);
     cx->verdict = (uint8_t)pr.verdict;
     /* without Redis, L1 alone must be able to take it */
     uint64_t limit = cfg->cache_max_object_size;
     if (!c->w->redis && cache_l1_max_entry(cache_of(c)) < limit)
         limit = cache_l1_max_entry(cache_of(c));
-    bool too_large = !c->resp.chunked && c->resp.has_body && c->resp.content_length > limit;
+    bool too_large =
+        !c->ex->resp.chunked && c->ex->resp.has_body && c->ex->resp.content_length > limit;
     if (pr.verdict == CACHE_STORE && !too_large && !c->decode_body &&
-        !http_body_until_close(&c->resp))
+        !http_body_until_close(&c->ex->resp))
         cache_store_begin(c, req, p, &pr, tag_index);
     if (!cx->store) {
         if (pr.verdict != CACHE_STORE)
@@ -2029,7 +2147,7 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
  * past max_object_size storing stops (the response goes on streaming). */
 static void cache_store_check(struct conn *c)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     if (!cx || !cx->store)
         return;
     size_t limit = cfg_of(c)->cache_max_object_size;
@@ -2048,7 +2166,7 @@ static void cache_store_check(struct conn *c)
 static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct conn_store *st,
                             int64_t keep, int64_t now)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     struct cache *cache = cache_of(c);
     char rkey[CACHE_REDIS_KEY_LEN + 1], skey[CACHE_REDIS_KEY_LEN + 4];
     size_t sl = 0;
@@ -2081,6 +2199,7 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
         sl = cache_redis_key("vs:", cx->key, cx->url_len, skey);
     }
     bool in_l1 = cache_put(cache, cx->url_hash, e, now + keep);
+    cache_refresh_done(cache, cache_hash(e->key, e->key_len)); /* a refresh of it may go again */
     if (c->w->redis) {
         /* the indexes that find it again: the URL's variants, its tags */
         char tag_keys[PURGE_MAX_TAGS][PURGE_TAG_KEY_MAX];
@@ -2115,7 +2234,7 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
 /* The response being stored ended whole: store it, wake the waiters. */
 static void cache_store_finish(struct conn *c)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     if (!cx || !cx->store)
         return;
     struct conn_store *st = cx->store;
@@ -2124,7 +2243,7 @@ static void cache_store_finish(struct conn *c)
     const struct cache_policy_response *pr = &st->pr;
     struct cache_entry_parts parts = {
         .kind = CACHE_ENTRY_RESPONSE,
-        .status = (uint16_t)c->resp.status,
+        .status = (uint16_t)c->ex->resp.status,
         .flags = entry_flags(pr),
         .response_ms = now,
         .initial_age_ms = pr->initial_age_ms,
@@ -2161,9 +2280,9 @@ static void cache_store_finish(struct conn *c)
  * connection back when the response had no body to read, else close it. */
 static void drop_clone_response(struct conn *c)
 {
-    bool bodiless = c->resp.status == 304 || c->resp.skip_body;
-    bool reusable = bodiless && c->resp.keep_alive && c->req_done;
-    evbuffer_drain(c->up->s.in, c->resp.head_len);
+    bool bodiless = c->ex->resp.status == 304 || c->ex->resp.skip_body;
+    bool reusable = bodiless && c->ex->resp.keep_alive && c->req_done;
+    evbuffer_drain(c->up->s.in, c->ex->resp.head_len);
     c->upstream_time = seconds_since(c->t_upstream);
     drop_upstream(c, reusable && evbuffer_get_length(c->up->s.in) == 0);
 }
@@ -2175,7 +2294,7 @@ static void drop_clone_response(struct conn *c)
  */
 static bool cache_refresh(struct conn *c, const char *p)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     const struct config *cfg = cfg_of(c);
     struct cache_entry *old = cx->stale;
     struct evbuffer *merged = evbuffer_new();
@@ -2194,7 +2313,7 @@ static bool cache_refresh(struct conn *c, const char *p)
         const char *eol = memchr(q, '\n', (size_t)(end - q));
         size_t line = eol ? (size_t)(eol - q + 1) : (size_t)(end - q);
         const char *colon = memchr(q, ':', line);
-        if (!colon || http_header_find(&c->resp, p, q, (size_t)(colon - q)) < 0)
+        if (!colon || http_header_find(&c->ex->resp, p, q, (size_t)(colon - q)) < 0)
             evbuffer_add(merged, q, line);
         q += line;
     }
@@ -2204,11 +2323,11 @@ static bool cache_refresh(struct conn *c, const char *p)
         struct evbuffer_ptr ptr = evbuffer_search(merged, "\r\n", 2, NULL);
         head_start = ptr.pos >= 0 ? (size_t)ptr.pos + 2 : 0;
     }
-    if (add_store_lines(merged, &c->resp, p) == -1)
+    if (add_store_lines(merged, &c->ex->resp, p) == -1)
         goto serve_old;
     size_t head_end = evbuffer_get_length(merged);
     size_t alen;
-    const char *age = http_header_value(&c->resp, p, HTTP_H_AGE, &alen);
+    const char *age = http_header_value(&c->ex->resp, p, HTTP_H_AGE, &alen);
     if (age)
         evbuffer_add_printf(merged, "Age: %.*s\r\n", (int)alen, age);
     evbuffer_add(merged, "\r\n", 2);
@@ -2220,12 +2339,12 @@ static bool cache_refresh(struct conn *c, const char *p)
     http_head_init(h, true, total + 1, 0, 0);
     if (!m || http_head_parse(h, m, total) != HTTP_PARSE_DONE)
         goto serve_old;
-    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
     struct cache_policy_opts opts = policy_opts(cfg);
     struct cache_policy_response pr;
     if (!req)
         goto serve_old;
-    cache_policy_response(&c->req, req, &cx->rq, h, m, cx->request_ms, now, &opts, &pr);
+    cache_policy_response(&c->ex->req, req, &cx->rq, h, m, cx->request_ms, now, &opts, &pr);
     size_t etag_len;
     const char *etag = http_header_value(h, m, HTTP_H_ETAG, &etag_len);
     struct cache_entry_parts parts = {
@@ -2286,7 +2405,7 @@ serve_old:
  * entry was at hand: serve it when its stale-if-error window allows. */
 static bool cache_stale_if_error(struct conn *c, unsigned status)
 {
-    struct conn_cache *cx = c->cx;
+    struct conn_cache *cx = c->ex->cx;
     if (!cx || !cx->active || !cx->stale)
         return false;
     struct cache_policy_stored st;
@@ -2294,7 +2413,7 @@ static bool cache_stale_if_error(struct conn *c, unsigned status)
     int64_t now = wall_ms();
     if (!cache_policy_stale_if_error(&st, &cx->rq, now))
         return false;
-    if (c->up && c->resp.head_done)
+    if (c->up && c->ex->resp.head_done)
         drop_clone_response(c);
     STATS_INC(c->w->stats->cache.stale_served);
     struct cache_entry *e = cache_entry_ref(cx->stale); /* serve_entry() ends the request */
@@ -2354,17 +2473,24 @@ static bool refresh_keeps(const struct http_header *hd)
 static void cache_refresh_behind(struct conn *c, struct cache_entry *e)
 {
     struct worker *w = c->w;
-    if (__atomic_exchange_n(&e->l1_refreshing, 1, __ATOMIC_ACQ_REL))
-        return; /* one refresh per stale entry */
-    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->req.head_len);
+    /* one refresh per key at a time, however many stale hits (and copies
+     * of the entry read from Redis) ask: the claim ends when the answer is
+     * stored, or after the longest a refresh can take */
+    uint64_t key_hash = cache_hash(e->key, e->key_len);
+    int64_t now = wall_ms();
+    const struct config *cfg = cfg_of(c);
+    if (!cache_refresh_claim(cache_of(c), key_hash, now,
+                             now + cfg->connect_timeout_ms + cfg->response_timeout_ms))
+        return;
+    const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
     struct evbuffer *head = evbuffer_new();
     int sv[2] = {-1, -1};
     if (!req || !head)
         goto fail;
-    evbuffer_add_printf(head, "GET %.*s HTTP/1.1\r\n", (int)c->req.target.len,
-                        req + c->req.target.off);
-    for (unsigned i = 0; i < c->req.header_count; i++) {
-        const struct http_header *hd = &c->req.headers[i];
+    evbuffer_add_printf(head, "GET %.*s HTTP/1.1\r\n", (int)c->ex->req.target.len,
+                        req + c->ex->req.target.off);
+    for (unsigned i = 0; i < c->ex->req.header_count; i++) {
+        const struct http_header *hd = &c->ex->req.headers[i];
         if (!refresh_keeps(hd))
             continue;
         evbuffer_add_printf(head, "%.*s: %.*s\r\n", (int)hd->name.len, req + hd->name.off,
@@ -2397,15 +2523,15 @@ fail:
         close(sv[0]);
     if (sv[1] != -1)
         close(sv[1]);
-    __atomic_store_n(&e->l1_refreshing, 0, __ATOMIC_RELEASE);
+    cache_refresh_done(cache_of(c), key_hash);
 }
 
 /* Waited cache.lock_timeout on another request's fill: forward alone. */
 static void cache_wait_timeout(struct conn *c)
 {
-    cache_waiter_cancel(cache_of(c), &c->cx->waiter);
+    cache_waiter_cancel(cache_of(c), &c->ex->cx->waiter);
     STATS_INC(c->w->stats->cache.lock_timeouts);
-    c->cx->no_coalesce = true;
+    c->ex->cx->no_coalesce = true;
     cache_forward(c, STATS_CS_MISS);
 }
 
@@ -2510,16 +2636,22 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
          * the deadline in force, if any. */
         c->resume_input = false;
         c->timer_armed = false;
-        if (c->deadline_us)
-            deadline_set(c, c->deadline_us);
+        timer_rearm(c);
         process_input(c);
         return;
     }
     c->timer_armed = false;
-    if (c->deadline_us == 0)
-        return;
-    if (now_us() + 1000 < c->deadline_us) {
-        deadline_set(c, c->deadline_us);
+    int64_t now = now_us();
+    if (c->release_at_us && now + 1000 >= c->release_at_us) {
+        /* idle for CONN_TLS_RELEASE_US: the record buffers (some 34 KiB)
+         * are made again by the next request */
+        c->release_at_us = 0;
+        if (c->state == CONN_IDLE && !c->ex && evbuffer_get_length(c->cs.in) == 0 &&
+            evbuffer_get_length(c->cs.out) == 0)
+            stream_release_buffers(&c->cs);
+    }
+    if (c->deadline_us == 0 || now + 1000 < c->deadline_us) {
+        timer_rearm(c);
         return;
     }
     c->deadline_us = 0;
@@ -2589,9 +2721,8 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
         __atomic_sub_fetch(&w->shared->connections, 1, __ATOMIC_RELAXED);
         return;
     }
-    int one = 1;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1 && errno != EOPNOTSUPP)
-        log_debug("%s: TCP_NODELAY: %s", __func__, strerror(errno));
+    /* TCP_NODELAY comes from the listening socket (worker.c); a background
+     * refresh's socket pair has no Nagle to turn off */
 
     struct conn *c = conn_alloc(); /* given back by conn_close() */
     if (!c) {
@@ -2637,8 +2768,6 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
         c->tls = tls_server_ref(tls);
     }
     const struct config *cfg = w->cfg;
-    http_head_init(&c->req, false, cfg->max_header_size, cfg->max_uri_size, cfg->max_body_size);
-    http_head_init(&c->resp, true, CONN_RESP_HEAD_MAX, 0, 0);
     event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
     TAILQ_INSERT_TAIL(&w->conns, c, link);
     w->conn_count++;
@@ -2673,4 +2802,6 @@ void conn_close_all(struct worker *w)
         conn_close(c, "shutting down");
     while (spare_count > 0)
         conn_free(spare[--spare_count]);
+    while (spare_ex_count > 0)
+        exchange_free(spare_ex[--spare_ex_count]);
 }

@@ -768,10 +768,16 @@ def test_a_waiter_forwards_on_its_own_after_lock_timeout(origins, clonegate):
 # ------------------------------------------------------------ stale answers
 
 
-@pytest.mark.parametrize("where", ["response", "config"])
-def test_stale_while_revalidate_answers_at_once_and_refreshes_once(origins, clonegate, where):
+@pytest.mark.parametrize("where", ["response", "config", "redis-only"])
+def test_stale_while_revalidate_answers_at_once_and_refreshes_once(
+        origins, clonegate, redis, where):
     if where == "response":
         cg, o = start(clonegate, origins)
+        t = url("swr", cc="max-age=1, stale-while-revalidate=30")
+    elif where == "redis-only":
+        # no L1: each stale hit is a new entry read from Redis, and still
+        # only one of them starts the refresh
+        cg, o = start(clonegate, origins, redis=redis, **{"cache.memory": "0"})
         t = url("swr", cc="max-age=1, stale-while-revalidate=30")
     else:
         cg, o = start(clonegate, origins, **{"cache.stale_while_revalidate": "30s"})

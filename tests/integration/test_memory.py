@@ -2,7 +2,14 @@
 paths"; cache.max_object_size: larger responses are streamed, not
 buffered): the proxy's peak resident size (VmHWM) stays under 64 MiB while
 1 GiB goes down and 512 MiB goes up, and every byte arrives intact
-(compared by digest)."""
+(compared by digest). An idle keep-alive client connection costs little:
+its request state goes back when it falls idle (VmRSS per connection over
+a few thousand of them)."""
+
+import resource
+import selectors
+import socket
+import time
 
 import pytest
 
@@ -12,6 +19,12 @@ HWM_LIMIT_KB = 64 * 1024  # peak resident size the proxy may reach
 GIB = 1 << 30
 MIB = 1 << 20
 STREAM_TIMEOUT = 120  # s one transfer may take (loopback: a few seconds)
+IDLE_CONNS = 2000  # idle keep-alive client connections held at once
+IDLE_WINDOW = 8  # ... of which at most this many awaiting their answer
+IDLE_BYTES_LIMIT = 1536  # VmRSS bytes one idle connection may cost
+IDLE_SETTLE = 0.5  # s the proxy is left alone before each VmRSS reading
+IDLE_OPEN_TIMEOUT = 60  # s opening them all may take
+IDLE_PATH = "/c/idle?cc=no-store"  # one URL, never stored: the cache holds nothing new
 
 
 def big_world(clonegate, origins):
@@ -59,3 +72,100 @@ def test_big_upload_streams_in_bounded_memory(clonegate, origins, te):
     assert r.json() == {"length": n, "sha256": helpers.pattern_sha256(n)}
     assert_small_peak(cg, f"POST {n} bytes ({'chunked' if te else 'Content-Length'})")
     assert cg.get("/echo").status == 200
+
+
+def sanitized(binary):
+    """Whether <binary> is an AddressSanitizer build (redzones, shadow memory
+    and no reuse lists: its bytes per connection say nothing of ours)."""
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def raise_nofile(need):
+    """Raises this process's open-file limit (inherited by the clonegate it
+    starts) to at least <need>, within the hard limit; skips when it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"open-file hard limit {hard} is below the {need} this test needs")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def hold_idle(port, n, window, timeout):
+    """<n> keep-alive connections to <port>, each having had one GET
+    IDLE_PATH answered 200 (read whole), left open: their sockets. At most
+    <window> of them awaiting their answer at a time."""
+    request = helpers.build_request("GET", IDLE_PATH)
+    done, busy = [], {}  # busy: socket -> bytes read so far
+    sel = selectors.DefaultSelector()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(done) < n:
+            while len(done) + len(busy) < n and len(busy) < window:
+                s = socket.create_connection(("127.0.0.1", port), timeout=helpers.IO_TIMEOUT)
+                s.sendall(request)
+                s.setblocking(False)
+                busy[s] = b""
+                sel.register(s, selectors.EVENT_READ)
+            assert time.monotonic() < deadline, f"only {len(done)} of {n} answered in time"
+            for key, _ in sel.select(1.0):
+                s = key.fileobj
+                chunk = s.recv(65536)
+                assert chunk, f"connection {len(done) + 1} closed before its answer"
+                busy[s] += chunk
+                try:
+                    r, _ = helpers.parse_response(busy[s])
+                except helpers.Incomplete:
+                    continue
+                assert r.status == 200 and r.header("Connection", "") != "close", r
+                sel.unregister(s)
+                del busy[s]
+                done.append(s)
+        return done
+    except BaseException:
+        for s in done + list(busy):
+            s.close()
+        raise
+    finally:
+        sel.close()
+
+
+@pytest.mark.hard_timeout(180)
+def test_an_idle_keep_alive_connection_costs_under_1_5_kib(clonegate, origins):
+    raise_nofile(IDLE_CONNS + 512)
+    origins(1)
+    # the defaults (cache on, access log on) and room for every connection
+    cg = clonegate({"server.max_connections": IDLE_CONNS + 100, "server.idle_timeout": "120s"})
+    assert cg.get(IDLE_PATH).status == 200  # warmed up: first-request allocations are in before
+    time.sleep(IDLE_SETTLE)
+    before = helpers.rss_kb(cg.pid)
+    socks = hold_idle(cg.port, IDLE_CONNS, IDLE_WINDOW, IDLE_OPEN_TIMEOUT)
+    try:
+        time.sleep(IDLE_SETTLE)
+        after = helpers.rss_kb(cg.pid)
+        per_conn = (after - before) * 1024 / IDLE_CONNS
+        assert cg.stats()["connections"]["open"] >= IDLE_CONNS
+        # every connection is still usable: a sample asks again
+        for s in socks[::100]:
+            s.setblocking(True)
+            s.settimeout(helpers.IO_TIMEOUT)
+            s.sendall(helpers.build_request("GET", IDLE_PATH))
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                assert chunk, "an idle connection was closed"
+                data += chunk
+                try:
+                    r, _ = helpers.parse_response(data)
+                    break
+                except helpers.Incomplete:
+                    continue
+            assert r.status == 200, r
+    finally:
+        for s in socks:
+            s.close()
+    if not sanitized(helpers.CLONEGATE):
+        assert per_conn < IDLE_BYTES_LIMIT, (
+            f"{per_conn:.0f} bytes of VmRSS per idle connection (VmRSS {before} -> {after} KiB "
+            f"over {IDLE_CONNS}), limit {IDLE_BYTES_LIMIT}")

@@ -665,3 +665,34 @@ def test_https_in_front_of_an_https_clone(clonegate, certs, tmp_path, world):
             assert r.status == 200 and echo_headers(r)["x-forwarded-proto"] == "https", r
     t = tls_settled(cg, lambda t: t["handshakes"] == 1, "one client handshake")
     assert t["failures"] == 0, t
+
+
+def test_a_tls_connection_idle_past_a_second_gives_back_its_buffers_and_still_serves(
+        origins, clonegate, certs):
+    # Idle for a second, a TLS connection gives its record buffers back
+    # (they are made again by the next request): the second request, and
+    # one on each of a batch idle as long, must not notice.
+    origins(1)
+    cg = start(clonegate, certs)
+    with https(cg, certs) as conn:
+        assert conn.get("/ka?i=1").status == 200
+        batch = [https(cg, certs) for _ in range(20)]
+        try:
+            for b in batch:
+                assert b.get("/batch").status == 200
+            time.sleep(1.5)
+            r = conn.get("/ka?i=2")
+            assert r.status == 200 and b"/ka?i=2" in r.body, r
+            for b in batch:
+                assert b.get("/batch?again=1").status == 200
+            # and idle again, then a pipelined pair
+            time.sleep(1.5)
+            conn.send(helpers.build_request("GET", "/p1") + helpers.build_request("GET", "/p2"))
+            assert b"/p1" in conn.read_response().body
+            assert b"/p2" in conn.read_response().body
+        finally:
+            for b in batch:
+                b.close()
+    s = cg.stats()
+    assert s["tls"]["handshakes"] - cg.tls0["handshakes"] == 21, s["tls"]
+    assert s["tls"]["failures"] - cg.tls0["failures"] == 0, s["tls"]
