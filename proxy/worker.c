@@ -17,6 +17,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -386,10 +387,35 @@ fail:
     return NULL;
 }
 
+/* Monotonic microseconds (vDSO, no system call). */
+static int64_t now_us_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    event_base_dispatch(w->base);
+    /* After each wake-up the loop keeps polling without blocking for
+     * busy_poll_us: a client or clone answering within that time finds the
+     * worker awake, and neither side pays for waking a sleeping thread (on
+     * a loaded machine that costs the peers more than the polls cost us). */
+    while (!event_base_got_break(w->base)) {
+        unsigned spin_us = w->cfg->busy_poll_us;
+        if (spin_us) {
+            int64_t until = now_us_mono() + spin_us;
+            do {
+                /* 1: nothing left to wait for; -1: an error */
+                if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0 || event_base_got_break(w->base))
+                    goto out;
+            } while (now_us_mono() < until);
+        }
+        if (event_base_loop(w->base, EVLOOP_ONCE) != 0)
+            break;
+    }
+out:
     conn_close_all(w);
 
     log_access_flush(&w->access);
