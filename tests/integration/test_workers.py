@@ -136,15 +136,21 @@ def test_max_connections_pauses_accept(origins, clonegate):
     assert cg.get("/echo?after").status == 200
 
 
-def read_answer(sock, deadline_s):
-    """The whole answer on <sock> up to its close, and when it ended."""
-    data = b""
-    sock.settimeout(deadline_s)
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data, time.monotonic()
-        data += chunk
+def answer_on_new_connection(port, target, deadline_s=5):
+    """Sends GET <target> on a new connection and reads the answer up to the
+    close; returns (answer bytes, seconds from connect to the close)."""
+    t0 = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=deadline_s)
+    try:
+        sock.sendall(helpers.build_request("GET", target))
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, time.monotonic() - t0
+            data += chunk
+    finally:
+        sock.close()
 
 
 def test_max_connections_refuses_past_queue_timeout(origins, clonegate):
@@ -163,14 +169,7 @@ def test_max_connections_refuses_past_queue_timeout(origins, clonegate):
             c = cg.conn(timeout=5)
             idle.append(c)
             assert c.get(f"/echo?idle={i}").status == 200
-        started = time.monotonic()
-        third = socket.create_connection(("127.0.0.1", cg.port), timeout=5)
-        try:
-            third.sendall(helpers.build_request("GET", "/echo?third"))
-            data, ended = read_answer(third, 5)
-        finally:
-            third.close()
-        waited = ended - started
+        data, waited = answer_on_new_connection(cg.port, "/echo?third")
         r, _ = helpers.parse_response(data, 0, "GET", eof=True)
         assert r.status == 503, data[:300]
         assert r.header("retry-after") == "1", r.headers
@@ -180,15 +179,9 @@ def test_max_connections_refuses_past_queue_timeout(origins, clonegate):
         assert 0.9 <= waited <= 3.0, waited
         # refusing is fast once the limit has held past queue_timeout
         for _ in range(3):
-            t0 = time.monotonic()
-            more = socket.create_connection(("127.0.0.1", cg.port), timeout=5)
-            try:
-                more.sendall(helpers.build_request("GET", "/echo?more"))
-                data, ended = read_answer(more, 5)
-            finally:
-                more.close()
+            data, took = answer_on_new_connection(cg.port, "/echo?more")
             assert data.startswith(b"HTTP/1.1 503 "), data[:200]
-            assert ended - t0 < 0.5, ended - t0
+            assert took < 0.5, took
         # the connections within the limit were served all along
         assert idle[0].get("/echo?still").status == 200
         after = cg.stats()["connections"]
