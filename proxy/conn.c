@@ -35,6 +35,7 @@
 #include <event2/event_struct.h>
 
 #include "cache.h"
+#include "clock.h"
 #include "cache_entry.h"
 #include "cache_policy.h"
 #include "http.h"
@@ -232,17 +233,9 @@ static const struct config *cfg_of(const struct conn *c)
     return c->w->cfg;
 }
 
-/* Monotonic microseconds (vDSO, no system call). */
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static double seconds_since(int64_t since_us)
 {
-    return (double)(now_us() - since_us) / 1e6;
+    return (double)(clock_mono_us() - since_us) / 1e6;
 }
 
 static void copy_field(char *dst, size_t room, size_t *dst_len, const char *src, size_t len)
@@ -289,7 +282,7 @@ static void request_done(struct conn *c)
 {
     struct stats_worker *sw = c->w->stats;
     uint64_t in, out;
-    int64_t total_us = now_us() - c->t_start;
+    int64_t total_us = clock_mono_us() - c->t_start;
     count_bytes(c, &in, &out);
     if (c->status)
         STATS_INC(sw->cache.outcome[c->cache_outcome < STATS_CS_COUNT ? c->cache_outcome
@@ -335,7 +328,7 @@ static void timer_arm(struct conn *c, int64_t at_us)
 {
     if (c->timer_armed && c->timer_expiry_us <= at_us)
         return;
-    int64_t left = at_us - now_us();
+    int64_t left = at_us - clock_mono_us();
     if (left < 0)
         left = 0;
     struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
@@ -816,7 +809,7 @@ static void process_input(struct conn *c)
             conn_close(c, "draining");
             return;
         }
-        int64_t now = now_us();
+        int64_t now = clock_mono_us();
         /* TLS record buffers go after a second of quiet (see conn_on_timer);
          * armed first, so that the later idle deadline needs no timer call */
         if (c->cs.ssl && c->cs.tls_done && c->release_at_us == 0) {
@@ -832,7 +825,7 @@ static void process_input(struct conn *c)
             return;
         }
         conn_set_state(c, CONN_READING_HEAD);
-        c->t_start = now_us();
+        c->t_start = clock_mono_us();
         c->cache_outcome = STATS_CS_BYPASS;
         c->release_at_us = 0; /* busy again: the record buffers are in use */
         memset(&c->ex->log, 0, sizeof(c->ex->log));
@@ -1269,7 +1262,7 @@ static void dispatch(struct conn *c)
     c->ex->resp.skip_body =
         c->ex->req.method.len == 4 && memcmp(head + c->ex->req.method.off, "HEAD", 4) == 0;
     c->resp_bytes = false;
-    c->t_upstream = now_us();
+    c->t_upstream = clock_mono_us();
     stream_read_enable(us, true);
     stream_flush(us);
 
@@ -1754,7 +1747,7 @@ static void cache_forward(struct conn *c, enum stats_cache_outcome why)
             STATS_INC(c->w->stats->cache.coalesced);
             cx->collapsed = true;
             conn_set_state(c, CONN_CACHE_WAIT);
-            deadline_after_ms(c, now_us(), cfg_of(c)->cache_lock_timeout_ms);
+            deadline_after_ms(c, clock_mono_us(), cfg_of(c)->cache_lock_timeout_ms);
             return;
         }
         cx->fill = fill; /* NULL when out of memory: forward uncoalesced */
@@ -2641,7 +2634,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->timer_armed = false;
-    int64_t now = now_us();
+    int64_t now = clock_mono_us();
     if (c->release_at_us && now + 1000 >= c->release_at_us) {
         /* idle for CONN_TLS_RELEASE_US: the record buffers (some 34 KiB)
          * are made again by the next request */
@@ -2778,7 +2771,7 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
     stream_read_enable(&c->cs, true);
     conn_set_state(c, CONN_IDLE);
     /* a TLS handshake has header_timeout to finish, like a request head */
-    deadline_after_ms(c, now_us(), tls ? cfg->header_timeout_ms : cfg->idle_timeout_ms);
+    deadline_after_ms(c, clock_mono_us(), tls ? cfg->header_timeout_ms : cfg->idle_timeout_ms);
     /* the listener defers accepting until the request arrives: read it now */
     stream_read_now(&c->cs);
 }

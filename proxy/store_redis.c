@@ -59,6 +59,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define STORE_REDIS_SPARE_OPS 256         /* freed ops kept for reuse */
@@ -237,10 +238,7 @@ static void sub_lost(struct store_redis *s);
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return (uint64_t)clock_mono_us();
 }
 
 static struct timeval ms_tv(unsigned ms)

@@ -17,7 +17,6 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -26,6 +25,7 @@
 #include <event2/listener.h>
 
 #include "cache.h"
+#include "clock.h"
 #include "conn.h"
 #include "health.h"
 #include "stats.h"
@@ -387,14 +387,6 @@ fail:
     return NULL;
 }
 
-/* Monotonic microseconds (vDSO, no system call). */
-static int64_t now_us_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -405,12 +397,12 @@ static void *worker_main(void *arg)
     while (!event_base_got_break(w->base)) {
         unsigned spin_us = w->cfg->busy_poll_us;
         if (spin_us) {
-            int64_t until = now_us_mono() + spin_us;
+            int64_t until = clock_mono_us() + spin_us;
             do {
                 /* 1: nothing left to wait for; -1: an error */
                 if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0 || event_base_got_break(w->base))
                     goto out;
-            } while (now_us_mono() < until);
+            } while (clock_mono_us() < until);
         }
         if (event_base_loop(w->base, EVLOOP_ONCE) != 0)
             break;
