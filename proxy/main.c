@@ -295,6 +295,9 @@ static int run(const char *path)
     for (unsigned i = 0; i < m.cfg->listen_count; i++)
         log_info("clonegate %s listening on %s, %u worker(s), %u server(s)", CLONEGATE_VERSION,
                  m.cfg->listen[i].text, m.worker_count, m.cfg->server_count);
+    for (unsigned i = 0; i < m.cfg->tls_listen_count; i++)
+        log_info("clonegate %s listening on %s (TLS), %u worker(s), %u server(s)",
+                 CLONEGATE_VERSION, m.cfg->tls_listen[i].text, m.worker_count, m.cfg->server_count);
     event_base_dispatch(m.base);
     status = 0;
 fail:

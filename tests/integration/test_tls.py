@@ -186,6 +186,9 @@ def test_https_request_reaches_the_origin_with_x_forwarded_proto_https(origins, 
     r = curl(certs, "--resolve", f"localhost:{port}:127.0.0.1", f"https://localhost:{port}/echo")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["headers"], r.stdout
+    # the start-up lines name the TLS listener too
+    assert re.search(rf"listening on 127\.0\.0\.1:{port} \(TLS\)", cg.stderr_text()), \
+        cg.stderr_text()[-2000:]
 
 
 def test_alpn_answers_http11_and_an_h2_only_client_gets_no_alpn_but_is_served(origins,
