@@ -126,6 +126,7 @@ static const struct key_def keys[] = {
     {"server", "workers", T_UINT, 1, CONFIG_MAX_WORKERS, "auto", FIELD(workers), .flags = F_AUTO},
     {"server", "max_connections", T_UINT, 1, 1000000, "10000", FIELD(max_connections)},
     {"server", "busy_poll_us", T_UINT, 0, 1000, "50", FIELD(busy_poll_us)},
+    {"server", "busy_nap_us", T_UINT, 0, 1000, "50", FIELD(busy_nap_us)},
     {"server", "queue_timeout", T_DURATION, 0, 1 * MS_PER_H, "5s", FIELD(queue_timeout_ms)},
     {"server", "header_timeout", T_DURATION, 10, 1 * MS_PER_H, "10s", FIELD(header_timeout_ms)},
     {"server", "idle_timeout", T_DURATION, 10, 24 * MS_PER_H, "60s", FIELD(idle_timeout_ms)},

@@ -68,6 +68,7 @@ struct config {
     unsigned max_connections;                 /* per process; default 10000 */
     unsigned queue_timeout_ms;                /* default 5s; 0 = wait for a slot */
     unsigned busy_poll_us;                    /* polling after a wake-up; default 50, 0 off */
+    unsigned busy_nap_us;                     /* timed sleeps under load; default 50, 0 off */
     unsigned header_timeout_ms;               /* default 10s */
     unsigned idle_timeout_ms;                 /* default 60s */
     unsigned drain_timeout_ms;                /* default 30s */

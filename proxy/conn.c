@@ -456,6 +456,7 @@ static int exchange_take(struct conn *c)
         ex->cx = NULL;
     }
     ex->upstream_name[0] = '\0';
+    c->w->exchanges_open++;
     if (ex->cx)
         ex->cx->collapsed = false; /* read by cache_status_line() before cache_begin() */
     c->ex = ex;
@@ -474,6 +475,7 @@ static void exchange_give(struct conn *c)
         return;
     cache_request_end(c);
     c->ex = NULL;
+    c->w->exchanges_open--;
 #if defined(__SANITIZE_ADDRESS__)
     exchange_free(ex);
 #else

@@ -108,6 +108,10 @@ void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
  * writability for the rest. Call after queueing bytes. Never calls back. */
 void stream_flush(struct stream *s);
 
+/* How many times this thread's streams were readable or writable so far
+ * (it wraps): a loop turn that moved it did some I/O. */
+unsigned stream_activity(void);
+
 /* Asks for on_drained once <out> holds <low> bytes or fewer. */
 void stream_notify_drained(struct stream *s, size_t low);
 

@@ -17,7 +17,9 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,6 +31,7 @@
 #include "conn.h"
 #include "health.h"
 #include "stats.h"
+#include "stream.h"
 #include "store_redis.h"
 #include "tls.h"
 #include "upstream.h"
@@ -387,13 +390,33 @@ fail:
     return NULL;
 }
 
+/* Requests in progress from which a worker counts as busy, and how long
+ * after its last socket event a busy worker naps instead of sleeping. */
+#define WORKER_NAP_MIN_OPEN  8
+#define WORKER_NAP_WINDOW_US 1000
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    /* After each wake-up the loop keeps polling without blocking for
+    /* naps of tens of microseconds: without it the kernel may add 50 */
+    if (prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0) == -1)
+        log_warnx("worker %u: timer slack not set: %s", w->id, strerror(errno));
+    unsigned io_seen = stream_activity();
+    int64_t io_at_us = 0;
+    /*
+     * After each wake-up the loop keeps polling without blocking for
      * busy_poll_us: a client or clone answering within that time finds the
      * worker awake, and neither side pays for waking a sleeping thread (on
-     * a loaded machine that costs the peers more than the polls cost us). */
+     * a loaded machine that costs the peers more than the polls cost us).
+     *
+     * Then, while the worker is busy (several requests in progress and
+     * socket events within the last millisecond), it naps busy_nap_us
+     * instead of sleeping in epoll_wait: a peer writing to a worker that
+     * waits in epoll_wait pays to wake it, one writing to a napping worker
+     * only queues the event, and the nap collects several of them for one
+     * turn of the loop. An idle or lightly loaded worker sleeps as before,
+     * so a lone request is never delayed by a nap.
+     */
     while (!event_base_got_break(w->base)) {
         unsigned spin_us = w->cfg->busy_poll_us;
         if (spin_us) {
@@ -403,6 +426,21 @@ static void *worker_main(void *arg)
                 if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0 || event_base_got_break(w->base))
                     goto out;
             } while (clock_mono_us() < until);
+        }
+        unsigned nap_us = w->cfg->busy_nap_us;
+        if (nap_us) {
+            int64_t now = clock_mono_us();
+            if (stream_activity() != io_seen) {
+                io_seen = stream_activity();
+                io_at_us = now;
+            }
+            if (w->exchanges_open >= WORKER_NAP_MIN_OPEN && now - io_at_us < WORKER_NAP_WINDOW_US) {
+                struct timespec nap = {0, (long)nap_us * 1000};
+                nanosleep(&nap, NULL); /* EINTR: a signal cut it short, which is fine */
+                if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0)
+                    break;
+                continue;
+            }
         }
         if (event_base_loop(w->base, EVLOOP_ONCE) != 0)
             break;

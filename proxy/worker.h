@@ -66,6 +66,7 @@ struct worker {
     int64_t refuse_logged_ms;          /* when refusing was last logged */
     struct worker_conn_list conns;     /* every open client connection */
     unsigned conn_count;               /* length of conns */
+    unsigned exchanges_open;           /* requests between their first byte and their end */
     int wake_fd;                       /* owned eventfd; written by worker_reload()/_stop() */
     struct event *wake_ev;             /* owned; reads wake_fd */
     int stop_requested;                /* atomic; set by worker_stop() */

@@ -196,3 +196,74 @@ def test_max_connections_refuses_past_queue_timeout(origins, clonegate):
     finally:
         for c in idle:
             c.close()
+
+
+def cpu_seconds(pid):
+    """utime + stime of every thread of <pid>, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def slow_requests(cg, n, ms):
+    """n connections, each with a GET /slow?ms=<ms> sent and not yet answered."""
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", cg.port), timeout=10)
+        s.sendall(helpers.build_request("GET", f"/slow?ms={ms}&i={i}"))
+        socks.append(s)
+    return socks
+
+
+def read_answer(s, deadline_s=10):
+    data = b""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            r, _ = helpers.parse_response(data, 0, "GET")
+            return r
+        except helpers.Incomplete:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    r, _ = helpers.parse_response(data, 0, "GET", eof=True)
+    return r
+
+
+@pytest.mark.parametrize("busy_poll_us", [50, 0])
+def test_busy_naps_serve_many_concurrent_clients(origins, clonegate, busy_poll_us):
+    # 32 clients at once keep the worker busy enough to nap between turns
+    # (busy_nap_us, the longest allowed); every answer must still come,
+    # whole and in time, with or without the polling after a wake-up.
+    origins(2)
+    cg = clonegate({"server.workers": 1, "server.busy_nap_us": 1000,
+                    "server.busy_poll_us": busy_poll_us, "cache.enabled": "no"})
+    started = time.monotonic()
+    problems = run_concurrent(cg, n=32, per_conn=20, target="/bytes?n=%d" % BODY)
+    assert not problems, problems[:10]
+    assert time.monotonic() - started < 30
+
+
+def test_busy_worker_stops_napping_when_requests_stall(origins, clonegate):
+    # Twelve requests in progress make the worker busy, but once their clone
+    # goes quiet for a millisecond it sleeps in the kernel instead of
+    # napping: stalled requests cost no CPU. (Napping on would burn about
+    # half a CPU here: 50 us naps between 50 us polls.)
+    origins(1)
+    cg = clonegate({"server.workers": 1, "server.busy_nap_us": 50,
+                    "server.busy_poll_us": 50, "cache.enabled": "no"})
+    assert cg.get("/echo").status == 200
+    socks = slow_requests(cg, 12, 4000)
+    try:
+        time.sleep(0.5)  # all twelve forwarded, the clone now silent
+        before = cpu_seconds(cg.pid)
+        time.sleep(2.0)
+        used = cpu_seconds(cg.pid) - before
+        assert used < 0.2, f"{used:.2f} s of CPU in 2 s with every request stalled"
+        for s in socks:
+            r = read_answer(s)
+            assert r.status == 200 and r.body == b"slow answer\n", r
+    finally:
+        for s in socks:
+            s.close()

@@ -427,6 +427,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->max_connections, 10000);
     assert_int_equal(cfg->queue_timeout_ms, 5000);
     assert_int_equal(cfg->busy_poll_us, 50);
+    assert_int_equal(cfg->busy_nap_us, 50);
     assert_int_equal(cfg->header_timeout_ms, 10000);
     assert_int_equal(cfg->idle_timeout_ms, 60000);
     assert_int_equal(cfg->drain_timeout_ms, 30000);
@@ -494,6 +495,7 @@ static const char full_ini[] = "[server]\n"
                                "max_connections = 500\n"
                                "queue_timeout = 0\n"
                                "busy_poll_us = 0\n"
+                               "busy_nap_us = 200\n"
                                "header_timeout = 5s\n"
                                "idle_timeout = 2m\n"
                                "drain_timeout = 0\n"
@@ -561,6 +563,7 @@ static void test_full(void **state)
     assert_int_equal(cfg->max_connections, 500);
     assert_int_equal(cfg->queue_timeout_ms, 0);
     assert_int_equal(cfg->busy_poll_us, 0);
+    assert_int_equal(cfg->busy_nap_us, 200);
     assert_int_equal(cfg->header_timeout_ms, 5000);
     assert_int_equal(cfg->idle_timeout_ms, 120000);
     assert_int_equal(cfg->drain_timeout_ms, 0);
@@ -782,6 +785,8 @@ static struct bad_case bad_cases[] = {
      0, "test.ini:2: [server] idle_timeout: bad duration '99999999999999999999h'\n"},
     {"out of range, busy_poll_us", "[server]\nbusy_poll_us = 5000\n" MINIMAL, 0,
      "test.ini:2: [server] busy_poll_us: '5000' out of range (0..1000)\n"},
+    {"out of range, busy_nap_us", "[server]\nbusy_nap_us = 1001\n" MINIMAL, 0,
+     "test.ini:2: [server] busy_nap_us: '1001' out of range (0..1000)\n"},
     {"bad duration, queue_timeout", "[server]\nqueue_timeout = 2h\n" MINIMAL, 0,
      "test.ini:2: [server] queue_timeout: '2h' out of range (0s..1h)\n"},
     {"bad size", "[server]\nmax_body_size = 10q\n" MINIMAL, 0,
