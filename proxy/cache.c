@@ -90,6 +90,16 @@ static struct shard *shard_of(struct cache *c, uint64_t h)
     return &c->shards[h >> 60 & (CACHE_SHARDS - 1)];
 }
 
+/* SHA-256 fetched from its provider once: EVP_sha256() makes every digest
+ * fetch it again, which cost more than the hashing. Process lifetime. */
+static EVP_MD *sha256_fetched;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_fetched = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 size_t cache_redis_key(const char *kind, const char *key, size_t len, char *out)
 {
     static const char hex[] = "0123456789abcdef";
@@ -97,7 +107,9 @@ size_t cache_redis_key(const char *kind, const char *key, size_t len, char *out)
     unsigned mdlen = 0;
     size_t n = 0;
 
-    if (EVP_Digest(key, len, md, &mdlen, EVP_sha256(), NULL) != 1)
+    pthread_once(&sha256_once, sha256_fetch);
+    const EVP_MD *sha256 = sha256_fetched ? sha256_fetched : EVP_sha256();
+    if (EVP_Digest(key, len, md, &mdlen, sha256, NULL) != 1)
         mdlen = 0; /* cannot happen with the built-in digest; gives a fixed key */
     memcpy(out, CACHE_REDIS_PREFIX, sizeof(CACHE_REDIS_PREFIX) - 1);
     n = sizeof(CACHE_REDIS_PREFIX) - 1;

@@ -1494,26 +1494,46 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
     unsigned status = nm ? 304 : e->status;
     bool body = !nm && !c->ex->cx->rq.is_head && status != 204 && status != 304 && status >= 200;
     long long ttl_s = (long long)((e->freshness_ms - age_ms) / 1000);
-    int r;
-    if (outcome == STATS_CS_HIT)
-        r = evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\nCache-Status: clonegate; hit; ttl=%lld\r\n",
-                                status, http_reason(status), ttl_s);
-    else
-        r = evbuffer_add_printf(out,
-                                "HTTP/1.1 %u %s\r\nCache-Status: clonegate; fwd=%s; "
-                                "fwd-status=%u%s; ttl=%lld\r\n",
-                                status, http_reason(status), cache_fwd_names[outcome], fwd_status,
-                                fwd_status >= 500 ? "; detail=stale-if-error" : "", ttl_s);
+    /* built with copies, not printf: this runs for every hit */
+    char top[CONN_CACHE_STATUS_MAX + 64];
+    size_t n = 0;
+    const char *reason = http_reason(status);
+    LINE_LIT(top, sizeof(top), &n, "HTTP/1.1 ");
+    line_put_int(top, sizeof(top), &n, status);
+    LINE_LIT(top, sizeof(top), &n, " ");
+    line_put(top, sizeof(top), &n, reason, strlen(reason));
+    if (outcome == STATS_CS_HIT) {
+        LINE_LIT(top, sizeof(top), &n, "\r\nCache-Status: clonegate; hit; ttl=");
+    } else {
+        const char *fwd = cache_fwd_names[outcome];
+        LINE_LIT(top, sizeof(top), &n, "\r\nCache-Status: clonegate; fwd=");
+        line_put(top, sizeof(top), &n, fwd, strlen(fwd));
+        LINE_LIT(top, sizeof(top), &n, "; fwd-status=");
+        line_put_int(top, sizeof(top), &n, fwd_status);
+        if (fwd_status >= 500)
+            LINE_LIT(top, sizeof(top), &n, "; detail=stale-if-error");
+        LINE_LIT(top, sizeof(top), &n, "; ttl=");
+    }
+    line_put_int(top, sizeof(top), &n, ttl_s);
+    LINE_LIT(top, sizeof(top), &n, "\r\n");
+    int r = evbuffer_add(out, top, n);
     r |= add_stored_head(e, nm, out);
-    r |=
-        evbuffer_add_printf(out, "Age: %lld\r\nVia: 1.1 clonegate\r\n", (long long)(age_ms / 1000));
-    if (!nm && status != 204 && status != 304)
-        r |= evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)e->body_len);
+    char tail[160];
+    n = 0;
+    LINE_LIT(tail, sizeof(tail), &n, "Age: ");
+    line_put_int(tail, sizeof(tail), &n, age_ms / 1000);
+    LINE_LIT(tail, sizeof(tail), &n, "\r\nVia: 1.1 clonegate\r\n");
+    if (!nm && status != 204 && status != 304) {
+        LINE_LIT(tail, sizeof(tail), &n, "Content-Length: ");
+        line_put_int(tail, sizeof(tail), &n, (long long)e->body_len);
+        LINE_LIT(tail, sizeof(tail), &n, "\r\n");
+    }
     if (!c->keep_alive)
-        r |= evbuffer_add(out, "Connection: close\r\n", 19);
+        LINE_LIT(tail, sizeof(tail), &n, "Connection: close\r\n");
     else if (c->ex->req.version_minor == 0)
-        r |= evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    r |= evbuffer_add(out, "\r\n", 2);
+        LINE_LIT(tail, sizeof(tail), &n, "Connection: keep-alive\r\n");
+    LINE_LIT(tail, sizeof(tail), &n, "\r\n");
+    r |= evbuffer_add(out, tail, n);
     if (body && e->body_len)
         r |= cache_entry_add_body(e, out);
     if (r < 0) {
