@@ -18,6 +18,12 @@
  * stays allocated until hiredis hands back its (ignored) reply. Freed ops
  * are kept on a short spare list for the next gets.
  *
+ * A get is not sent at once: it waits, with a copy of its key, in the
+ * store's batch until the batch event runs at the end of the loop turn
+ * (or the batch is full), which sends every waiting get as one MGET (one
+ * alone as GET) and hands the ops, chained in key order, to the reply.
+ * A batch that cannot be sent (the link went) answers each get FAILED.
+ *
  * A get's handle is valid until its callback runs (or, once cancelled,
  * must not be used again). A purge that was sent always calls back exactly
  * once, with -1 when the link drops or the store is freed first, so a caller
@@ -61,12 +67,14 @@
 #include "clock.h"
 #include "log.h"
 
-#define STORE_REDIS_SPARE_OPS   256         /* freed ops kept for reuse */
-#define STORE_REDIS_OP_MAGIC    0x5245444fu /* "REDO": a live op */
-#define STORE_REDIS_NUM_MAX     24          /* decimal digits of a u64, and some */
-#define STORE_REDIS_GET_CMD_MAX 1024 /* a GET formatted on the stack: keys under 1000 bytes */
-#define STORE_REDIS_UNIX        "unix:"
-#define STORE_REDIS_UNIX_LEN    (sizeof(STORE_REDIS_UNIX) - 1)
+#define STORE_REDIS_SPARE_OPS     256         /* freed ops kept for reuse */
+#define STORE_REDIS_OP_MAGIC      0x5245444fu /* "REDO": a live op */
+#define STORE_REDIS_NUM_MAX       24          /* decimal digits of a u64, and some */
+#define STORE_REDIS_BATCH_MAX     64          /* gets of one loop turn sent as one MGET */
+#define STORE_REDIS_BATCH_KEY_MAX 128         /* longer keys are sent alone */
+#define STORE_REDIS_GET_CMD_MAX   1024 /* a GET formatted on the stack: keys under 1000 bytes */
+#define STORE_REDIS_UNIX          "unix:"
+#define STORE_REDIS_UNIX_LEN      (sizeof(STORE_REDIS_UNIX) - 1)
 
 #define STORE_REDIS_STACK_INDEXES 16 /* indexes of a set passed without a heap array */
 #define STORE_REDIS_SHA1_HEX      40
@@ -183,17 +191,20 @@ struct store_redis_op {
     union {
         store_redis_get_fn get;
         store_redis_count_fn count;
-    } cb;                 /* the caller's */
-    void *arg;            /* the caller's, passed back */
-    uint64_t sent_us;     /* monotonic, when the command was queued */
-    uint64_t deadline_us; /* monotonic, when a get times out */
-    bool answered;        /* the callback ran (timeout): drop the reply */
-    bool cancelled;       /* the caller gave up: never call back */
-    bool in_fifo;         /* on s->waiting */
-    char *prefix;         /* OP_PREFIX: owned copy, freed in op_release() */
-    size_t prefix_len;    /* OP_PREFIX */
-    bool soft;            /* OP_PREFIX: soften rather than delete */
-    long long total;      /* OP_PREFIX: entries purged by the batches so far */
+    } cb;                                /* the caller's */
+    void *arg;                           /* the caller's, passed back */
+    uint64_t sent_us;                    /* monotonic, when the command was queued */
+    uint64_t deadline_us;                /* monotonic, when a get times out */
+    bool answered;                       /* the callback ran (timeout): drop the reply */
+    bool cancelled;                      /* the caller gave up: never call back */
+    bool in_fifo;                        /* on s->waiting */
+    char *prefix;                        /* OP_PREFIX: owned copy, freed in op_release() */
+    size_t prefix_len;                   /* OP_PREFIX */
+    bool soft;                           /* OP_PREFIX: soften rather than delete */
+    long long total;                     /* OP_PREFIX: entries purged by the batches so far */
+    struct store_redis_op *batch_next;   /* OP_GET: the next get of its MGET */
+    size_t key_len;                      /* OP_GET waiting in s->batch */
+    char key[STORE_REDIS_BATCH_KEY_MAX]; /* OP_GET waiting in s->batch */
 };
 
 TAILQ_HEAD(op_list, store_redis_op);
@@ -226,10 +237,15 @@ struct store_redis {
     struct op_list spare;           /* owned free ops, freed in store_redis_free() */
     unsigned spare_count;           /* length of spare */
     struct store_redis_stats stats; /* written here only */
+    struct store_redis_op *batch[STORE_REDIS_BATCH_MAX]; /* gets not yet sent, in order */
+    unsigned batch_count;                                /* length of batch */
+    struct event *batch_ev;                              /* owned: sends the batch */
 };
 
 static void store_redis_on_state_timer(evutil_socket_t fd, short what, void *arg);
 static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg);
+static void store_redis_on_batch(evutil_socket_t fd, short what, void *arg);
+static void batch_fail(struct store_redis *s);
 static void send_script_load(struct store_redis *s);
 static void send_subscribe(struct store_redis *s);
 static void sub_lost(struct store_redis *s);
@@ -553,7 +569,8 @@ struct store_redis *store_redis_new(struct event_base *base, const char *addr, u
     }
     s->state_ev = event_new(base, -1, 0, store_redis_on_state_timer, s);
     s->timeout_ev = event_new(base, -1, 0, store_redis_on_timeout, s);
-    if (s->state_ev == NULL || s->timeout_ev == NULL)
+    s->batch_ev = event_new(base, -1, 0, store_redis_on_batch, s);
+    if (s->state_ev == NULL || s->timeout_ev == NULL || s->batch_ev == NULL)
         goto fail;
     link_start(s);
     return s;
@@ -567,6 +584,10 @@ void store_redis_free(struct store_redis *s)
     if (s == NULL)
         return;
     s->freeing = true;
+    batch_fail(s); /* gets not sent yet: FAILED, each op freed there */
+    if (s->batch_ev != NULL)
+        event_free(s->batch_ev);
+    s->batch_ev = NULL;
     /* hiredis answers every pending command with a NULL reply first: gets
      * are answered FAILED and purges -1, each op freed there */
     if (s->ac != NULL) {
@@ -642,20 +663,17 @@ static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg)
     arm_timeout(s, now);
 }
 
-static void store_redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
+/* Answers the get <op> from <reply> (NULL: the link dropped or the store
+ * is being freed) unless it was answered (timed out) or cancelled, then
+ * releases it. */
+static void get_replied(struct store_redis *s, struct store_redis_op *op, const redisReply *reply,
+                        uint64_t now)
 {
-    struct store_redis_op *op = privdata;
-    struct store_redis *s = op->s;
-    const redisReply *reply = r;
-
-    (void)ac;
     assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_GET);
     s->inflight--;
     if (reply == NULL) {
-        /* the link dropped or the store is being freed */
         answer_get(s, op, STORE_REDIS_FAILED, NULL, 0);
     } else if (!op->answered && !op->cancelled) {
-        uint64_t now = now_us();
         SR_ADD(s->stats.rtt_us_sum, now - op->sent_us);
         SR_INC(s->stats.rtt_count);
         s->timeouts_in_row = 0;
@@ -682,6 +700,141 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
     op_release(s, op);
 }
 
+static void store_redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis_op *op = privdata;
+    (void)ac;
+    get_replied(op->s, op, r, r ? now_us() : 0);
+}
+
+/* The reply to an MGET: <privdata> is its first get, the others follow
+ * through batch_next, in the order of the keys. */
+static void store_redis_on_mget_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis_op *op = privdata;
+    struct store_redis *s = op->s;
+    const redisReply *reply = r;
+    (void)ac;
+    size_t count = 0;
+    for (const struct store_redis_op *o = op; o; o = o->batch_next)
+        count++;
+    /* an error (or anything but one value per key) fails every get */
+    bool whole = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == count;
+    uint64_t now = reply ? now_us() : 0;
+    for (size_t i = 0; op; i++) {
+        struct store_redis_op *next = op->batch_next;
+        get_replied(s, op, whole ? reply->element[i] : reply, now);
+        op = next;
+    }
+}
+
+/* Answers FAILED, and releases, every get of the batch not yet sent. */
+static void batch_fail(struct store_redis *s)
+{
+    unsigned n = s->batch_count;
+    s->batch_count = 0;
+    for (unsigned i = 0; i < n; i++)
+        get_replied(s, s->batch[i], NULL, 0);
+}
+
+/* Sends a get alone; -1 when hiredis refused it (the link is going away). */
+static int send_get(struct store_redis *s, struct store_redis_op *op, const char *key,
+                    size_t key_len)
+{
+    /* the protocol's form of GET <key>, written here: every cache lookup
+     * sends one, and hiredis's own formatting cost more than the rest */
+    static const char get_head[] = "*2\r\n$3\r\nGET\r\n$";
+    char cmd[STORE_REDIS_GET_CMD_MAX];
+    if (key_len < 1000) {
+        size_t n = sizeof(get_head) - 1;
+        memcpy(cmd, get_head, n);
+        if (key_len >= 100)
+            cmd[n++] = (char)('0' + key_len / 100);
+        if (key_len >= 10)
+            cmd[n++] = (char)('0' + key_len / 10 % 10);
+        cmd[n++] = (char)('0' + key_len % 10);
+        memcpy(cmd + n, "\r\n", 2);
+        memcpy(cmd + n + 2, key, key_len);
+        memcpy(cmd + n + 2 + key_len, "\r\n", 2);
+        return redisAsyncFormattedCommand(s->ac, store_redis_on_reply, op, cmd, n + key_len + 4) ==
+                       REDIS_OK
+                   ? 0
+                   : -1;
+    }
+    const char *argv[2] = {"GET", key};
+    const size_t argvlen[2] = {3, key_len};
+    return redisAsyncCommandArgv(s->ac, store_redis_on_reply, op, 2, argv, argvlen) == REDIS_OK
+               ? 0
+               : -1;
+}
+
+/* Appends the decimal <v> and CRLF at out[*n]. */
+static void put_count(char *out, size_t *n, size_t v)
+{
+    char tmp[STORE_REDIS_NUM_MAX];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(out + *n, tmp + i, sizeof(tmp) - i);
+    *n += sizeof(tmp) - i;
+    memcpy(out + *n, "\r\n", 2);
+    *n += 2;
+}
+
+/*
+ * Sends the gets queued in this loop turn: one alone as GET, several as one
+ * MGET, whose single reply the reader takes in one piece (replies of a GET
+ * each make hiredis move the rest of its buffer) and Redis serves for less.
+ */
+static void batch_send(struct store_redis *s)
+{
+    unsigned n = s->batch_count;
+    if (n == 0)
+        return;
+    if (s->ac == NULL) {
+        batch_fail(s);
+        return;
+    }
+    if (n == 1) {
+        struct store_redis_op *op = s->batch[0];
+        s->batch_count = 0;
+        if (send_get(s, op, op->key, op->key_len) == -1)
+            get_replied(s, op, NULL, 0);
+        return;
+    }
+    char cmd[32 + STORE_REDIS_BATCH_MAX * (STORE_REDIS_BATCH_KEY_MAX + 32)];
+    size_t len = 0;
+    cmd[len++] = '*';
+    put_count(cmd, &len, n + 1);
+    memcpy(cmd + len, "$4\r\nMGET\r\n", 10);
+    len += 10;
+    for (unsigned i = 0; i < n; i++) {
+        struct store_redis_op *op = s->batch[i];
+        op->batch_next = i + 1 < n ? s->batch[i + 1] : NULL;
+        cmd[len++] = '$';
+        put_count(cmd, &len, op->key_len);
+        memcpy(cmd + len, op->key, op->key_len);
+        len += op->key_len;
+        memcpy(cmd + len, "\r\n", 2);
+        len += 2;
+    }
+    if (redisAsyncFormattedCommand(s->ac, store_redis_on_mget_reply, s->batch[0], cmd, len) !=
+        REDIS_OK) {
+        batch_fail(s);
+        return;
+    }
+    s->batch_count = 0;
+}
+
+static void store_redis_on_batch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    batch_send(arg);
+}
+
 /* Whether a command may be sent now. Gets and sets are optional work that
  * a slow Redis is spared (<even_slow> false); purges and publishes are not.
  * A subscriber link sends nothing else. */
@@ -705,29 +858,16 @@ struct store_redis_op *store_redis_get(struct store_redis *s, const char *key, s
         return NULL;
     }
     op->cb.get = cb;
-    /* the protocol's form of GET <key>, written here: every cache lookup
-     * sends one, and hiredis's own formatting cost more than the rest */
-    static const char get_head[] = "*2\r\n$3\r\nGET\r\n$";
-    char cmd[STORE_REDIS_GET_CMD_MAX];
-    int rc;
-    if (key_len < 1000) {
-        size_t n = sizeof(get_head) - 1;
-        memcpy(cmd, get_head, n);
-        if (key_len >= 100)
-            cmd[n++] = (char)('0' + key_len / 100);
-        if (key_len >= 10)
-            cmd[n++] = (char)('0' + key_len / 10 % 10);
-        cmd[n++] = (char)('0' + key_len % 10);
-        memcpy(cmd + n, "\r\n", 2);
-        memcpy(cmd + n + 2, key, key_len);
-        memcpy(cmd + n + 2 + key_len, "\r\n", 2);
-        rc = redisAsyncFormattedCommand(s->ac, store_redis_on_reply, op, cmd, n + key_len + 4);
-    } else {
-        const char *argv[2] = {"GET", key};
-        const size_t argvlen[2] = {3, key_len};
-        rc = redisAsyncCommandArgv(s->ac, store_redis_on_reply, op, 2, argv, argvlen);
-    }
-    if (rc != REDIS_OK) {
+    if (key_len <= STORE_REDIS_BATCH_KEY_MAX) {
+        /* sent at the end of this loop turn, with the turn's other gets */
+        if (s->batch_count == STORE_REDIS_BATCH_MAX)
+            batch_send(s);
+        memcpy(op->key, key, key_len);
+        op->key_len = key_len;
+        s->batch[s->batch_count++] = op;
+        if (s->batch_count == 1)
+            event_active(s->batch_ev, EV_TIMEOUT, 1);
+    } else if (send_get(s, op, key, key_len) == -1) {
         /* the link is going away (hiredis refuses new commands then) */
         op_release(s, op);
         SR_INC(s->stats.skipped);

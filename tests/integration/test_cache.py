@@ -12,6 +12,7 @@ the Cache-Status field (RFC 9211) says what the cache did.
 import hashlib
 import re
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -523,6 +524,60 @@ def test_with_no_memory_every_hit_comes_from_redis(origins, clonegate, redis):
     r = cg.get(t)
     assert not is_hit(r) and r.body == body_of(o, t, 2), "a hit came from somewhere but Redis"
     assert o.count(path_of(t)) == 2
+
+
+def mget_calls(redis):
+    """How many MGET commands Redis has run (INFO commandstats)."""
+    info = redis.command("INFO", "commandstats")
+    info = info.decode() if isinstance(info, bytes) else info
+    m = re.search(r"cmdstat_mget:calls=(\d+)", info)
+    return int(m.group(1)) if m else 0
+
+
+def test_lookups_of_one_moment_go_to_redis_together_and_each_gets_its_own_entry(
+        origins, clonegate, redis):
+    # Lookups that arrive together are sent as one MGET; its answers must
+    # go back to the right requests, found and not found mixed.
+    cg, o = start(clonegate, origins, redis=redis, **{"cache.memory": "0"})
+    stored = [url(f"batch-s{i}", cc="max-age=60") for i in range(8)]
+    fresh = [url(f"batch-m{i}", cc="max-age=60") for i in range(8)]
+    for t in stored:
+        assert cache_status(cg.get(t)).get("stored") is True
+    helpers.wait_for(lambda: {redis_key(t) for t in stored} <= redis_keys(redis), timeout=5,
+                     what="the Redis writes")
+    before = mget_calls(redis)
+    targets = [t for pair in zip(stored, fresh) for t in pair]  # interleaved
+    socks = [socket.create_connection(("127.0.0.1", cg.port), timeout=5) for _ in targets]
+    try:
+        # stopped, the worker finds every request readable at once when it
+        # goes on: one turn of its loop, one MGET
+        cg.proc.signal(signal.SIGSTOP)
+        try:
+            for s, t in zip(socks, targets):
+                s.sendall(build_request("GET", t, headers={"Connection": "close"}))
+            time.sleep(0.2)
+        finally:
+            cg.proc.signal(signal.SIGCONT)
+        for s, t in zip(socks, targets):
+            s.settimeout(5)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            r = parse_response(data, 0, "GET", eof=True)[0]
+            assert r.status == 200, (t, r)
+            if t in stored:
+                assert is_hit(r) and r.body == body_of(o, t, 1), (t, r.body)
+            else:
+                assert not is_hit(r) and r.body == body_of(o, t, 1), (t, r.body)
+    finally:
+        for s in socks:
+            s.close()
+    assert mget_calls(redis) > before, "the lookups went one GET each"
+    for t in stored:
+        assert o.count(path_of(t)) == 1, f"{t} went to the origin again"
 
 
 def test_a_colliding_redis_key_cannot_serve_another_urls_body(origins, clonegate, redis):
