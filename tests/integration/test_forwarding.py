@@ -198,6 +198,24 @@ def test_client_connection_close_ends_the_connection_after_that_answer(origins, 
     assert o.count("/echo") == 1
 
 
+def test_last_answer_before_a_close_comes_at_once(origins, clonegate):
+    # The last bytes before a close wait for the FIN to go with them; they
+    # must never wait longer (the kernel would hold a partial segment for
+    # 200 ms). Answers of several segments, each followed by the close.
+    origins(1)
+    cg = start(clonegate)
+    size = 100_000
+    for i in range(10):
+        with cg.conn(timeout=5) as c:
+            t0 = time.monotonic()
+            c.send(build_request("GET", f"/bytes?n={size}&i={i}", {"Connection": "close"}))
+            r = c.read_response()
+            assert r.status == 200 and r.body == helpers.pattern_bytes(size)
+            assert c.closed_by_peer(timeout=2.0)
+            took = time.monotonic() - t0
+            assert took < 0.15, f"answer {i} and its close took {took * 1000:.0f} ms"
+
+
 # ---------------------------------------------------------------- pipelining
 
 
