@@ -731,10 +731,13 @@ static void store_redis_on_mget_reply(redisAsyncContext *ac, void *r, void *priv
 /* Answers FAILED, and releases, every get of the batch not yet sent. */
 static void batch_fail(struct store_redis *s)
 {
+    /* taken out first: a callback may start a new batch */
+    struct store_redis_op *ops[STORE_REDIS_BATCH_MAX];
     unsigned n = s->batch_count;
+    memcpy(ops, s->batch, n * sizeof(ops[0]));
     s->batch_count = 0;
     for (unsigned i = 0; i < n; i++)
-        get_replied(s, s->batch[i], NULL, 0);
+        get_replied(s, ops[i], NULL, 0);
 }
 
 /* Sends a get alone; -1 when hiredis refused it (the link is going away). */

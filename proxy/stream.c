@@ -407,11 +407,16 @@ static int write_some(struct stream *s)
         int n = evbuffer_peek(s->out, -1, NULL, vec, STREAM_WRITE_IOV);
         if (n > STREAM_WRITE_IOV)
             n = STREAM_WRITE_IOV;
+        size_t offered = 0;
+        for (int i = 0; i < n; i++)
+            offered += vec[i].iov_len;
         struct msghdr msg = {.msg_iov = (struct iovec *)vec, .msg_iovlen = (size_t)n};
         ssize_t r = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (r > 0) {
             evbuffer_drain(s->out, (size_t)r);
             s->bytes_written += (uint64_t)r;
+            if ((size_t)r < offered)
+                return 0; /* the socket is full: one more call would only say EAGAIN */
             continue;
         }
         if (r == -1 && (errno == EAGAIN || errno == EINTR))

@@ -114,18 +114,7 @@ def test_max_connections_pauses_accept(origins, clonegate):
             # One closes: the sixth is accepted and answered.
             idle.pop(0).close()
             sixth.settimeout(5.0)
-            data = b""
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    r, _ = helpers.parse_response(data, 0, "GET")
-                    break
-                except helpers.Incomplete:
-                    chunk = sixth.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            r, _ = helpers.parse_response(data, 0, "GET", eof=True)
+            r = read_answer(sixth)
             assert r.status == 200 and r.json()["target"] == "/echo?sixth", r
         finally:
             sixth.close()
@@ -216,6 +205,7 @@ def slow_requests(cg, n, ms):
 
 
 def read_answer(s, deadline_s=10):
+    """The first answer read from socket <s> (waiting at most <deadline_s>)."""
     data = b""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
