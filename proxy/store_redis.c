@@ -72,7 +72,7 @@
 #define STORE_REDIS_NUM_MAX       24          /* decimal digits of a u64, and some */
 #define STORE_REDIS_BATCH_MAX     64          /* gets of one loop turn sent as one MGET */
 #define STORE_REDIS_BATCH_KEY_MAX 128         /* longer keys are sent alone */
-#define STORE_REDIS_GET_CMD_MAX   1024 /* a GET formatted on the stack: keys under 1000 bytes */
+#define STORE_REDIS_GET_CMD_MAX   1024        /* a GET formatted on the stack; longer: hiredis */
 #define STORE_REDIS_UNIX          "unix:"
 #define STORE_REDIS_UNIX_LEN      (sizeof(STORE_REDIS_UNIX) - 1)
 
@@ -740,37 +740,6 @@ static void batch_fail(struct store_redis *s)
         get_replied(s, ops[i], NULL, 0);
 }
 
-/* Sends a get alone; -1 when hiredis refused it (the link is going away). */
-static int send_get(struct store_redis *s, struct store_redis_op *op, const char *key,
-                    size_t key_len)
-{
-    /* the protocol's form of GET <key>, written here: every cache lookup
-     * sends one, and hiredis's own formatting cost more than the rest */
-    static const char get_head[] = "*2\r\n$3\r\nGET\r\n$";
-    char cmd[STORE_REDIS_GET_CMD_MAX];
-    if (key_len < 1000) {
-        size_t n = sizeof(get_head) - 1;
-        memcpy(cmd, get_head, n);
-        if (key_len >= 100)
-            cmd[n++] = (char)('0' + key_len / 100);
-        if (key_len >= 10)
-            cmd[n++] = (char)('0' + key_len / 10 % 10);
-        cmd[n++] = (char)('0' + key_len % 10);
-        memcpy(cmd + n, "\r\n", 2);
-        memcpy(cmd + n + 2, key, key_len);
-        memcpy(cmd + n + 2 + key_len, "\r\n", 2);
-        return redisAsyncFormattedCommand(s->ac, store_redis_on_reply, op, cmd, n + key_len + 4) ==
-                       REDIS_OK
-                   ? 0
-                   : -1;
-    }
-    const char *argv[2] = {"GET", key};
-    const size_t argvlen[2] = {3, key_len};
-    return redisAsyncCommandArgv(s->ac, store_redis_on_reply, op, 2, argv, argvlen) == REDIS_OK
-               ? 0
-               : -1;
-}
-
 /* Appends the decimal <v> and CRLF at out[*n]. */
 static void put_count(char *out, size_t *n, size_t v)
 {
@@ -784,6 +753,39 @@ static void put_count(char *out, size_t *n, size_t v)
     *n += sizeof(tmp) - i;
     memcpy(out + *n, "\r\n", 2);
     *n += 2;
+}
+
+/* Appends the protocol's bulk string "$<len>\r\n<key>\r\n" at out[*n]. */
+static void put_bulk(char *out, size_t *n, const char *key, size_t len)
+{
+    out[(*n)++] = '$';
+    put_count(out, n, len);
+    memcpy(out + *n, key, len);
+    *n += len;
+    memcpy(out + *n, "\r\n", 2);
+    *n += 2;
+}
+
+/* Sends a get alone; -1 when hiredis refused it (the link is going away). */
+static int send_get(struct store_redis *s, struct store_redis_op *op, const char *key,
+                    size_t key_len)
+{
+    int rc;
+    if (key_len + 64 <= STORE_REDIS_GET_CMD_MAX) {
+        /* the protocol's form of GET <key>, written here: every cache
+         * lookup sends one, and hiredis's own formatting cost more */
+        char cmd[STORE_REDIS_GET_CMD_MAX];
+        size_t n = 0;
+        memcpy(cmd, "*2\r\n$3\r\nGET\r\n", 13);
+        n = 13;
+        put_bulk(cmd, &n, key, key_len);
+        rc = redisAsyncFormattedCommand(s->ac, store_redis_on_reply, op, cmd, n);
+    } else {
+        const char *argv[2] = {"GET", key};
+        const size_t argvlen[2] = {3, key_len};
+        rc = redisAsyncCommandArgv(s->ac, store_redis_on_reply, op, 2, argv, argvlen);
+    }
+    return rc == REDIS_OK ? 0 : -1;
 }
 
 /*
@@ -816,12 +818,7 @@ static void batch_send(struct store_redis *s)
     for (unsigned i = 0; i < n; i++) {
         struct store_redis_op *op = s->batch[i];
         op->batch_next = i + 1 < n ? s->batch[i + 1] : NULL;
-        cmd[len++] = '$';
-        put_count(cmd, &len, op->key_len);
-        memcpy(cmd + len, op->key, op->key_len);
-        len += op->key_len;
-        memcpy(cmd + len, "\r\n", 2);
-        len += 2;
+        put_bulk(cmd, &len, op->key, op->key_len);
     }
     if (redisAsyncFormattedCommand(s->ac, store_redis_on_mget_reply, s->batch[0], cmd, len) !=
         REDIS_OK) {
