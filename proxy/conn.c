@@ -789,9 +789,14 @@ static void process_input(struct conn *c)
     size_t len = evbuffer_get_length(in);
     const struct config *cfg = cfg_of(c);
 
+    /* A new head's bytes: whether to read on is known once it is parsed (a
+     * whole request that ends the connection needs no more reads). */
+    bool resume_after_head = false;
     if (c->client_read_paused) {
         c->client_read_paused = false;
         stream_read_enable(&c->cs, true);
+    } else if (c->state == CONN_IDLE && len > 0) {
+        resume_after_head = true;
     } else {
         stream_read_resume(&c->cs);
     }
@@ -845,6 +850,12 @@ static void process_input(struct conn *c)
         conn_close(c, "out of memory");
         return;
     }
+    /* Reads go on unless the request is whole and the last: then a client
+     * that hangs up is noticed when the answer is written (the poller never
+     * hears of this socket, see stream_read_start). */
+    if (resume_after_head &&
+        !(r == HTTP_PARSE_DONE && !c->ex->req.keep_alive && !c->ex->req.has_body))
+        stream_read_resume(&c->cs);
     switch (r) {
     case HTTP_PARSE_AGAIN:
         /* counted from the head's first byte, not from this read */
@@ -2790,12 +2801,11 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
     stream_set_callbacks(&c->cs, conn_on_read, conn_on_drained, conn_on_event, c);
     c->cs.read_high = CONN_BUF_HIGH;
     stream_set_timeouts(&c->cs, NULL, w->idle_tv);
-    stream_read_enable(&c->cs, true);
     conn_set_state(c, CONN_IDLE);
     /* a TLS handshake has header_timeout to finish, like a request head */
     deadline_after_ms(c, clock_mono_us(), tls ? cfg->header_timeout_ms : cfg->idle_timeout_ms);
     /* the listener defers accepting until the request arrives: read it now */
-    stream_read_now(&c->cs);
+    stream_read_start(&c->cs);
 }
 
 void conn_drain_all(struct worker *w)

@@ -341,6 +341,10 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
         if (s->eof) {
             s->eof_reported = true;
             s->on_event(s, s->error ? STREAM_EV_ERROR : STREAM_EV_EOF, s->arg);
+        } else if (!event_pending(&s->read_ev, EV_READ, NULL)) {
+            /* nothing yet: wait for it (stream_read_start). Not arm_read():
+             * a partial TLS record counts as pending and would spin here */
+            event_add(&s->read_ev, s->read_tv);
         }
         return;
     }
@@ -351,9 +355,10 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
     s->on_read(s, s->arg);
 }
 
-void stream_read_now(struct stream *s)
+void stream_read_start(struct stream *s)
 {
-    if (s->fd != -1 && s->reading && !s->eof)
+    s->reading = true;
+    if (s->fd != -1 && !s->eof)
         stream_on_readable(s->fd, EV_READ, s);
 }
 

@@ -93,9 +93,12 @@ int stream_connect(struct stream *s, struct event_base *base, const struct socka
  * read_high bytes or more, and resumes with stream_read_resume(). */
 void stream_read_enable(struct stream *s, bool on);
 
-/* Reads now, without waiting for the loop to say the socket is readable
- * (a new connection usually has its request waiting). May call back. */
-void stream_read_now(struct stream *s);
+/* Turns reading on and reads now, without waiting for the loop to say the
+ * socket is readable (a new connection usually has its request waiting).
+ * The read event is armed only when nothing came; once bytes came, the
+ * owner arms it with stream_read_resume() if it wants more, so a whole last
+ * request never registers with the poller at all. May call back. */
+void stream_read_start(struct stream *s);
 
 /* After the owner consumed input: reads again if read_high had stopped it. */
 void stream_read_resume(struct stream *s);

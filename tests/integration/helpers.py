@@ -194,6 +194,29 @@ class Proc:
         if self.alive():
             os.kill(self.pid, sig)
 
+    def freeze(self, timeout=5.0):
+        """SIGSTOP, then waits until every thread of it is stopped: the
+        signal is delivered on its own time, and a thread still running
+        could take work meant to wait for the thaw (see thaw())."""
+        self.signal(signal.SIGSTOP)
+
+        def all_stopped():
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                try:
+                    with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                        state = f.read().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    continue  # a thread that just ended
+                if state not in ("T", "t"):
+                    return False
+            return True
+
+        wait_for(all_stopped, timeout=timeout, interval=0.005, what=f"{self.name} stopped")
+
+    def thaw(self):
+        """SIGCONT: goes on after freeze()."""
+        self.signal(signal.SIGCONT)
+
     def wait(self, timeout):
         """Waits up to <timeout> s for it to exit; returns its code or None."""
         try:

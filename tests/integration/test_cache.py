@@ -12,7 +12,6 @@ the Cache-Status field (RFC 9211) says what the cache did.
 import hashlib
 import re
 import selectors
-import signal
 import socket
 import threading
 import time
@@ -551,13 +550,13 @@ def test_lookups_of_one_moment_go_to_redis_together_and_each_gets_its_own_entry(
     try:
         # stopped, the worker finds every request readable at once when it
         # goes on: one turn of its loop, one MGET
-        cg.proc.signal(signal.SIGSTOP)
+        cg.proc.freeze()
         try:
             for s, t in zip(socks, targets):
                 s.sendall(build_request("GET", t, headers={"Connection": "close"}))
             time.sleep(0.2)
         finally:
-            cg.proc.signal(signal.SIGCONT)
+            cg.proc.thaw()
         for s, t in zip(socks, targets):
             s.settimeout(5)
             data = b""
