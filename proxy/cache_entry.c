@@ -245,11 +245,16 @@ static void cache_entry_on_body_done(const void *data, size_t len, void *arg)
 
 int cache_entry_add_body(struct cache_entry *e, struct evbuffer *out)
 {
-    if (e->body_len == 0)
+    return cache_entry_add_body_from(e, 0, out);
+}
+
+int cache_entry_add_body_from(struct cache_entry *e, size_t from, struct evbuffer *out)
+{
+    if (from >= e->body_len)
         return 0;
     cache_entry_ref(e); /* dropped by cache_entry_on_body_done() */
-    if (evbuffer_add_reference(out, e->body, (size_t)e->body_len, cache_entry_on_body_done, e) ==
-        -1) {
+    if (evbuffer_add_reference(out, e->body + from, (size_t)e->body_len - from,
+                               cache_entry_on_body_done, e) == -1) {
         /* libevent does not call the cleanup when it fails */
         cache_entry_unref(e);
         return -1;

@@ -120,6 +120,9 @@ bool cache_entry_key_equals(const struct cache_entry *e, const char *key, size_t
  * the buffer holds a reference until the bytes are sent. 0 or -1. */
 int cache_entry_add_body(struct cache_entry *e, struct evbuffer *out);
 
+/* As cache_entry_add_body(), from byte <from> of the body on. */
+int cache_entry_add_body_from(struct cache_entry *e, size_t from, struct evbuffer *out);
+
 /* Bytes of memory <e> takes (struct and blob): what L1 charges for it. */
 size_t cache_entry_size(const struct cache_entry *e);
 

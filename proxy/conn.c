@@ -1527,8 +1527,7 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
     }
     line_put_int(top, sizeof(top), &n, ttl_s);
     LINE_LIT(top, sizeof(top), &n, "\r\n");
-    int r = evbuffer_add(out, top, n);
-    r |= add_stored_head(e, nm, out);
+    size_t top_len = n;
     char tail[160];
     n = 0;
     LINE_LIT(tail, sizeof(tail), &n, "Age: ");
@@ -1544,9 +1543,34 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
     else if (c->ex->req.version_minor == 0)
         LINE_LIT(tail, sizeof(tail), &n, "Connection: keep-alive\r\n");
     LINE_LIT(tail, sizeof(tail), &n, "\r\n");
-    r |= evbuffer_add(out, tail, n);
-    if (body && e->body_len)
-        r |= cache_entry_add_body(e, out);
+    size_t tail_len = n;
+    int r = 0;
+    if (!nm) {
+        /* straight to the socket, no copy into the output buffer; what the
+         * socket does not take is queued (the body as a reference) */
+        size_t body_len = body ? (size_t)e->body_len : 0;
+        struct iovec iov[4] = {
+            {.iov_base = top, .iov_len = top_len},
+            {.iov_base = (void *)(uintptr_t)e->head, .iov_len = e->head_len},
+            {.iov_base = tail, .iov_len = tail_len},
+            {.iov_base = (void *)(uintptr_t)e->body, .iov_len = body_len},
+        };
+        size_t done = stream_write_now(&c->cs, iov, body_len ? 4 : 3);
+        for (int i = 0; i < 3; i++) {
+            if (done >= iov[i].iov_len) {
+                done -= iov[i].iov_len;
+                continue;
+            }
+            r |= evbuffer_add(out, (const char *)iov[i].iov_base + done, iov[i].iov_len - done);
+            done = 0;
+        }
+        if (body_len)
+            r |= cache_entry_add_body_from(e, done, out);
+    } else {
+        r = evbuffer_add(out, top, top_len);
+        r |= add_stored_head(e, true, out);
+        r |= evbuffer_add(out, tail, tail_len);
+    }
     if (r < 0) {
         conn_close(c, "out of memory");
         return;

@@ -457,6 +457,19 @@ void stream_flush(struct stream *s)
         want_write(s);
 }
 
+size_t stream_write_now(struct stream *s, const struct iovec *iov, int n)
+{
+    if (s->fd == -1 || s->ssl || s->connecting || s->write_pending ||
+        evbuffer_get_length(s->out) > 0)
+        return 0;
+    struct msghdr msg = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+    ssize_t r = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r <= 0)
+        return 0;
+    s->bytes_written += (uint64_t)r;
+    return (size_t)r;
+}
+
 void stream_notify_drained(struct stream *s, size_t low)
 {
     s->write_low = low;

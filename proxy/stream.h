@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <event2/event_struct.h>
 #include <openssl/ssl.h>
@@ -110,6 +111,14 @@ void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
 /* Writes what <out> holds as far as the socket takes it now and waits for
  * writability for the rest. Call after queueing bytes. Never calls back. */
 void stream_flush(struct stream *s);
+
+/* Writes <iov> (<n> pieces) straight to the socket when nothing waits
+ * before it (no queued output, no TLS, connected), sparing the copy into
+ * <out>. Returns the bytes the kernel took, possibly fewer than offered:
+ * the caller queues the rest in <out> and calls stream_flush(). 0 when it
+ * did not try, the socket was full or the write failed (the caller then
+ * queues it all, and stream_flush() reports the error). */
+size_t stream_write_now(struct stream *s, const struct iovec *iov, int n);
 
 /* How many times this thread's streams were readable or writable so far
  * (it wraps): a loop turn that moved it did some I/O. */

@@ -390,10 +390,13 @@ fail:
     return NULL;
 }
 
-/* Requests in progress from which a worker counts as busy, and how long
- * after its last socket event a busy worker naps instead of sleeping. */
-#define WORKER_NAP_MIN_OPEN  8
-#define WORKER_NAP_WINDOW_US 1000
+/* A worker counts as busy with this many requests in progress, or when its
+ * last turn of the loop found this many socket events (requests answered
+ * at once, from the cache, are never in progress for long); and naps only
+ * within WORKER_NAP_WINDOW_US of its last socket event. */
+#define WORKER_NAP_MIN_OPEN   8
+#define WORKER_NAP_MIN_EVENTS 4
+#define WORKER_NAP_WINDOW_US  1000
 
 static void *worker_main(void *arg)
 {
@@ -409,8 +412,9 @@ static void *worker_main(void *arg)
      * worker awake, and neither side pays for waking a sleeping thread (on
      * a loaded machine that costs the peers more than the polls cost us).
      *
-     * Then, while the worker is busy (several requests in progress and
-     * socket events within the last millisecond), it naps busy_nap_us
+     * Then, while the worker is busy (several requests in progress, or
+     * several socket events in its last turn, and socket events within the
+     * last millisecond), it naps busy_nap_us
      * instead of sleeping in epoll_wait: a peer writing to a worker that
      * waits in epoll_wait pays to wake it, one writing to a napping worker
      * only queues the event, and the nap collects several of them for one
@@ -430,11 +434,14 @@ static void *worker_main(void *arg)
         unsigned nap_us = w->cfg->busy_nap_us;
         if (nap_us) {
             int64_t now = clock_mono_us();
-            if (stream_activity() != io_seen) {
-                io_seen = stream_activity();
+            unsigned turn_events = stream_activity() - io_seen;
+            if (turn_events) {
+                io_seen += turn_events;
                 io_at_us = now;
             }
-            if (w->exchanges_open >= WORKER_NAP_MIN_OPEN && now - io_at_us < WORKER_NAP_WINDOW_US) {
+            bool busy =
+                w->exchanges_open >= WORKER_NAP_MIN_OPEN || turn_events >= WORKER_NAP_MIN_EVENTS;
+            if (busy && now - io_at_us < WORKER_NAP_WINDOW_US) {
                 struct timespec nap = {0, (long)nap_us * 1000};
                 nanosleep(&nap, NULL); /* EINTR: a signal cut it short, which is fine */
                 if (event_base_loop(w->base, EVLOOP_NONBLOCK) != 0)

@@ -985,3 +985,39 @@ def test_a_client_that_half_closes_gets_the_whole_hit(origins, clonegate):
     r, _ = parse_response(data, eof=True)
     assert r.status == 200 and is_hit(r), r
     assert r.body == first.body, (len(r.body), size)
+
+
+def test_hits_to_a_slow_reader_arrive_whole_and_in_order(origins, clonegate):
+    # Hits go straight to the socket; what a full socket does not take waits
+    # in the output buffer. Pipelined hits of a large body and a small one,
+    # read slowly through a small receive buffer, must arrive byte for byte.
+    size = 300 * 1024
+    cg, o = start(clonegate, origins)
+    big = url("slow-big", cc="max-age=60", size=size)
+    small = url("slow-small", cc="max-age=60")
+    want = {big: cg.get(big).body, small: cg.get(small).body}
+    assert len(want[big]) == size
+    order = [big, small, big, small, small, big]
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    try:
+        s.connect(("127.0.0.1", cg.port))
+        s.sendall(b"".join(build_request("GET", t) for t in order[:-1]) +
+                  build_request("GET", order[-1], headers={"Connection": "close"}))
+        data = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            chunk = s.recv(8192)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) < 64 * 1024:
+                time.sleep(0.002)  # slow at first: the proxy's socket fills
+    finally:
+        s.close()
+    got = helpers.parse_responses(data)
+    assert len(got) == len(order), len(got)
+    for r, t in zip(got, order):
+        assert r.status == 200 and is_hit(r), (t, r)
+        assert r.body == want[t], (t, len(r.body))

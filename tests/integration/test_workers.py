@@ -235,6 +235,41 @@ def test_busy_naps_serve_many_concurrent_clients(origins, clonegate, busy_poll_u
     assert time.monotonic() - started < 30
 
 
+def test_busy_naps_serve_many_concurrent_cache_hits(origins, clonegate):
+    # Hits are answered at once, so no request stays in progress: the worker
+    # counts as busy from the socket events of a turn, and naps the longest
+    # allowed between turns. Every hit must still come, whole, in time.
+    origins(1)
+    cg = clonegate({"server.workers": 1, "server.busy_nap_us": 1000, "server.busy_poll_us": 0})
+    target = "/c/nap-hit?cc=max-age%3D60&size=2000"
+    first = cg.get(target)
+    assert first.status == 200 and len(first.body) == 2000, first
+    problems = []
+    barrier = threading.Barrier(32, timeout=20)
+
+    def client(i):
+        try:
+            barrier.wait()
+            with cg.conn(timeout=20) as c:
+                for k in range(50):
+                    r = c.get(target)
+                    if (r.status != 200 or r.body != first.body or
+                            "hit" not in r.header("Cache-Status", "")):
+                        problems.append((i, k, r.status, len(r.body)))
+        except Exception as e:  # reported, not raised in a thread
+            problems.append((i, repr(e)))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.1, started + 60 - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "client threads still running after 60 s"
+    assert not problems, problems[:10]
+    assert time.monotonic() - started < 30
+
+
 def test_busy_worker_stops_napping_when_requests_stall(origins, clonegate):
     # Twelve requests in progress make the worker busy, but once their clone
     # goes quiet for a millisecond it sleeps in the kernel instead of

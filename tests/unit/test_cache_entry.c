@@ -411,6 +411,32 @@ static void test_add_body_released_on_free(void **state)
     cache_entry_unref(e);
 }
 
+static void test_add_body_from_an_offset(void **state)
+{
+    struct cache_entry_parts p = sample_parts();
+    struct cache_entry *e = cache_entry_build(&p);
+    struct evbuffer *out = evbuffer_new();
+    char copy[BODY_LEN];
+    const size_t from = BODY_LEN / 3;
+
+    (void)state;
+    assert_non_null(e);
+    assert_non_null(out);
+    /* the rest of a body the socket took part of: from <from> on, no copy */
+    assert_int_equal(cache_entry_add_body_from(e, from, out), 0);
+    assert_int_equal(e->refs, 2);
+    assert_int_equal(evbuffer_get_length(out), BODY_LEN - from);
+    assert_int_equal(evbuffer_copyout(out, copy, BODY_LEN - from), BODY_LEN - from);
+    assert_memory_equal(copy, body_bytes + from, BODY_LEN - from);
+    /* all of it taken already: nothing queued, no reference kept */
+    assert_int_equal(cache_entry_add_body_from(e, BODY_LEN, out), 0);
+    assert_int_equal(e->refs, 2);
+    assert_int_equal(evbuffer_get_length(out), BODY_LEN - from);
+    evbuffer_free(out);
+    assert_int_equal(e->refs, 1);
+    cache_entry_unref(e);
+}
+
 static void test_add_empty_body(void **state)
 {
     struct cache_entry_parts p = sample_parts();
@@ -460,6 +486,7 @@ int main(void)
         cmocka_unit_test(test_key_equals),
         cmocka_unit_test(test_add_body_holds_reference),
         cmocka_unit_test(test_add_body_released_on_free),
+        cmocka_unit_test(test_add_body_from_an_offset),
         cmocka_unit_test(test_add_empty_body),
         cmocka_unit_test(test_ref_and_size),
     };
