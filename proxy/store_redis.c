@@ -59,13 +59,13 @@
 #include <sys/queue.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 
 #include "clock.h"
 #include "log.h"
+#include "redis_events.h"
 
 #define STORE_REDIS_SPARE_OPS     256         /* freed ops kept for reuse */
 #define STORE_REDIS_OP_MAGIC      0x5245444fu /* "REDO": a live op */
@@ -472,7 +472,7 @@ static void link_start(struct store_redis *s)
         return;
     }
     ac->data = s;
-    if (redisLibeventAttach(ac, s->base) != REDIS_OK) {
+    if (redis_events_attach(ac, s->base) != REDIS_OK) {
         redisAsyncFree(ac);
         link_down(s, "cannot attach to the event loop");
         return;
