@@ -20,6 +20,8 @@
 #include "log.h"
 
 #define SHARD_BUCKETS_MIN 256 /* initial buckets per shard */
+/* A shard's budget with cache.memory = 0: "not storable" markers only */
+#define CACHE_MARKER_BUDGET (64u * 1024u)
 #define SHARD_BUCKETS_MAX (1 << 20)
 #define FILL_BUCKETS      256  /* fills in progress, hashed */
 #define CACHE_GEN_SLOTS   1024 /* URL purge counters, by URL hash */
@@ -137,9 +139,8 @@ struct cache *cache_new(size_t memory)
     for (unsigned i = 0; i < CACHE_SHARDS; i++) {
         struct shard *s = &c->shards[i];
         pthread_mutex_init(&s->lock, NULL);
-        s->budget = memory / CACHE_SHARDS;
-        if (memory == 0)
-            continue;
+        /* without L1, the markers of URLs not worth storing still live here */
+        s->budget = memory ? memory / CACHE_SHARDS : CACHE_MARKER_BUDGET;
         s->nbuckets = SHARD_BUCKETS_MIN;
         s->buckets = calloc(s->nbuckets, sizeof(*s->buckets)); /* freed by cache_free() */
         if (!s->buckets) {
@@ -275,7 +276,7 @@ bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_
     struct shard *s = shard_of(c, url_hash);
     size_t size = cache_entry_size(e);
 
-    if (!s->buckets || size > s->budget / 2)
+    if (!s->buckets || size > s->budget / 2 || (c->memory == 0 && e->kind != CACHE_ENTRY_PASS))
         return false;
     pthread_mutex_lock(&s->lock);
     /* the old entry under the same key goes */
@@ -491,7 +492,7 @@ unsigned cache_purge(struct cache *c, enum cache_purge_kind kind, const char *ar
 
 size_t cache_l1_max_entry(const struct cache *c)
 {
-    return c->shards[0].budget / 2;
+    return c->memory / CACHE_SHARDS / 2;
 }
 
 void cache_l1_stats(const struct cache *c, struct cache_l1_stats *out)

@@ -64,7 +64,8 @@ struct cache_l1_stats {
 };
 
 /* Creates the L1 store with a budget of <memory> bytes (0: no L1, every
- * put is refused). NULL when out of memory. Main thread. */
+ * put is refused but for the markers of URLs found not storable, kept in
+ * 64 KiB a shard). NULL when out of memory. Main thread. */
 struct cache *cache_new(size_t memory) __attribute__((warn_unused_result));
 
 /* Frees the store and every entry it references. Main thread, after every

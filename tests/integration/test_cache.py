@@ -525,6 +525,25 @@ def test_with_no_memory_every_hit_comes_from_redis(origins, clonegate, redis):
     assert o.count(path_of(t)) == 2
 
 
+def test_with_no_memory_a_url_not_storable_is_still_remembered(origins, clonegate, redis):
+    # memory = 0 stores nothing in the process, but the marker of a URL whose
+    # response was not storable stays: its next requests neither ask Redis
+    # nor wait on each other's answers.
+    cg, o = start(clonegate, origins, redis=redis, **{"cache.memory": "0"})
+    t = url("l2-no-store", cc="no-store")
+    r = cg.get(t)
+    assert "detail=no-store" in r.header("Cache-Status", ""), r
+    before = cg.stats()["cache"]
+    for n in range(2, 6):
+        r = cg.get(t)
+        assert r.status == 200 and r.body == body_of(o, t, n), r
+        assert not is_hit(r) and "fwd=uri-miss" in r.header("Cache-Status", ""), r
+    after = cg.stats()["cache"]
+    assert after["redis"]["gets"] == before["redis"]["gets"], "Redis asked for a known no-store URL"
+    assert after["coalesced_waits"] == before["coalesced_waits"]
+    assert o.count(path_of(t)) == 5
+
+
 def mget_calls(redis):
     """How many MGET commands Redis has run (INFO commandstats)."""
     info = redis.command("INFO", "commandstats")

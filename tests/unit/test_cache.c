@@ -3,8 +3,9 @@
  *
  * Background refresh claims: one refresh per key while its claim holds,
  * another once it has run out or was ended, keys apart from each other,
- * and two keys sharing a table slot each still getting theirs. Each test
- * makes its own cache (L1 off: memory 0) and frees it.
+ * and two keys sharing a table slot each still getting theirs. L1 off
+ * (memory 0) still keeps the markers of URLs not worth storing, and only
+ * those. Each test makes its own cache (L1 off: memory 0) and frees it.
  */
 #include "cache.h"
 
@@ -15,6 +16,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+
+#include "cache_entry.h"
 
 #define HOLD_MS 5000
 
@@ -82,6 +85,51 @@ static void test_shared_slot_never_blocks(void **state)
     cache_free(c);
 }
 
+static struct cache_entry *entry_of(uint8_t kind, const char *key)
+{
+    static const char body[] = "stored body";
+    struct cache_entry_parts p = {
+        .kind = kind,
+        .status = 200,
+        .response_ms = 1000,
+        .freshness_ms = 60000,
+        .last_modified_ms = -1,
+        .key = key,
+        .key_len = strlen(key),
+    };
+    if (kind == CACHE_ENTRY_RESPONSE) {
+        p.body = body;
+        p.body_len = sizeof(body) - 1;
+    }
+    return cache_entry_build(&p);
+}
+
+static void test_no_l1_keeps_only_pass_markers(void **state)
+{
+    (void)state;
+    struct cache *c = cache_new(0);
+    assert_non_null(c);
+    assert_int_equal(cache_l1_max_entry(c), 0); /* nothing stored by size */
+    const char *stored = "http://a/stored", *pass = "http://a/no-store";
+    struct cache_entry *r = entry_of(CACHE_ENTRY_RESPONSE, stored);
+    struct cache_entry *m = entry_of(CACHE_ENTRY_PASS, pass);
+    assert_non_null(r);
+    assert_non_null(m);
+    /* a response is refused: with memory 0 every hit comes from Redis */
+    assert_false(cache_put(c, hash_of(stored), r, 61000));
+    assert_null(cache_get(c, hash_of(stored), stored, strlen(stored), 1000));
+    /* the marker stays, so that the URL's next requests skip Redis and
+     * do not wait on each other, until it runs out */
+    assert_true(cache_put(c, hash_of(pass), m, 61000));
+    struct cache_entry *got = cache_get(c, hash_of(pass), pass, strlen(pass), 2000);
+    assert_ptr_equal(got, m);
+    cache_entry_unref(got);
+    assert_null(cache_get(c, hash_of(pass), pass, strlen(pass), 61000));
+    cache_entry_unref(r);
+    cache_entry_unref(m);
+    cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -89,6 +137,7 @@ int main(void)
         cmocka_unit_test(test_done_ends_the_claim),
         cmocka_unit_test(test_keys_apart),
         cmocka_unit_test(test_shared_slot_never_blocks),
+        cmocka_unit_test(test_no_l1_keeps_only_pass_markers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
