@@ -22,12 +22,12 @@
 #define SHARD_BUCKETS_MIN 256 /* initial buckets per shard */
 /* A shard's budget with cache.memory = 0: "not storable" markers only */
 #define CACHE_MARKER_BUDGET (64u * 1024u)
-#define SHARD_BUCKETS_MAX (1 << 20)
-#define FILL_BUCKETS      256  /* fills in progress, hashed */
-#define CACHE_GEN_SLOTS   1024 /* URL purge counters, by URL hash */
-#define REFRESH_SLOTS     1024 /* background refresh claims, by key hash */
-#define STAT_SET(f, v)    __atomic_store_n(&(f), (v), __ATOMIC_RELAXED)
-#define STAT_ADD(f, n)    __atomic_add_fetch(&(f), (n), __ATOMIC_RELAXED)
+#define SHARD_BUCKETS_MAX   (1 << 20)
+#define FILL_BUCKETS        256  /* fills in progress, hashed */
+#define CACHE_GEN_SLOTS     1024 /* URL purge counters, by URL hash */
+#define REFRESH_SLOTS       1024 /* background refresh claims, by key hash */
+#define STAT_SET(f, v)      __atomic_store_n(&(f), (v), __ATOMIC_RELAXED)
+#define STAT_ADD(f, n)      __atomic_add_fetch(&(f), (n), __ATOMIC_RELAXED)
 
 struct shard {
     pthread_mutex_t lock;
