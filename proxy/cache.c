@@ -614,9 +614,13 @@ void cache_fill_end(struct cache *c, struct cache_fill *fill, bool stored)
         w->fill = NULL;
         w->filled = stored;
         w->where = 2;
+        /* a box with waiters in it has a wake-up on its way already, and
+         * its delivery takes every waiter there is: one wake-up a batch */
+        bool first = TAILQ_EMPTY(&w->box->waiters);
         TAILQ_INSERT_TAIL(&w->box->waiters, w, link);
         /* under the lock, so the box cannot go away meanwhile */
-        w->box->notify(w->box->notify_arg);
+        if (first)
+            w->box->notify(w->box->notify_arg);
     }
     pthread_mutex_unlock(&c->wait_lock);
     free(fill->key);

@@ -145,7 +145,9 @@ size_t cache_redis_key(const char *kind, const char *key, size_t len, char *out)
 /* ------------------------------------------------------------ coalescing */
 
 /* Wakes a mailbox's worker (any thread; called with the coalescing lock held,
- * so it must only signal, say write an eventfd). */
+ * so it must only signal, say write an eventfd). Called when a waiter lands
+ * in an empty mailbox: one signal covers every waiter that follows it
+ * before the delivery. */
 typedef void (*cache_notify_fn)(void *arg);
 
 /* A worker's mailbox: woken waiters of that worker, delivered on its loop
