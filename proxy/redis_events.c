@@ -24,11 +24,13 @@ struct redis_events {
     bool dead;     /* cleaned up while flushing: free at the flush's end */
 };
 
+/* Frees <e> and whichever of its events were made. */
 static void events_free(struct redis_events *e)
 {
-    event_free(e->read_ev);
-    event_free(e->write_ev);
-    event_free(e->flush_ev);
+    struct event *evs[] = {e->read_ev, e->write_ev, e->flush_ev};
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
     free(e);
 }
 
@@ -126,13 +128,7 @@ int redis_events_attach(redisAsyncContext *ac, struct event_base *base)
     e->write_ev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, e);
     e->flush_ev = event_new(base, -1, 0, on_flush, e);
     if (e->read_ev == NULL || e->write_ev == NULL || e->flush_ev == NULL) {
-        if (e->read_ev)
-            event_free(e->read_ev);
-        if (e->write_ev)
-            event_free(e->write_ev);
-        if (e->flush_ev)
-            event_free(e->flush_ev);
-        free(e);
+        events_free(e);
         return REDIS_ERR;
     }
     ac->ev.addRead = add_read;
