@@ -402,12 +402,22 @@ static int tls_write_some(struct stream *s)
 /* Pieces of <out> handed to the kernel in one call. */
 #define STREAM_WRITE_IOV 16
 
+/* One sendmsg() of <iov> (not writev(): a socket call skips the file
+ * layer), counted in bytes_written; its result, errno kept. */
+static ssize_t send_iov(struct stream *s, const struct iovec *iov, int n)
+{
+    struct msghdr msg = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+    ssize_t r = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r > 0)
+        s->bytes_written += (uint64_t)r;
+    return r;
+}
+
 static int write_some(struct stream *s)
 {
     if (s->ssl)
         return tls_write_some(s);
     while (evbuffer_get_length(s->out) > 0) {
-        /* sendmsg(), not writev(): a socket call skips the file layer */
         struct evbuffer_iovec vec[STREAM_WRITE_IOV];
         int n = evbuffer_peek(s->out, -1, NULL, vec, STREAM_WRITE_IOV);
         if (n > STREAM_WRITE_IOV)
@@ -415,11 +425,9 @@ static int write_some(struct stream *s)
         size_t offered = 0;
         for (int i = 0; i < n; i++)
             offered += vec[i].iov_len;
-        struct msghdr msg = {.msg_iov = (struct iovec *)vec, .msg_iovlen = (size_t)n};
-        ssize_t r = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t r = send_iov(s, (const struct iovec *)vec, n);
         if (r > 0) {
             evbuffer_drain(s->out, (size_t)r);
-            s->bytes_written += (uint64_t)r;
             if ((size_t)r < offered)
                 return 0; /* the socket is full: one more call would only say EAGAIN */
             continue;
@@ -462,12 +470,8 @@ size_t stream_write_now(struct stream *s, const struct iovec *iov, int n)
     if (s->fd == -1 || s->ssl || s->connecting || s->write_pending ||
         evbuffer_get_length(s->out) > 0)
         return 0;
-    struct msghdr msg = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
-    ssize_t r = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (r <= 0)
-        return 0;
-    s->bytes_written += (uint64_t)r;
-    return (size_t)r;
+    ssize_t r = send_iov(s, iov, n);
+    return r > 0 ? (size_t)r : 0;
 }
 
 void stream_notify_drained(struct stream *s, size_t low)

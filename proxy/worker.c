@@ -414,12 +414,12 @@ static void *worker_main(void *arg)
      *
      * Then, while the worker is busy (several requests in progress, or
      * several socket events in its last turn, and socket events within the
-     * last millisecond), it naps busy_nap_us
-     * instead of sleeping in epoll_wait: a peer writing to a worker that
-     * waits in epoll_wait pays to wake it, one writing to a napping worker
-     * only queues the event, and the nap collects several of them for one
-     * turn of the loop. An idle or lightly loaded worker sleeps as before,
-     * so a lone request is never delayed by a nap.
+     * last millisecond), it naps busy_nap_us instead of sleeping in
+     * epoll_wait: a peer writing to a worker that waits in epoll_wait pays
+     * to wake it, one writing to a napping worker only queues the event,
+     * and the nap collects several of them for one turn of the loop. An
+     * idle or lightly loaded worker sleeps as before, so a lone request is
+     * never delayed by a nap.
      */
     while (!event_base_got_break(w->base)) {
         unsigned spin_us = w->cfg->busy_poll_us;
