@@ -276,8 +276,12 @@ bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_
     struct shard *s = shard_of(c, url_hash);
     size_t size = cache_entry_size(e);
 
-    if (!s->buckets || size > s->budget / 2 || (c->memory == 0 && e->kind != CACHE_ENTRY_PASS))
+    if (!s->buckets)
         return false;
+    /* too big for this tier, or only markers kept (memory = 0): refused,
+     * but an older entry under the key (a PASS marker from when the URL
+     * was not storable) still goes, or it would outlive the new answer */
+    bool refused = size > s->budget / 2 || (c->memory == 0 && e->kind != CACHE_ENTRY_PASS);
     pthread_mutex_lock(&s->lock);
     /* the old entry under the same key goes */
     struct cache_entry **slot = &s->buckets[url_hash & (s->nbuckets - 1)];
@@ -286,6 +290,10 @@ bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_
             shard_drop(s, slot, o);
             break;
         }
+    }
+    if (refused) {
+        pthread_mutex_unlock(&s->lock);
+        return false;
     }
     while (s->bytes + size > s->budget && s->lru_tail) {
         struct cache_entry *victim = s->lru_tail;

@@ -544,6 +544,25 @@ def test_with_no_memory_a_url_not_storable_is_still_remembered(origins, clonegat
     assert o.count(path_of(t)) == 5
 
 
+def test_with_no_memory_a_url_that_becomes_storable_is_served_from_redis(
+        origins, clonegate, redis):
+    # The marker of a URL once not storable must go when its answer is
+    # stored (in Redis only, memory = 0): else, until the marker ran out,
+    # every request would skip Redis and reach the clone again.
+    cg, o = start(clonegate, origins, redis=redis, **{"cache.memory": "0"})
+    t = url("l2-becomes-storable", cc="no-store")
+    p = path_of(t)
+    assert "detail=no-store" in cg.get(t).header("Cache-Status", "")
+    control(o, p, cc="max-age=600")
+    r = cg.get(t)
+    assert cache_status(r).get("stored") is True, r
+    helpers.wait_for(lambda: redis_key(t) in redis_keys(redis), timeout=5, what="the Redis write")
+    for _ in range(3):
+        r = cg.get(t)
+        assert is_hit(r) and r.body == body_of(o, t, 2), r
+    assert o.count(p) == 2
+
+
 def mget_calls(redis):
     """How many MGET commands Redis has run (INFO commandstats)."""
     info = redis.command("INFO", "commandstats")

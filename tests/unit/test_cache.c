@@ -5,7 +5,8 @@
  * another once it has run out or was ended, keys apart from each other,
  * and two keys sharing a table slot each still getting theirs. L1 off
  * (memory 0) still keeps the markers of URLs not worth storing, and only
- * those. Each test makes its own cache (L1 off: memory 0) and frees it.
+ * those, and a refused answer still takes away the marker of its URL.
+ * Each test makes its own cache (L1 off: memory 0) and frees it.
  */
 #include "cache.h"
 
@@ -130,6 +131,27 @@ static void test_no_l1_keeps_only_pass_markers(void **state)
     cache_free(c);
 }
 
+static void test_refused_answer_drops_the_marker(void **state)
+{
+    (void)state;
+    struct cache *c = cache_new(0);
+    assert_non_null(c);
+    /* the URL was not storable (a marker), then it was: the answer goes
+     * to Redis only, and the marker must not keep sending its requests
+     * past Redis to the clone */
+    const char *url = "http://a/now-storable";
+    struct cache_entry *m = entry_of(CACHE_ENTRY_PASS, url);
+    struct cache_entry *r = entry_of(CACHE_ENTRY_RESPONSE, url);
+    assert_non_null(m);
+    assert_non_null(r);
+    assert_true(cache_put(c, hash_of(url), m, 61000));
+    assert_false(cache_put(c, hash_of(url), r, 61000));
+    assert_null(cache_get(c, hash_of(url), url, strlen(url), 2000));
+    cache_entry_unref(r);
+    cache_entry_unref(m);
+    cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -138,6 +160,7 @@ int main(void)
         cmocka_unit_test(test_keys_apart),
         cmocka_unit_test(test_shared_slot_never_blocks),
         cmocka_unit_test(test_no_l1_keeps_only_pass_markers),
+        cmocka_unit_test(test_refused_answer_drops_the_marker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
