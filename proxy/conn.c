@@ -59,6 +59,7 @@
 #define CONN_CACHE_STATUS_MAX 256           /* bytes of our Cache-Status line */
 #define CONN_SPARE_MAX        64            /* closed connections (and exchanges) kept per thread */
 #define CONN_TLS_RELEASE_US   (1000 * 1000) /* idle this long, TLS gives back its record buffers */
+#define CONN_LINGER_MS        5000          /* a closing client still sending is read this long */
 
 enum conn_state {
     CONN_IDLE = 0,         /* between requests: waiting for a first byte (idle timer) */
@@ -172,6 +173,7 @@ struct conn {
     bool keep_alive;             /* the connection goes on after this response */
     bool decode_body;            /* chunked response de-chunked for an HTTP/1.0 client */
     bool client_eof;             /* the client closed its side */
+    bool lingering;              /* answer sent, output ended: dropping input until the end */
     bool client_read_paused;     /* client reading stopped for backpressure */
     bool up_read_paused;         /* clone reading stopped for backpressure */
     unsigned status;             /* status sent to the client, for the log */
@@ -520,6 +522,33 @@ static void abort_response(struct conn *c, const char *why)
     conn_close(c, why);
 }
 
+/*
+ * The last answer is all with the kernel and the connection ends. Bytes the
+ * client sent that were never read (a request pipelined behind the last
+ * one, the rest of an upload refused, a stray CRLF) would make close()
+ * reset the connection, and a reset throws away what of the answer the
+ * kernel still holds. With such bytes waiting, or the rest of a request
+ * still to come, the output is ended instead (the client reads the answer,
+ * then the end) and what comes in is read and dropped until the client
+ * closes, for CONN_LINGER_MS at most. Bytes that come only after the socket
+ * closed can still reset it, as with any server.
+ */
+static void close_when_flushed(struct conn *c, const char *why)
+{
+    /* more of the request may come: not read whole, or refused half-read */
+    const struct http_head *req = c->ex ? &c->ex->req : NULL;
+    bool body_coming =
+        req && !c->req_done && !(req->head_done && !req->has_body && req->error == HTTP_ERR_NONE);
+    if (c->client_eof || c->lingering || (!body_coming && !stream_unread_waiting(&c->cs))) {
+        conn_close(c, why);
+        return;
+    }
+    c->lingering = true;
+    stream_shutdown_write(&c->cs);
+    deadline_after_ms(c, clock_mono_us(), CONN_LINGER_MS);
+    stream_read_enable(&c->cs, true);
+}
+
 /* Stops reading and closes once the output is flushed. */
 static void close_after_flush(struct conn *c, const char *why)
 {
@@ -527,7 +556,7 @@ static void close_after_flush(struct conn *c, const char *why)
     deadline_clear(c);
     drop_upstream(c, false);
     if (evbuffer_get_length(c->cs.out) == 0) {
-        conn_close(c, why);
+        close_when_flushed(c, why);
         return;
     }
     stream_read_enable(&c->cs, false);
@@ -2594,7 +2623,7 @@ static void conn_on_drained(struct stream *st, void *arg)
 
     if (c->state == CONN_CLOSING) {
         if (evbuffer_get_length(st->out) == 0)
-            conn_close(c, "flushed");
+            close_when_flushed(c, "flushed");
         else
             stream_notify_drained(st, 0);
         return;
@@ -2718,6 +2747,8 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_close(c, "idle timeout");
     } else if (c->state == CONN_CACHE_WAIT)
         cache_wait_timeout(c);
+    else if (c->state == CONN_CLOSING && c->lingering)
+        conn_close(c, "client still sending after its last answer");
 }
 
 /* ------------------------------------------------------------ public */

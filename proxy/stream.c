@@ -21,6 +21,7 @@
 #include <event2/event.h>
 #include <openssl/err.h>
 
+#include "log.h"
 #include "tls.h"
 
 /* Reservations just under a power of two keep evbuffer chains in one
@@ -341,7 +342,7 @@ static void stream_on_readable(evutil_socket_t fd, short what, void *arg)
         if (s->eof) {
             s->eof_reported = true;
             s->on_event(s, s->error ? STREAM_EV_ERROR : STREAM_EV_EOF, s->arg);
-        } else if (!event_pending(&s->read_ev, EV_READ, NULL)) {
+        } else if (s->reading && !event_pending(&s->read_ev, EV_READ, NULL)) {
             /* nothing yet: wait for it (stream_read_start). Not arm_read():
              * a partial TLS record counts as pending and would spin here */
             event_add(&s->read_ev, s->read_tv);
@@ -582,11 +583,30 @@ int stream_start_tls(struct stream *s, SSL *ssl, bool server)
     return 0;
 }
 
+bool stream_unread_waiting(const struct stream *s)
+{
+    char byte;
+    return s->fd != -1 && recv(s->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
+}
+
+void stream_shutdown_write(struct stream *s)
+{
+    if (s->fd == -1)
+        return;
+    if (s->ssl && s->tls_done && !s->error) {
+        SSL_shutdown(s->ssl); /* sends close_notify; the peer's is not waited for */
+        ERR_clear_error();
+    }
+    if (shutdown(s->fd, SHUT_WR) == -1)
+        log_debug("%s: %s", __func__, strerror(errno));
+}
+
 void stream_close(struct stream *s)
 {
     if (s->ssl) {
         /* a close_notify when the handshake is done; never waits for the answer */
-        if (s->tls_done && s->fd != -1 && !s->error)
+        if (s->tls_done && s->fd != -1 && !s->error &&
+            !(SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
             SSL_shutdown(s->ssl);
         SSL_free(s->ssl);
         s->ssl = NULL;

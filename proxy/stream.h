@@ -135,6 +135,14 @@ void stream_notify_drained(struct stream *s, size_t low);
  */
 int stream_start_tls(struct stream *s, SSL *ssl, bool server);
 
+/* Whether the peer sent bytes not read yet: they wait in the kernel, and
+ * closing the socket over them would reset the connection. */
+bool stream_unread_waiting(const struct stream *s);
+
+/* Ends this side's output, a TLS close_notify first: the peer reads what
+ * was written, then the end. Reading goes on as before. */
+void stream_shutdown_write(struct stream *s);
+
 /* Closes the socket, drops both buffers and events. Safe to call twice. */
 void stream_close(struct stream *s);
 

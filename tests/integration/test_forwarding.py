@@ -216,6 +216,66 @@ def test_last_answer_before_a_close_comes_at_once(origins, clonegate):
             assert took < 0.15, f"answer {i} and its close took {took * 1000:.0f} ms"
 
 
+def slow_read_all(sock, limit_s=20.0):
+    """Reads until the end in 16 KiB steps with a pause after each, as a
+    slow client does; returns the bytes and how it ended ('eof' or 'reset')."""
+    data = bytearray()
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        try:
+            piece = sock.recv(16384)
+        except ConnectionResetError:
+            return bytes(data), "reset"
+        if not piece:
+            return bytes(data), "eof"
+        data += piece
+        time.sleep(0.002)
+    raise AssertionError(f"no end after {limit_s} s ({len(data)} bytes)")
+
+
+@pytest.mark.parametrize("after", [b"GET /echo?after HTTP/1.1\r\nHost: test\r\n\r\n", b"\r\n"])
+def test_bytes_sent_after_a_last_request_do_not_cut_its_answer(origins, clonegate, after):
+    # What a client sends after a Connection: close request (another request,
+    # a stray CRLF) is never answered, but it waits unread in the kernel:
+    # closing over it would reset the connection and lose what of the answer
+    # the slow client had not read yet. The whole answer comes, then the end.
+    # (8 MB: more than the kernel buffers take, so the proxy is still
+    # sending when the extra bytes come.)
+    origins(1)
+    cg = start(clonegate)
+    n = 8_000_000
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", cg.port))
+        s.sendall(build_request("GET", f"/bytes?n={n}", {"Connection": "close"}))
+        time.sleep(0.05)
+        s.sendall(after)
+        data, how = slow_read_all(s)
+    assert how == "eof", f"reset after {len(data)} bytes"
+    (r,) = parse_responses(data, ["GET"], eof=True)
+    assert r.status == 200 and len(r.body) == n and r.body == helpers.pattern_bytes(n)
+
+
+def test_a_refused_upload_still_gets_its_answer_read(origins, clonegate):
+    # 413 is sent as soon as the head says the body is too large, while the
+    # client is still sending it. A client that sends its body before it
+    # reads (as curl does) must not have its sending cut by a reset: the
+    # body is read and dropped, and then the 413 and the end come.
+    origins(1)
+    cg = start(clonegate, **{"server.max_body_size": "1k"})
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.connect(("127.0.0.1", cg.port))
+        s.sendall(build_request("POST", "/sink", {"Content-Length": str(1 << 20)}))
+        time.sleep(0.05)  # the 413 is out and the proxy about to close
+        for _ in range(16):
+            s.sendall(b"x" * 65536)
+        data, how = slow_read_all(s)
+    assert data.startswith(b"HTTP/1.1 413 "), (how, data[:80])
+    assert how == "eof", "the connection was reset after the 413"
+
+
 # ---------------------------------------------------------------- pipelining
 
 
