@@ -9,7 +9,9 @@
  * The L1 fields belong to cache.c and are merely zeroed here.
  *
  * The encoding is written and read one byte at a time (little-endian), never
- * by copying a struct, so it is the same on every host and compiler.
+ * by copying a struct, so it is the same on every host and compiler. Bytes
+ * to decode come from Redis and are not trusted: besides the lengths adding
+ * up, decoding checks what the proxy relies on that no length field says.
  */
 #include "cache_entry.h"
 
@@ -17,6 +19,8 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+
+#include "cache_policy.h"
 
 #define CACHE_ENTRY_MAGIC_LEN 4
 #define CACHE_ENTRY_NFIELDS   6 /* key head etag vary tags body */
@@ -204,6 +208,11 @@ struct cache_entry *cache_entry_decode(const void *data, size_t len)
     uint64_t body_len = get_u64(p + 80);
     uint64_t room = (uint64_t)(len - CACHE_ENTRY_FIXED_SIZE);
     if (var > room || body_len != room - var)
+        return NULL;
+    /* the proxy never stores longer Vary names (cache_policy_vary_names()
+     * stops at CACHE_POLICY_VARY_MAX), and conn.c copies a stored entry's
+     * into an array of that size when a 304 refreshes it */
+    if (get_u32(p + 72) > CACHE_POLICY_VARY_MAX)
         return NULL;
 
     struct cache_entry *e = entry_alloc(len);

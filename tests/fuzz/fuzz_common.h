@@ -1,6 +1,7 @@
 /*
- * fuzz_common: checks both HTTP fuzz targets share. Included by each
- * target (static functions, no globals), so a target still links alone.
+ * fuzz_common: checks the fuzz targets share. Included by each target
+ * (static inline functions, each target using what it needs; no globals),
+ * so a target still links alone.
  */
 #ifndef CLONEGATE_FUZZ_COMMON_H
 #define CLONEGATE_FUZZ_COMMON_H
@@ -22,7 +23,7 @@
     } while (0)
 
 /* A copy of <buf>[0..<len>) in a block of exactly <len> bytes; caller frees. */
-static char *exact_copy(const char *buf, size_t len)
+static inline char *exact_copy(const char *buf, size_t len)
 {
     char *p = malloc(len ? len : 1);
 
@@ -31,7 +32,7 @@ static char *exact_copy(const char *buf, size_t len)
     return p;
 }
 
-static void check_span(const struct http_head *h, struct http_span s)
+static inline void check_span(const struct http_head *h, struct http_span s)
 {
     CHECK((uint64_t)s.off + s.len <= h->head_len);
 }
@@ -40,13 +41,13 @@ static void check_span(const struct http_head *h, struct http_span s)
  * element before another parse of the same bytes sees a bad byte after it:
  * the same bytes, split elsewhere, may then be refused for the other reason
  * (fuzz finding, reported; both are refusals). */
-static int is_limit(enum http_error e)
+static inline int is_limit(enum http_error e)
 {
     return e == HTTP_ERR_URI_TOO_LONG || e == HTTP_ERR_HEAD_TOO_LARGE;
 }
 
 /* Whether the head in <out> (<len> bytes) has a field named <name>. */
-static int has_field(const char *out, size_t len, const char *name, size_t name_len)
+static inline int has_field(const char *out, size_t len, const char *name, size_t name_len)
 {
     const char *line = memchr(out, '\n', len);
 

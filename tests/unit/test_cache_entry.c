@@ -5,7 +5,8 @@
  * fields, a body taken from an evbuffer), checks every field of the view
  * and of a decoded copy of the blob, then feeds decode broken blobs: wrong
  * magic or version, a bad kind, every truncation of a valid blob, a trailing
- * byte, lengths that do not add up or overflow. Last, the reference an
+ * byte, lengths that do not add up or overflow, Vary names longer than any
+ * the proxy writes. Last, the reference an
  * evbuffer holds on a body it was given by reference. Every entry a test
  * makes is unreferenced by that test; the blobs it corrupts are its own
  * heap copies, freed there.
@@ -22,6 +23,8 @@
 
 #include <cmocka.h>
 #include <event2/buffer.h>
+
+#include "cache_policy.h"
 
 static const char body_bytes[] = "\0bin\0ary\r\n\xff\x00tail";
 #define BODY_LEN (sizeof(body_bytes) - 1)
@@ -337,6 +340,38 @@ static void test_decode_rejects_bad_lengths(void **state)
     cache_entry_unref(e);
 }
 
+/* Vary names longer than CACHE_POLICY_VARY_MAX are nothing this code
+ * writes, and conn.c copies a stored entry's names into an array of that
+ * size when a 304 refreshes it: bytes from Redis with longer ones (found
+ * by the fuzz_cache target's invariants) are refused. */
+static void test_decode_rejects_long_vary(void **state)
+{
+    static char names[CACHE_POLICY_VARY_MAX + 1];
+    struct cache_entry_parts p = sample_parts();
+
+    (void)state;
+    memset(names, 'v', sizeof(names));
+    p.vary = names;
+    p.vary_len = CACHE_POLICY_VARY_MAX; /* the longest cache_policy_vary_names() writes */
+    struct cache_entry *e = cache_entry_build(&p);
+    assert_non_null(e);
+    assert_false(rejects((const unsigned char *)e->blob, e->blob_len));
+    cache_entry_unref(e);
+
+    p.vary_len = CACHE_POLICY_VARY_MAX + 1;
+    e = cache_entry_build(&p);
+    assert_non_null(e);
+    assert_true(rejects((const unsigned char *)e->blob, e->blob_len));
+    cache_entry_unref(e);
+
+    /* a VARY record likewise: its names make the variant key */
+    p.kind = CACHE_ENTRY_VARY;
+    e = cache_entry_build(&p);
+    assert_non_null(e);
+    assert_true(rejects((const unsigned char *)e->blob, e->blob_len));
+    cache_entry_unref(e);
+}
+
 /* A pass marker lives in L1 only: it builds, but Redis bytes of that kind
  * are refused. */
 static void test_pass_kind_is_l1_only(void **state)
@@ -482,6 +517,7 @@ int main(void)
         cmocka_unit_test(test_decode_rejects_every_truncation),
         cmocka_unit_test(test_decode_rejects_trailing_byte),
         cmocka_unit_test(test_decode_rejects_bad_lengths),
+        cmocka_unit_test(test_decode_rejects_long_vary),
         cmocka_unit_test(test_pass_kind_is_l1_only),
         cmocka_unit_test(test_key_equals),
         cmocka_unit_test(test_add_body_holds_reference),
