@@ -214,6 +214,13 @@ struct cache_entry *cache_entry_decode(const void *data, size_t len)
      * into an array of that size when a 304 refreshes it */
     if (get_u32(p + 72) > CACHE_POLICY_VARY_MAX)
         return NULL;
+    /* the six times (response, age, lifetime, windows, Last-Modified) are
+     * added and subtracted by the policy and conn.c: kept within bounds */
+    for (int i = 0; i < 6; i++) {
+        int64_t t = (int64_t)get_u64(p + 12 + 8 * i);
+        if (t > CACHE_ENTRY_TIME_MAX || t < -CACHE_ENTRY_TIME_MAX)
+            return NULL;
+    }
 
     struct cache_entry *e = entry_alloc(len);
     if (e == NULL)

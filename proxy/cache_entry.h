@@ -27,6 +27,10 @@ struct evbuffer;
 
 #define CACHE_ENTRY_MAGIC      "CGE1"
 #define CACHE_ENTRY_FIXED_SIZE 88 /* bytes before the variable fields */
+/* ms: a time or duration further from 0 is refused when decoded (the
+ * policy writes at most about 2^48: dates to the year 9999, lifetimes of
+ * 2^31 s), so that sums of a few never overflow */
+#define CACHE_ENTRY_TIME_MAX ((int64_t)1 << 52)
 
 enum cache_entry_kind {
     CACHE_ENTRY_RESPONSE = 1, /* a stored response */

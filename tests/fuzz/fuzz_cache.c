@@ -374,6 +374,12 @@ static bool decodable(const unsigned char *p, size_t len)
     uint64_t var = 0;
     for (int i = 0; i < 5; i++)
         var += le32(p + 60 + 4 * i);
+    /* times within CACHE_ENTRY_TIME_MAX of 0 */
+    for (int i = 0; i < 6; i++) {
+        int64_t t = (int64_t)le64(p + 12 + 8 * i);
+        if (t > CACHE_ENTRY_TIME_MAX || t < -CACHE_ENTRY_TIME_MAX)
+            return false;
+    }
     /* Vary names no longer than the proxy writes: see check_entry() */
     return var <= len - CACHE_ENTRY_FIXED_SIZE &&
            le64(p + 80) == len - CACHE_ENTRY_FIXED_SIZE - var &&

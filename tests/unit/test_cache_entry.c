@@ -42,9 +42,9 @@ static struct cache_entry_parts sample_parts(void)
     p.response_ms = 1700000000123LL;
     p.initial_age_ms = 42;
     p.freshness_ms = 60000;
-    p.swr_ms = -1; /* negative values survive the trip */
-    p.sie_ms = INT64_MAX;
-    p.last_modified_ms = INT64_MIN;
+    p.swr_ms = -1;                   /* negative values survive the trip */
+    p.sie_ms = CACHE_ENTRY_TIME_MAX; /* the bounds survive it too */
+    p.last_modified_ms = -CACHE_ENTRY_TIME_MAX;
     p.key = "GET|http|example.org|/a?b";
     p.key_len = strlen(p.key);
     p.head = head_text;
@@ -372,6 +372,25 @@ static void test_decode_rejects_long_vary(void **state)
     cache_entry_unref(e);
 }
 
+/* Times beyond CACHE_ENTRY_TIME_MAX (a corrupt or foreign value) are
+ * refused: the proxy adds and subtracts them. */
+static void test_decode_rejects_extreme_times(void **state)
+{
+    (void)state;
+    for (int field = 0; field < 6; field++) {
+        for (int sign = 0; sign < 2; sign++) {
+            struct cache_entry_parts p = sample_parts();
+            int64_t *t[6] = {&p.response_ms, &p.initial_age_ms, &p.freshness_ms,
+                             &p.swr_ms,      &p.sie_ms,         &p.last_modified_ms};
+            *t[field] = sign ? INT64_MIN : CACHE_ENTRY_TIME_MAX + 1;
+            struct cache_entry *e = cache_entry_build(&p);
+            assert_non_null(e);
+            assert_true(rejects((const unsigned char *)e->blob, e->blob_len));
+            cache_entry_unref(e);
+        }
+    }
+}
+
 /* A pass marker lives in L1 only: it builds, but Redis bytes of that kind
  * are refused. */
 static void test_pass_kind_is_l1_only(void **state)
@@ -518,6 +537,7 @@ int main(void)
         cmocka_unit_test(test_decode_rejects_trailing_byte),
         cmocka_unit_test(test_decode_rejects_bad_lengths),
         cmocka_unit_test(test_decode_rejects_long_vary),
+        cmocka_unit_test(test_decode_rejects_extreme_times),
         cmocka_unit_test(test_pass_kind_is_l1_only),
         cmocka_unit_test(test_key_equals),
         cmocka_unit_test(test_add_body_holds_reference),
