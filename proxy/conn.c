@@ -2622,6 +2622,8 @@ static void conn_on_drained(struct stream *st, void *arg)
     struct conn *c = arg;
 
     if (c->state == CONN_CLOSING) {
+        if (c->lingering)
+            return; /* everything went; the end comes from the client or the timer */
         if (evbuffer_get_length(st->out) == 0)
             close_when_flushed(c, "flushed");
         else

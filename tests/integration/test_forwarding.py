@@ -276,6 +276,28 @@ def test_a_refused_upload_still_gets_its_answer_read(origins, clonegate):
     assert how == "eof", "the connection was reset after the 413"
 
 
+def test_a_client_that_goes_on_sending_after_its_answer_is_closed_after_5_s(origins, clonegate):
+    # The bytes after a refused request are read and dropped for 5 s at
+    # most: a client cannot hold the connection by sending forever.
+    origins(1)
+    cg = start(clonegate, **{"server.max_body_size": "1k"})
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.connect(("127.0.0.1", cg.port))
+        t0 = time.monotonic()
+        s.sendall(build_request("POST", "/sink", {"Content-Length": str(1 << 30)}))
+        ended = None
+        while time.monotonic() - t0 < 9:
+            try:
+                s.sendall(b"x" * 1024)
+            except (BrokenPipeError, ConnectionResetError):
+                ended = time.monotonic() - t0
+                break
+            time.sleep(0.01)
+    assert ended is not None, "still open after 9 s"
+    assert 4.5 < ended < 7.5, f"closed after {ended:.1f} s"
+
+
 # ---------------------------------------------------------------- pipelining
 
 
