@@ -259,9 +259,9 @@ def test_bytes_sent_after_a_last_request_do_not_cut_its_answer(origins, clonegat
 
 def test_a_refused_upload_still_gets_its_answer_read(origins, clonegate):
     # 413 is sent as soon as the head says the body is too large, while the
-    # client is still sending it. A client that sends its body before it
-    # reads (as curl does) must not have its sending cut by a reset: the
-    # body is read and dropped, and then the 413 and the end come.
+    # client is still sending it. A client that sends its whole body before
+    # it reads (as many simple clients do) must not have its sending cut by
+    # a reset: the body is read and dropped, then the 413 and the end come.
     origins(1)
     cg = start(clonegate, **{"server.max_body_size": "1k"})
     with socket.socket() as s:
