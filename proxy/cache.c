@@ -366,29 +366,8 @@ static bool purge_selects(const struct cache_entry *e, enum cache_purge_kind kin
 /* A copy of <e> that is stale at once; NULL when out of memory. */
 static struct cache_entry *stale_copy(const struct cache_entry *e)
 {
-    struct cache_entry_parts p = {
-        .kind = e->kind,
-        .status = e->status,
-        .flags = e->flags,
-        .response_ms = e->response_ms,
-        .initial_age_ms = e->initial_age_ms,
-        .freshness_ms = 0,
-        .swr_ms = e->swr_ms,
-        .sie_ms = e->sie_ms,
-        .last_modified_ms = e->last_modified_ms,
-        .key = e->key,
-        .key_len = e->key_len,
-        .head = e->head,
-        .head_len = e->head_len,
-        .etag = e->etag,
-        .etag_len = e->etag_len,
-        .vary = e->vary,
-        .vary_len = e->vary_len,
-        .tags = e->tags,
-        .tags_len = e->tags_len,
-        .body = e->body,
-        .body_len = e->body_len,
-    };
+    struct cache_entry_parts p = cache_entry_parts_of(e);
+    p.freshness_ms = 0;
     return cache_entry_build(&p);
 }
 

@@ -188,6 +188,33 @@ struct cache_entry *cache_entry_build(const struct cache_entry_parts *p)
     return e;
 }
 
+struct cache_entry_parts cache_entry_parts_of(const struct cache_entry *e)
+{
+    return (struct cache_entry_parts){
+        .kind = e->kind,
+        .status = e->status,
+        .flags = e->flags,
+        .response_ms = e->response_ms,
+        .initial_age_ms = e->initial_age_ms,
+        .freshness_ms = e->freshness_ms,
+        .swr_ms = e->swr_ms,
+        .sie_ms = e->sie_ms,
+        .last_modified_ms = e->last_modified_ms,
+        .key = e->key,
+        .key_len = e->key_len,
+        .head = e->head,
+        .head_len = e->head_len,
+        .etag = e->etag,
+        .etag_len = e->etag_len,
+        .vary = e->vary,
+        .vary_len = e->vary_len,
+        .tags = e->tags,
+        .tags_len = e->tags_len,
+        .body = e->body,
+        .body_len = (size_t)e->body_len,
+    };
+}
+
 struct cache_entry *cache_entry_decode(const void *data, size_t len)
 {
     const unsigned char *p = data;

@@ -105,6 +105,10 @@ struct cache_entry_parts {
 struct cache_entry *cache_entry_build(const struct cache_entry_parts *p)
     __attribute__((warn_unused_result));
 
+/* The parts that build <e> again (its body as bytes, pointing into <e>,
+ * which must outlive them). */
+struct cache_entry_parts cache_entry_parts_of(const struct cache_entry *e);
+
 /* Decodes <len> bytes at <data> (from Redis) into a new entry (one
  * reference, the caller's); the bytes are copied. NULL when they are not a
  * well-formed version-1 entry (wrong magic, lengths that do not add up). */

@@ -389,30 +389,8 @@ static bool decodable(const unsigned char *p, size_t len)
 /* The parts that build <e> again, its body as bytes or from <body_buf>. */
 static struct cache_entry_parts parts_of(const struct cache_entry *e, struct evbuffer *body_buf)
 {
-    struct cache_entry_parts p = {
-        .kind = e->kind,
-        .status = e->status,
-        .flags = e->flags,
-        .response_ms = e->response_ms,
-        .initial_age_ms = e->initial_age_ms,
-        .freshness_ms = e->freshness_ms,
-        .swr_ms = e->swr_ms,
-        .sie_ms = e->sie_ms,
-        .last_modified_ms = e->last_modified_ms,
-        .key = e->key,
-        .key_len = e->key_len,
-        .head = e->head,
-        .head_len = e->head_len,
-        .etag = e->etag,
-        .etag_len = e->etag_len,
-        .vary = e->vary,
-        .vary_len = e->vary_len,
-        .tags = e->tags,
-        .tags_len = e->tags_len,
-        .body = e->body,
-        .body_len = (size_t)e->body_len,
-        .body_buf = body_buf,
-    };
+    struct cache_entry_parts p = cache_entry_parts_of(e);
+    p.body_buf = body_buf;
     return p;
 }
 

@@ -372,6 +372,24 @@ static void test_decode_rejects_long_vary(void **state)
     cache_entry_unref(e);
 }
 
+/* The parts of an entry build the same bytes again (soft purge copies
+ * entries that way). */
+static void test_parts_of_rebuilds_the_entry(void **state)
+{
+    struct cache_entry_parts p = sample_parts();
+
+    (void)state;
+    struct cache_entry *e = cache_entry_build(&p);
+    assert_non_null(e);
+    struct cache_entry_parts again = cache_entry_parts_of(e);
+    struct cache_entry *f = cache_entry_build(&again);
+    assert_non_null(f);
+    assert_int_equal(f->blob_len, e->blob_len);
+    assert_memory_equal(f->blob, e->blob, e->blob_len);
+    cache_entry_unref(f);
+    cache_entry_unref(e);
+}
+
 /* Times beyond CACHE_ENTRY_TIME_MAX (a corrupt or foreign value) are
  * refused: the proxy adds and subtracts them. */
 static void test_decode_rejects_extreme_times(void **state)
@@ -538,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_decode_rejects_bad_lengths),
         cmocka_unit_test(test_decode_rejects_long_vary),
         cmocka_unit_test(test_decode_rejects_extreme_times),
+        cmocka_unit_test(test_parts_of_rebuilds_the_entry),
         cmocka_unit_test(test_pass_kind_is_l1_only),
         cmocka_unit_test(test_key_equals),
         cmocka_unit_test(test_add_body_holds_reference),
