@@ -356,6 +356,12 @@ int main(int argc, char **argv)
     while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
         switch (opt) {
         case 'c':
+            if (path) {
+                /* which file was meant is a guess we do not make */
+                fprintf(stderr, "clonegate: -c given more than once\n");
+                usage(stderr);
+                return 2;
+            }
             path = optarg;
             break;
         case 't':

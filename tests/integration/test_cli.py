@@ -105,6 +105,22 @@ def test_unknown_option_is_a_usage_error():
 
 
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_repeated_config_option_is_a_usage_error(tmp_path, check):
+    # Two good files: neither may be picked silently, for a check or a run.
+    a, b = tmp_path / "a.ini", tmp_path / "b.ini"
+    for ini, server in ((a, 9001), (b, 9002)):
+        # a free port: without the check, the run case would start serving
+        ini.write_text(f"[server]\nlisten = 127.0.0.1:{helpers.free_port()}\n"
+                       f"[upstream]\nservers = 127.0.0.1:{server}\n")
+    args = ["-c", a, "-c", b]
+    code, out, err = run(*(["-t"] + args if check else args))
+    assert code == 2, (out, err)
+    assert "usage" in err.lower(), err
+    assert re.search(r"-c .*more than once", err), err
+    assert "configuration ok" not in out + err
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 def test_missing_config_file_exits_1_with_message(tmp_path, check):
     missing = tmp_path / "does-not-exist.ini"
     args = ["-t", "-c", missing] if check else ["-c", missing]
