@@ -76,6 +76,10 @@ enum key_type {
 /* Returns NULL when <value> is acceptable, else the reason it is not. */
 typedef const char *(*config_check_fn)(const char *value);
 
+/* Told why a value, or one entry of a list, was refused (<why> is valid
+ * during the call only). */
+typedef void (*config_refuse_fn)(void *arg, const char *why);
+
 struct key_def {
     const char *section;      /* without brackets */
     const char *key;          /* as written in the file */
@@ -829,21 +833,77 @@ static int parse_server(const char *item, struct config_server *s, char *why, si
     return 0;
 }
 
-/* Appends the comma-separated entries of <value> to the list <k>. A
- * trailing comma is allowed, so a list may go on on the next line. */
-static int append_list(struct config *cfg, const struct key_def *k, const char *value, char *why,
-                       size_t why_size)
+/* Parses one list entry, <len> bytes at <text>, into slot *<count> of the
+ * list <k>. Returns 0, or -1 with the reason in <why>. */
+static int add_entry(struct config *cfg, const struct key_def *k, const char *text, size_t len,
+                     char *why, size_t why_size)
 {
     static const char *const nouns[] = {
         [T_ADDR_LIST] = "addresses", [T_SERVER_LIST] = "servers", [T_CIDR_LIST] = "address blocks"};
     unsigned *count = count_field(cfg, k);
+    char item[ITEM_MAX];
+    const char *reason = NULL;
+
+    /* first: once full, every entry after would only say it again */
+    if (*count >= k->max) {
+        snprintf(why, why_size, "too many %s (max %llu)", nouns[k->type],
+                 (unsigned long long)k->max);
+        return -1;
+    }
+    if (len == 0) {
+        snprintf(why, why_size, "empty entry in list");
+        return -1;
+    }
+    if (len >= sizeof(item)) {
+        snprintf(why, why_size, "entry too long: '%.40s...'", text);
+        return -1;
+    }
+    memcpy(item, text, len);
+    item[len] = '\0';
+    switch (k->type) {
+    case T_ADDR_LIST:
+        reason = parse_addr(item, (struct config_addr *)field(cfg, k) + *count);
+        if (reason != NULL) {
+            snprintf(why, why_size, "bad address '%s': %s", item, reason);
+            return -1;
+        }
+        break;
+    case T_SERVER_LIST:
+        if (parse_server(item, (struct config_server *)field(cfg, k) + *count, why, why_size) == -1)
+            return -1;
+        break;
+    case T_CIDR_LIST:
+        reason = parse_cidr(item, (struct config_cidr *)field(cfg, k) + *count);
+        if (reason != NULL) {
+            snprintf(why, why_size, "bad address block '%s': %s", item, reason);
+            return -1;
+        }
+        break;
+    default:
+        assert(!"not a list type");
+        return -1;
+    }
+    (*count)++;
+    return 0;
+}
+
+/*
+ * Appends the comma-separated entries of <value> to the list <k>. A
+ * trailing comma is allowed, so a list may go on on the next line. Each
+ * refused entry is told to <refuse> and the entries after it are still
+ * read, so one line reports all its bad entries. Returns 0, or -1 when an
+ * entry was refused.
+ */
+static int append_list(struct config *cfg, const struct key_def *k, const char *value,
+                       config_refuse_fn refuse, void *arg)
+{
     const char *p = value;
+    char why[REASON_MAX];
+    int rc = 0;
 
     while (*p != '\0') {
         const char *end = strchr(p, ',');
         size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
-        char item[ITEM_MAX];
-        const char *reason = NULL;
 
         while (len > 0 && is_blank(*p)) {
             p++;
@@ -851,46 +911,12 @@ static int append_list(struct config *cfg, const struct key_def *k, const char *
         }
         while (len > 0 && is_blank(p[len - 1]))
             len--;
-        if (len == 0) {
-            snprintf(why, why_size, "empty entry in list");
-            return -1;
+        if (add_entry(cfg, k, p, len, why, sizeof(why)) == -1) {
+            refuse(arg, why);
+            rc = -1;
+            if (*count_field(cfg, k) >= k->max)
+                break;
         }
-        if (len >= sizeof(item)) {
-            snprintf(why, why_size, "entry too long: '%.40s...'", p);
-            return -1;
-        }
-        memcpy(item, p, len);
-        item[len] = '\0';
-        if (*count >= k->max) {
-            snprintf(why, why_size, "too many %s (max %llu)", nouns[k->type],
-                     (unsigned long long)k->max);
-            return -1;
-        }
-        switch (k->type) {
-        case T_ADDR_LIST:
-            reason = parse_addr(item, (struct config_addr *)field(cfg, k) + *count);
-            if (reason != NULL) {
-                snprintf(why, why_size, "bad address '%s': %s", item, reason);
-                return -1;
-            }
-            break;
-        case T_SERVER_LIST:
-            if (parse_server(item, (struct config_server *)field(cfg, k) + *count, why, why_size) ==
-                -1)
-                return -1;
-            break;
-        case T_CIDR_LIST:
-            reason = parse_cidr(item, (struct config_cidr *)field(cfg, k) + *count);
-            if (reason != NULL) {
-                snprintf(why, why_size, "bad address block '%s': %s", item, reason);
-                return -1;
-            }
-            break;
-        default:
-            assert(!"not a list type");
-            return -1;
-        }
-        (*count)++;
         if (end == NULL)
             break;
         p = end + 1;
@@ -898,7 +924,7 @@ static int append_list(struct config *cfg, const struct key_def *k, const char *
         while (is_blank(*p))
             p++;
     }
-    return 0;
+    return rc;
 }
 
 static int store_text(struct config *cfg, const struct key_def *k, const char *value, char *why,
@@ -929,23 +955,15 @@ static int store_text(struct config *cfg, const struct key_def *k, const char *v
     return 0;
 }
 
-/*
- * Reads <value> as key <k> into <cfg>. A list is emptied first unless
- * <append> (an indented continuation line). Returns 0, or -1 with the
- * reason in <why>.
- */
-static int set_value(struct config *cfg, const struct key_def *k, const char *value, bool append,
-                     char *why, size_t why_size)
+/* Reads <value> as key <k>, not a list, into <cfg>. Returns 0, or -1 with
+ * the reason in <why>. */
+static int set_scalar(struct config *cfg, const struct key_def *k, const char *value, char *why,
+                      size_t why_size)
 {
     uint64_t v;
     bool b;
     int i;
 
-    if (is_list(k)) {
-        if (!append)
-            *count_field(cfg, k) = 0;
-        return append_list(cfg, k, value, why, why_size);
-    }
     if (value[0] == '\0' && k->type != T_STRING && k->type != T_PATH) {
         snprintf(why, why_size, "empty value");
         return -1;
@@ -1000,6 +1018,29 @@ static int set_value(struct config *cfg, const struct key_def *k, const char *va
     if (check_range(k, value, v, why, why_size) == -1)
         return -1;
     store_number(cfg, k, v);
+    return 0;
+}
+
+/*
+ * Reads <value> as key <k> into <cfg>. A list is emptied first unless
+ * <append> (an indented continuation line). Every reason for a refusal
+ * goes to <refuse> (one per bad list entry). Returns 0, or -1 when
+ * something was refused.
+ */
+static int set_value(struct config *cfg, const struct key_def *k, const char *value, bool append,
+                     config_refuse_fn refuse, void *arg)
+{
+    char why[REASON_MAX];
+
+    if (is_list(k)) {
+        if (!append)
+            *count_field(cfg, k) = 0;
+        return append_list(cfg, k, value, refuse, arg);
+    }
+    if (set_scalar(cfg, k, value, why, sizeof(why)) == -1) {
+        refuse(arg, why);
+        return -1;
+    }
     return 0;
 }
 
@@ -1059,15 +1100,26 @@ static void report(struct load_state *st, unsigned line, const char *section, co
     fputc('\n', st->errors);
 }
 
-/* Reads <value> for <k> on the current line and reports a refusal. */
+/* What on_refused() reports for: the key being read. */
+struct refusal {
+    struct load_state *st;   /* borrowed from apply() */
+    const struct key_def *k; /* the key on the current line */
+};
+
+static void on_refused(void *arg, const char *why)
+{
+    const struct refusal *r = arg;
+
+    report(r->st, r->st->line, r->k->section, r->k->key, "%s", why);
+}
+
+/* Reads <value> for <k> on the current line and reports each refusal. */
 static void apply(struct load_state *st, const struct key_def *k, const char *value, bool append)
 {
-    char why[REASON_MAX];
+    struct refusal r = {.st = st, .k = k};
 
-    if (set_value(st->cfg, k, value, append, why, sizeof(why)) == -1) {
-        report(st, st->line, k->section, k->key, "%s", why);
+    if (set_value(st->cfg, k, value, append, on_refused, &r) == -1)
         st->failed[k - keys] = true;
-    }
 }
 
 /* inih's handler: one "name = value" line, the one read_line() returned
@@ -1382,13 +1434,20 @@ static void check_whole_file(struct load_state *st)
  * Public
  */
 
+/* A default the table itself refuses is a bug in the table. */
+static void on_default_refused(void *arg, const char *why)
+{
+    const struct key_def *const *k = arg;
+
+    fprintf(stderr, "config: the default of [%s] %s is refused: %s\n", (*k)->section, (*k)->key,
+            why);
+}
+
 static void set_defaults(struct config *cfg)
 {
-    char why[REASON_MAX];
-
     for (size_t i = 0; i < KEY_COUNT; i++) {
-        int rc = set_value(cfg, &keys[i], keys[i].def, false, why, sizeof(why));
-        /* A default the table itself refuses is a bug in the table. */
+        const struct key_def *k = &keys[i];
+        int rc = set_value(cfg, k, k->def, false, on_default_refused, &k);
         assert(rc == 0);
         (void)rc;
     }

@@ -77,6 +77,24 @@ def test_check_prints_every_error_with_file_and_line(tmp_path):
         assert name in found[lineno], (lineno, found[lineno])
 
 
+def test_check_prints_every_bad_server_of_one_line(tmp_path):
+    ini = tmp_path / "servers.ini"
+    ini.write_text(
+        "[upstream]\n"  # 1
+        "servers = 127.0.0.1:9001 weight=0, 127.0.0.1:9002 weight=257,\n"  # 2: two errors
+        "  127.0.0.1:9003, 127.0.0.1:9004 weight=x\n"  # 3: one error
+    )
+    code, out, err = run("-t", "-c", ini)
+    text = out + err
+    assert code == 1, text
+    assert re.findall(rf"(?m)^{re.escape(str(ini))}:(\d+): \[upstream\] servers: (.*)$", text) == [
+        ("2", "bad weight '0' (1..256)"),
+        ("2", "bad weight '257' (1..256)"),
+        ("3", "bad weight 'x' (1..256)"),
+    ], text
+    assert "configuration ok" not in text
+
+
 def test_version_names_every_library():
     code, out, err = run("-V")
     assert code == 0, err

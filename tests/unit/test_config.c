@@ -841,12 +841,39 @@ static struct bad_case bad_cases[] = {
      "test.ini:2: [upstream] servers: bad weight 'x' (1..256)\n"},
     {"empty list entry", "[upstream]\nservers = 127.0.0.1:80,,127.0.0.1:81\n", 0,
      "test.ini:2: [upstream] servers: empty entry in list\n"},
+    {"every bad server entry of a line",
+     "[upstream]\nservers = 127.0.0.1:9001 weight=0, 127.0.0.1:9002 weight=257\n", 0,
+     "test.ini:2: [upstream] servers: bad weight '0' (1..256)\n"
+     "test.ini:2: [upstream] servers: bad weight '257' (1..256)\n"},
+    {"bad server entries around good ones, on continuation lines too",
+     "[upstream]\n"
+     "servers = 127.0.0.1, 127.0.0.1:9001,\n"
+     "  127.0.0.1:9002 weight=x, 127.0.0.1:9003,, 127.0.0.1:9004 heavy\n"
+     "[health]\nrise = 0\n",
+     0,
+     "test.ini:2: [upstream] servers: bad server address '127.0.0.1': missing ':port'\n"
+     "test.ini:3: [upstream] servers: bad weight 'x' (1..256)\n"
+     "test.ini:3: [upstream] servers: empty entry in list\n"
+     "test.ini:3: [upstream] servers: bad server '127.0.0.1:9004 heavy': expected 'host:port' or "
+     "'host:port weight=N'\n"
+     "test.ini:5: [health] rise: '0' out of range (1..100)\n"},
+    {"a bad server entry does not hide a duplicate",
+     "[upstream]\nservers = 127.0.0.1:1, 127.0.0.1:2 weight=0, 127.0.0.1:1\n", 0,
+     "test.ini:2: [upstream] servers: bad weight '0' (1..256)\n"
+     "test.ini: [upstream] servers: 127.0.0.1:1 is listed twice\n"},
+    {"every bad address block of a line", MINIMAL "[stats]\nallow = 10.0.0.0/33, ::1, x\n", 0,
+     "test.ini:4: [stats] allow: bad address block '10.0.0.0/33': prefix length must be 0..32\n"
+     "test.ini:4: [stats] allow: bad address block 'x': not an IPv4 or IPv6 address\n"},
     {"bad listen address", "[server]\nlisten = *:80\n" MINIMAL, 0,
      "test.ini:2: [server] listen: bad address '*:80': host must be a numeric IPv4 address, an "
      "[IPv6] address or localhost\n"},
     {"too many listen addresses",
      "[stats]\nlisten = 127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3, 127.0.0.1:4, 127.0.0.1:5, "
      "127.0.0.1:6, 127.0.0.1:7, 127.0.0.1:8, 127.0.0.1:9\n" MINIMAL,
+     0, "test.ini:2: [stats] listen: too many addresses (max 8)\n"},
+    {"too many is said once",
+     "[stats]\nlisten = 127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3, 127.0.0.1:4, 127.0.0.1:5, "
+     "127.0.0.1:6, 127.0.0.1:7, 127.0.0.1:8, 127.0.0.1:9, 127.0.0.1:10, x\n" MINIMAL,
      0, "test.ini:2: [stats] listen: too many addresses (max 8)\n"},
     {"empty listen", "[server]\nlisten =\n" MINIMAL, 0,
      "test.ini:2: [server] listen: at least one address is required\n"},
