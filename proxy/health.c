@@ -8,7 +8,9 @@
  * stays valid across reloads). The thread owns the checks; the servers'
  * fields are atomics (or, for last_error, under the server's mutex) because
  * workers read them per request and write them on failures. The server
- * list itself only grows, under hl->lock.
+ * list itself only grows, under hl->lock. A server a reload leaves out
+ * keeps its struct (old pools may still point at it) but not its state:
+ * named again later, it starts as a new one (forget_locked()).
  */
 #include "health.h"
 
@@ -47,6 +49,7 @@ struct health_server {
     uint64_t traffic_failures;  /* atomic */
     int64_t last_change;        /* atomic: unix seconds */
     int64_t up_since_ms;        /* atomic: health_now_ms() when it last came up */
+    unsigned generation;        /* atomic: bumped when a reload names it again (a fresh start) */
     pthread_mutex_t lock;       /* guards last_error */
     char last_error[96];        /* last failure's reason */
     struct health_check *check; /* health thread only; NULL when not checked */
@@ -60,6 +63,7 @@ struct health_check {
     struct event *kick;       /* owned: the first attempt, at once */
     struct stream s;          /* the attempt's connection, open while busy */
     bool busy;                /* an attempt is under way */
+    unsigned generation;      /* hs->generation when made: results for an older one are dropped */
 };
 
 struct health {
@@ -204,9 +208,41 @@ static struct health_server *obtain_locked(struct health *hl, const struct confi
     return hs;
 }
 
-/* Points every state at <cfg>: copies of its limits, in_config flags. */
+/*
+ * Forgets what the server's earlier time in the configuration left: it is
+ * as new, <up> or down with zero counters, not drained, no error. For a
+ * server a reload names again after an earlier reload left it out, so
+ * nothing of its old self (counters, up, drained) outlives its removal.
+ * Under hl->lock; workers may read it meanwhile, so up goes first.
+ */
+static void forget_locked(struct health_server *hs, bool up)
+{
+    __atomic_store_n(&hs->up, up ? 1 : 0, __ATOMIC_RELEASE);
+    /* a check of the old configuration still under way must not count */
+    __atomic_add_fetch(&hs->generation, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&hs->draining, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->consecutive, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->traffic_fails_row, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->checks_passed, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->checks_failed, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->traffic_failures, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->last_change, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->up_since_ms, 0, __ATOMIC_RELAXED);
+    set_error(hs, "");
+    log_debug("%s: server %s named again: starts %s", __func__, hs->addr.text, up ? "up" : "down");
+}
+
+/* Points every state at <cfg>: copies of its limits, in_config flags.
+ * State carries over only for servers named by both the configuration in
+ * force and <cfg>; one named again after a reload dropped it starts anew
+ * (<new_servers_up> or down), like one never seen. */
 static int adopt_config_locked(struct health *hl, const struct config *cfg, bool new_servers_up)
 {
+    for (unsigned i = 0; i < cfg->server_count; i++) {
+        struct health_server *hs = find_locked(hl, &cfg->servers[i].addr);
+        if (hs && !__atomic_load_n(&hs->in_config, __ATOMIC_RELAXED))
+            forget_locked(hs, new_servers_up);
+    }
     for (size_t i = 0; i < hl->count; i++)
         __atomic_store_n(&hl->servers[i]->in_config, 0, __ATOMIC_RELAXED);
     for (unsigned i = 0; i < cfg->server_count; i++) {
@@ -282,6 +318,8 @@ static void check_done(struct health_check *chk, bool pass, const char *why)
     event_del(chk->deadline);
     chk->busy = false;
 
+    if (__atomic_load_n(&hs->generation, __ATOMIC_ACQUIRE) != chk->generation)
+        return; /* the server was removed and named again since: this check is void */
     bool up = __atomic_load_n(&hs->up, __ATOMIC_RELAXED);
     if (pass) {
         __atomic_add_fetch(&hs->checks_passed, 1, __ATOMIC_RELAXED);
@@ -446,6 +484,7 @@ static void rebuild_checks(struct health *hl)
         }
         chk->hl = hl;
         chk->hs = hs;
+        chk->generation = __atomic_load_n(&hs->generation, __ATOMIC_ACQUIRE);
         chk->s.fd = -1;
         chk->timer = event_new(hl->base, -1, EV_PERSIST, check_start, chk);
         chk->deadline = event_new(hl->base, -1, 0, health_on_deadline, chk);

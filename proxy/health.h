@@ -11,8 +11,10 @@
  * in a row there take a server out before the next check comes round, and
  * only active checks bring it back. An operator may drain a server (no new
  * requests) and make it ready again. Server states are found by address
- * and outlive reloads; the thread owns the checks, the states are shared
- * through atomics and a per-server mutex for the last error text.
+ * and outlive reloads that keep naming them; a server a reload leaves out
+ * starts afresh if a later reload names it again. The thread owns the
+ * checks, the states are shared through atomics and a per-server mutex for
+ * the last error text.
  */
 #ifndef CLONEGATE_HEALTH_H
 #define CLONEGATE_HEALTH_H
@@ -34,11 +36,11 @@ struct health_server_view {
     bool up;                     /* passing (or not yet failed) */
     bool draining;               /* taken out by an operator */
     bool in_config;              /* still named by the configuration */
-    uint64_t checks_passed;      /* active checks, since start */
+    uint64_t checks_passed;      /* active checks, since start or it was (re)added */
     uint64_t checks_failed;
     uint64_t traffic_failures; /* failures seen on real requests */
     unsigned consecutive;      /* passes (when down) or failures (when up) in a row */
-    int64_t last_change;       /* unix seconds of the last up/down/drain change, 0 never */
+    int64_t last_change;       /* unix seconds of the last up/down/drain change, 0 none yet */
     char last_error[96];       /* why the last check or request failed, "" none */
 };
 
@@ -55,9 +57,11 @@ int health_start(struct health *hl);
  * on it); the admin listener runs there too. */
 struct event_base *health_base(struct health *hl);
 
-/* Applies a reloaded <cfg>: known servers keep their state and counters,
- * new ones start down and come up after health.rise passing checks, those
- * no longer named stop being checked. Any thread. */
+/* Applies a reloaded <cfg>: servers named by both the configuration in
+ * force and <cfg> keep their state and counters; the others it names (new
+ * ones, and ones an earlier reload left out) start down with zero counters,
+ * not drained, and come up after health.rise passing checks; those no
+ * longer named stop being checked. Any thread, one call at a time. */
 void health_reload(struct health *hl, struct config *cfg);
 
 /* Stops the health thread (and with it the admin listener's loop); safe to

@@ -826,6 +826,51 @@ def test_issue_4_added_server_takes_no_traffic_before_it_is_up_over_8_reloads(
     assert totals["failed"] == 0, totals
 
 
+@pytest.mark.hard_timeout(60)
+def test_reload_readding_a_removed_server_starts_it_afresh(origins, clonegate):
+    # A clone a reload removes and a later reload puts back is a new clone:
+    # down until rise passed checks, zero counters, not drained, no error;
+    # nothing of its first stay survives, however short its absence.
+    o1, o2 = origins(2)
+    rise = 2
+    cg = clonegate(dict(QUICK), servers=[o1, o2])
+    both = helpers.ini_sections(cg.ini_text)
+    # a history for o2: passed and failed checks, an error, traffic, drained
+    helpers.wait_for(lambda: server_view(cg, o2.addr)["checks_passed"] >= 3, timeout=5,
+                     what="three passed checks on o2")
+    o2.set_health(False)
+    helpers.wait_for(lambda: server_view(cg, o2.addr)["checks_failed"] >= 1, timeout=3,
+                     what="a failed check on o2")
+    o2.set_health(True)
+    for i in range(4):
+        assert cg.get(f"{LOAD_PATH}?n={i}").status == 200
+    assert cg.admin(f"/servers/{o2.addr}/drain", "POST").status == 200
+    old = server_view(cg, o2.addr)
+    assert old["checks_passed"] >= 3 and old["checks_failed"] >= 1, old
+    assert old["last_error"] == "status 503" and old["draining"] is True, old
+
+    only_o1 = helpers.ini_sections(cg.ini_text)
+    only_o1["upstream"]["servers"] = o1.addr
+    cg.reload(helpers.render_ini(only_o1))
+    helpers.wait_for(lambda: server_view(cg, o2.addr) is None, timeout=5,
+                     what="o2 gone from /stats after the reload that removed it")
+    cg.reload(helpers.render_ini(both))
+    t_reload = time.monotonic()
+    seen = helpers.wait_for(lambda: server_view(cg, o2.addr), timeout=5,
+                            what="o2 back in /stats after the reload that added it")
+    t_up, up_view = wait_state(cg, o2.addr, "up", rise * INTERVAL_S + 3)
+    report("re-added server", state_at_first_sight=seen["state"],
+           checks_at_first_sight=seen["checks_passed"], up_after_reload_s=t_up - t_reload)
+
+    assert seen["state"] == "down" and seen["up"] is False and seen["draining"] is False, seen
+    assert seen["checks_passed"] < rise and seen["checks_failed"] == 0, seen
+    assert seen["traffic_failures"] == 0 and seen["last_error"] == "", seen
+    assert up_view["checks_passed"] >= rise and up_view["checks_failed"] == 0, up_view
+    assert up_view["last_change"] > 0, up_view
+    assert len(log_lines(cg, up_line(o2.addr) + rf"{rise} passed checks")) == 1
+    assert cg.get(LOAD_PATH).status == 200
+
+
 # ---------------------------------------------------------------------------
 # 8. Slow start
 
