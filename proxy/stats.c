@@ -37,6 +37,10 @@
 #include "tls.h"
 
 #define STATS_MAX_VIEWS 256 /* servers shown at most */
+/* Methods evhttp lets through to stats_on_request(): every bit, so that the
+ * ones it does not know (libevent 2.1 gives them bit 15, outside the public
+ * enum) get our 405 too rather than its HTML 501 page. */
+#define STATS_ADMIN_METHODS 0xffff
 
 /* Names of the Cache-Status outcomes, as in the header and the labels. */
 static const char *const cache_status_names[STATS_CS_COUNT] = {
@@ -579,6 +583,22 @@ static void reply(struct evhttp_request *req, int code, const char *reason, stru
     evhttp_send_reply(req, code, reason, body);
 }
 
+/* An error answer: "<code> <reason>" in plain text, never evhttp's HTML
+ * page (evhttp_send_error()), so it carries no-store like every other. It
+ * closes the connection, as that page did: evhttp reads no body for most
+ * methods, and one left unread must not be taken for the next request. */
+static void reply_error(struct evhttp_request *req, int code, const char *reason)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    struct evbuffer *body = evbuffer_new(); /* freed below; evhttp copies it out */
+    if (body)
+        evbuffer_add_printf(body, "%d %s\n", code, reason);
+    /* out of memory: the status line and headers still go */
+    reply(req, code, reason, body, "text/plain; charset=utf-8");
+    if (body)
+        evbuffer_free(body);
+}
+
 static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struct evbuffer *out)
 {
     struct health_server_view *views = calloc(STATS_MAX_VIEWS, sizeof(*views)); /* freed below */
@@ -588,7 +608,7 @@ static void serve_stats(struct stats_admin *a, struct evhttp_request *req, struc
         free(views);
         free(t);
         free(ct);
-        evhttp_send_error(req, 500, "out of memory");
+        reply_error(req, 500, "Internal Server Error");
         return;
     }
     int64_t now = (int64_t)time(NULL);
@@ -844,7 +864,7 @@ static void serve_metrics(struct stats_admin *a, struct evhttp_request *req, str
         free(t);
         free(st);
         free(ct);
-        evhttp_send_error(req, 500, "out of memory");
+        reply_error(req, 500, "Internal Server Error");
         return;
     }
     int64_t now = (int64_t)time(NULL);
@@ -1031,32 +1051,29 @@ static const char dashboard_html[] =
     "tick();setInterval(tick,2000);\n"
     "</script></body></html>\n";
 
-/* POST /servers/<addr>/drain|ready */
-static void serve_server_action(struct stats_admin *a, struct evhttp_request *req,
-                                struct evbuffer *out, const char *rest)
+/* Reads "<addr>/drain" or "<addr>/ready" (<rest>, the path after
+ * "/servers/") into <addr> and *<drain>. 0, or -1 when it is neither. */
+static int parse_server_action(const char *rest, char *addr, size_t addr_size, bool *drain)
 {
     const char *slash = strrchr(rest, '/');
-    char addr[CONFIG_ADDR_TEXT];
-    if (!slash || (size_t)(slash - rest) >= sizeof(addr) || slash == rest) {
-        evhttp_send_error(req, 404, "Not Found");
-        return;
-    }
+    if (!slash || slash == rest || (size_t)(slash - rest) >= addr_size)
+        return -1;
+    if (strcmp(slash + 1, "drain") == 0)
+        *drain = true;
+    else if (strcmp(slash + 1, "ready") == 0)
+        *drain = false;
+    else
+        return -1;
     memcpy(addr, rest, (size_t)(slash - rest));
     addr[slash - rest] = '\0';
-    bool drain;
-    if (strcmp(slash + 1, "drain") == 0)
-        drain = true;
-    else if (strcmp(slash + 1, "ready") == 0)
-        drain = false;
-    else {
-        evhttp_send_error(req, 404, "Not Found");
-        return;
-    }
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-        evhttp_send_error(req, 405, "Method Not Allowed");
-        return;
-    }
+    return 0;
+}
+
+/* POST /servers/<addr>/drain|ready, <addr> and <drain> from
+ * parse_server_action() */
+static void serve_server_action(struct stats_admin *a, struct evhttp_request *req,
+                                struct evbuffer *out, const char *addr, bool drain)
+{
     if (health_set_draining(a->hl, addr, drain) == -1) {
         evbuffer_add_printf(out, "{\"error\":\"no such server\",\"address\":");
         json_string(out, addr);
@@ -1147,11 +1164,6 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
 {
     struct stats_admin *a = arg;
     const char *uri = evhttp_request_get_uri(req);
-    struct evbuffer *out = evbuffer_new(); /* freed below; evhttp copies it out */
-    if (!out) {
-        evhttp_send_error(req, 500, "out of memory");
-        return;
-    }
     char path[256];
     size_t len = strcspn(uri, "?");
     if (len >= sizeof(path))
@@ -1159,31 +1171,55 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
     memcpy(path, uri, len);
     path[len] = '\0';
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    bool get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
+    char addr[CONFIG_ADDR_TEXT];
+    bool drain = false;
 
+    /* a refused client learns nothing, not even which paths exist */
     if (!allowed(a, req)) {
-        evhttp_send_error(req, 403, "Forbidden");
-    } else if (strcmp(path, "/") == 0 && get) {
+        reply_error(req, 403, "Forbidden");
+        return;
+    }
+    bool server_action = strncmp(path, "/servers/", 9) == 0 &&
+                         parse_server_action(path + 9, addr, sizeof(addr), &drain) == 0;
+    bool get_path = strcmp(path, "/") == 0 || strcmp(path, "/stats") == 0 ||
+                    strcmp(path, "/metrics") == 0 || strcmp(path, "/health") == 0;
+    bool post_path = (strcmp(path, "/purge") == 0 && a->purge) || server_action;
+    if (!get_path && !post_path) {
+        reply_error(req, 404, "Not Found");
+        return;
+    }
+    bool method_ok =
+        get_path ? cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD : cmd == EVHTTP_REQ_POST;
+    if (!method_ok) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                          get_path ? "GET, HEAD" : "POST");
+        reply_error(req, 405, "Method Not Allowed");
+        return;
+    }
+    if (strcmp(path, "/purge") == 0) {
+        purge_admin_request(a->purge, req);
+        return;
+    }
+
+    struct evbuffer *out = evbuffer_new(); /* freed below; evhttp copies it out */
+    if (!out) {
+        reply_error(req, 500, "Internal Server Error");
+        return;
+    }
+    if (server_action) {
+        serve_server_action(a, req, out, addr, drain);
+    } else if (strcmp(path, "/") == 0) {
         evbuffer_add(out, dashboard_html, sizeof(dashboard_html) - 1);
         reply(req, 200, "OK", out, "text/html; charset=utf-8");
-    } else if (strcmp(path, "/stats") == 0 && get) {
+    } else if (strcmp(path, "/stats") == 0) {
         serve_stats(a, req, out);
-    } else if (strcmp(path, "/metrics") == 0 && get) {
+    } else if (strcmp(path, "/metrics") == 0) {
         serve_metrics(a, req, out);
-    } else if (strcmp(path, "/health") == 0 && get) {
+    } else {
         bool draining = __atomic_load_n(a->draining, __ATOMIC_RELAXED);
         evbuffer_add_printf(out, draining ? "draining\n" : "ok\n");
         reply(req, draining ? 503 : 200, draining ? "Service Unavailable" : "OK", out,
               "text/plain");
-    } else if (strcmp(path, "/purge") == 0) {
-        if (a->purge)
-            purge_admin_request(a->purge, req);
-        else
-            evhttp_send_error(req, 404, "Not Found");
-    } else if (strncmp(path, "/servers/", 9) == 0) {
-        serve_server_action(a, req, out, path + 9);
-    } else {
-        evhttp_send_error(req, 404, "Not Found");
     }
     evbuffer_free(out);
 }
@@ -1211,7 +1247,9 @@ struct stats_admin *stats_admin_start(struct event_base *base, const struct conf
     if (!a->http)
         goto fail;
     evhttp_set_gencb(a->http, stats_on_request, a);
-    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
+    /* every method reaches stats_on_request(), which answers a wrong one
+     * with 405 and Allow (evhttp's own 501 page would carry no no-store) */
+    evhttp_set_allowed_methods(a->http, STATS_ADMIN_METHODS);
     for (unsigned i = 0; i < cfg->stats_listen_count; i++) {
         const struct config_addr *addr = &cfg->stats_listen[i];
         struct evconnlistener *l = evconnlistener_new_bind(

@@ -12,7 +12,9 @@
  *   POST /servers/<host:port>/ready     takes requests again
  * It never serves proxy traffic, and the proxy listeners never serve these
  * paths. stats.allow (address blocks) and stats.auth (a bearer token in a
- * file) restrict it; other clients get 403.
+ * file) restrict it; other clients get 403. Every answer carries
+ * Cache-Control: no-store; errors are a short text/plain line: 403, 404
+ * for an unknown path, 405 with Allow for a known one and a wrong method.
  *
  * Counting: each worker owns one struct stats_worker and is its only
  * writer; it bumps plain fields with relaxed atomic stores (no locked

@@ -704,6 +704,73 @@ def test_issue_7_proxy_port_forwards_admin_paths_and_admin_port_does_not_proxy(
     assert after["requests"]["total"] == before["requests"]["total"] + 3, after["requests"]
 
 
+def check_admin_error(r, status, allow=None, head=False):
+    """An admin error answer: <status>, no-store, a short plain-text body
+    (none for a HEAD; never evhttp's HTML page) and, for 405, the Allow
+    header."""
+    assert r.status == status, r
+    assert r.header("Cache-Control") == "no-store", r
+    assert (r.header("Content-Type") or "").startswith("text/plain"), r
+    assert r.header("Allow") == allow, r
+    if head:
+        assert r.body == b"", r
+    else:
+        assert r.body.startswith(f"{status} ".encode()) and len(r.body) < 64, r
+        assert b"<" not in r.body, r
+
+
+# (method, path, status, Allow): every way to miss on the admin listener
+ADMIN_MISSES = [
+    ("DELETE", "/stats", 405, "GET, HEAD"),
+    ("POST", "/stats", 405, "GET, HEAD"),
+    ("PUT", "/metrics", 405, "GET, HEAD"),
+    ("OPTIONS", "/", 405, "GET, HEAD"),
+    ("PATCH", "/health", 405, "GET, HEAD"),
+    ("TRACE", "/stats", 405, "GET, HEAD"),
+    ("FROB", "/stats", 405, "GET, HEAD"),  # a method evhttp does not know
+    ("GET", "/servers/{o1}/drain", 405, "POST"),
+    ("DELETE", "/servers/{o1}/ready", 405, "POST"),
+    ("GET", "/purge?url=http://test/x", 405, "POST"),
+    ("DELETE", "/purge?url=http://test/x", 405, "POST"),
+    ("GET", "/nope", 404, None),
+    ("HEAD", "/nope", 404, None),
+    ("POST", "/nope", 404, None),
+    ("DELETE", "/nope", 404, None),
+    ("POST", "/servers/{o1}/reboot", 404, None),
+    ("POST", "/stats/extra", 404, None),
+]
+
+
+@pytest.mark.parametrize("method,path,status,allow", ADMIN_MISSES,
+                         ids=[f"{m} {p}" for m, p, _, _ in ADMIN_MISSES])
+def test_admin_errors_are_plain_text_and_not_stored(origins, clonegate, method, path, status,
+                                                    allow):
+    o1, _ = origins(2)
+    # the cache on (no Redis), so that /purge exists
+    cg = start(clonegate, **{"cache.enabled": "yes"})
+    r = cg.admin(path.format(o1=o1.addr), method)
+    check_admin_error(r, status, allow, head=method == "HEAD")
+    # nothing was drained or purged by a refused request
+    assert by_addr(cg.stats())[o1.addr]["draining"] is False
+    assert cg.stats()["cache"]["purge"]["requests"] == 0
+
+
+def test_admin_purge_with_the_cache_off_is_a_plain_404(origins, clonegate):
+    origins(2)
+    cg = start(clonegate)
+    for method in ("POST", "DELETE"):
+        check_admin_error(cg.admin("/purge?url=http://test/x", method), 404)
+
+
+def test_admin_403_is_plain_text_and_not_stored(origins, clonegate):
+    o1, _ = origins(2)
+    cg = start(clonegate, **{"stats.allow": "10.0.0.0/8"})
+    for method, path in (("GET", "/stats"), ("DELETE", "/stats"), ("GET", "/nope"),
+                         ("POST", f"/servers/{o1.addr}/drain")):
+        # refused before anything else: not even a 404 or 405 says what exists
+        check_admin_error(cg.admin(path, method), 403)
+
+
 @pytest.mark.parametrize("content", [None, "", "\n"], ids=["missing", "empty", "blank-line"])
 def test_issue_7_unusable_auth_file_stops_the_start(origins, clonegate, tmp_path, content):
     origins(2)
