@@ -79,6 +79,8 @@ struct health {
     struct config *pending;       /* referenced: handed over by health_reload() */
     struct health_server *servers[HEALTH_MAX_SERVERS]; /* owned, only appended */
     size_t count;
+    health_fresh_fn on_fresh; /* told of each server a reload starts afresh; NULL none */
+    void *on_fresh_arg;       /* borrowed: its argument */
 };
 
 int64_t health_now_ms(void)
@@ -235,13 +237,17 @@ static void forget_locked(struct health_server *hs, bool up)
 /* Points every state at <cfg>: copies of its limits, in_config flags.
  * State carries over only for servers named by both the configuration in
  * force and <cfg>; one named again after a reload dropped it starts anew
- * (<new_servers_up> or down), like one never seen. */
-static int adopt_config_locked(struct health *hl, const struct config *cfg, bool new_servers_up)
+ * (<new_servers_up> or down), like one never seen, and its id is added to
+ * <fresh> (room for cfg->server_count) and counted in *<fresh_count>. */
+static int adopt_config_locked(struct health *hl, const struct config *cfg, bool new_servers_up,
+                               int *fresh, unsigned *fresh_count)
 {
     for (unsigned i = 0; i < cfg->server_count; i++) {
         struct health_server *hs = find_locked(hl, &cfg->servers[i].addr);
-        if (hs && !__atomic_load_n(&hs->in_config, __ATOMIC_RELAXED))
+        if (hs && !__atomic_load_n(&hs->in_config, __ATOMIC_RELAXED)) {
             forget_locked(hs, new_servers_up);
+            fresh[(*fresh_count)++] = hs->id;
+        }
     }
     for (size_t i = 0; i < hl->count; i++)
         __atomic_store_n(&hl->servers[i]->in_config, 0, __ATOMIC_RELAXED);
@@ -548,8 +554,10 @@ struct health *health_new(struct config *cfg)
     if (!hl->reload_ev || !hl->stop_ev)
         goto fail;
     hl->cfg = config_ref(cfg);
+    int fresh[CONFIG_MAX_SERVERS];
+    unsigned fresh_count = 0; /* none: no state exists yet */
     pthread_mutex_lock(&hl->lock);
-    int rc = adopt_config_locked(hl, cfg, true);
+    int rc = adopt_config_locked(hl, cfg, true, fresh, &fresh_count);
     pthread_mutex_unlock(&hl->lock);
     if (rc == -1)
         goto fail;
@@ -583,16 +591,27 @@ int health_start(struct health *hl)
     return 0;
 }
 
+void health_set_on_fresh(struct health *hl, health_fresh_fn fn, void *arg)
+{
+    hl->on_fresh = fn;
+    hl->on_fresh_arg = arg;
+}
+
 void health_reload(struct health *hl, struct config *cfg)
 {
+    int fresh[CONFIG_MAX_SERVERS];
+    unsigned fresh_count = 0;
     pthread_mutex_lock(&hl->lock);
     /* states for new servers exist (down) before any worker's new pool
      * looks them up: the caller reloads the workers right after this */
-    if (adopt_config_locked(hl, cfg, false) == -1)
+    if (adopt_config_locked(hl, cfg, false, fresh, &fresh_count) == -1)
         log_warnx("health: too many servers over reloads; some are not checked");
     config_unref(hl->pending);
     hl->pending = config_ref(cfg);
     pthread_mutex_unlock(&hl->lock);
+    /* outside the lock: the hook reads other modules' figures */
+    for (unsigned i = 0; hl->on_fresh && i < fresh_count; i++)
+        hl->on_fresh(hl->on_fresh_arg, fresh[i]);
     event_active(hl->reload_ev, EV_READ, 1);
 }
 

@@ -57,11 +57,22 @@ int health_start(struct health *hl);
  * on it); the admin listener runs there too. */
 struct event_base *health_base(struct health *hl);
 
+/* Told, by health_reload() on its caller's thread, of the stable <id> of
+ * each server that starts afresh, so figures kept elsewhere by id can
+ * start again too. */
+typedef void (*health_fresh_fn)(void *arg, int id);
+
+/* Has health_reload() call <fn>(<arg>, id) for each server it starts
+ * afresh (<fn> NULL: nobody is told). Main thread, before the first
+ * health_reload(). */
+void health_set_on_fresh(struct health *hl, health_fresh_fn fn, void *arg);
+
 /* Applies a reloaded <cfg>: servers named by both the configuration in
  * force and <cfg> keep their state and counters; the others it names (new
  * ones, and ones an earlier reload left out) start down with zero counters,
  * not drained, and come up after health.rise passing checks; those no
- * longer named stop being checked. Any thread, one call at a time. */
+ * longer named stop being checked; the set health_fresh_fn is told of
+ * each that starts afresh. Any thread, one call at a time. */
 void health_reload(struct health *hl, struct config *cfg);
 
 /* Stops the health thread (and with it the admin listener's loop); safe to

@@ -278,6 +278,8 @@ static int run(const char *path)
         }
     }
     stats_admin_set_workers(m.admin, m.counters, m.worker_count);
+    /* a clone a reload puts back starts with zero figures there too */
+    health_set_on_fresh(m.health, stats_admin_on_server_fresh, m.admin);
     const struct store_redis_stats *redis[CONFIG_MAX_WORKERS] = {0}; /* copied by the admin */
     for (unsigned i = 0; i < m.worker_count; i++)
         redis[i] = m.workers[i]->redis ? store_redis_stats(m.workers[i]->redis) : NULL;

@@ -7,9 +7,11 @@
  * figures are atomics and cache_waiting() locks) and the workers' Redis
  * counters (relaxed loads, under redis_lock so main can take them away
  * before the workers free them), and the process's TLS handshake
- * counters (tls_stats(), relaxed loads). Runs only on the health thread,
- * but for stats_admin_set_*() on the main thread; answers are small and
- * built in one evbuffer per request.
+ * counters (tls_stats(), relaxed loads). Owns each clone's baseline, the
+ * figures it had when health last started it afresh (under base_lock),
+ * which /stats and /metrics subtract. Runs only on the health thread, but
+ * for stats_admin_set_*() and stats_admin_on_server_fresh() on the main
+ * thread; answers are small and built in one evbuffer per request.
  */
 #include "stats.h"
 
@@ -59,6 +61,14 @@ struct redis_totals {
     uint8_t state[CONFIG_MAX_WORKERS];          /* each link's enum store_redis_state */
 };
 
+/* A clone's figures when health last started it afresh (a reload named
+ * it again after another left it out): what it shows is what came since. */
+struct server_base {
+    uint64_t requests, failures, retries; /* sums over the workers then */
+    struct stats_latency latency;         /* upstream time since start, then */
+    int64_t epoch;                        /* the window slot then: it and older are not shown */
+};
+
 struct stats_admin {
     struct evhttp *http;                  /* owned; NULL when no admin listener is configured */
     struct health *hl;                    /* borrowed */
@@ -76,8 +86,10 @@ struct stats_admin {
     pthread_mutex_t redis_lock;       /* guards the four fields below */
     const struct store_redis_stats *redis[CONFIG_MAX_WORKERS]; /* borrowed from each worker */
     unsigned redis_count;                                      /* entries of redis[] */
-    bool redis_frozen;              /* the links are gone: show redis_last */
-    struct redis_totals redis_last; /* the figures when they went */
+    bool redis_frozen;                          /* the links are gone: show redis_last */
+    struct redis_totals redis_last;             /* the figures when they went */
+    pthread_mutex_t base_lock;                  /* guards base[] */
+    struct server_base base[STATS_MAX_SERVERS]; /* by health id; zero: never started afresh */
 };
 
 const uint32_t stats_latency_bounds_us[STATS_LAT_BUCKETS - 1] = {
@@ -164,16 +176,32 @@ static void latency_sum(struct stats_latency *to, const struct stats_latency *fr
     to->sum_us += load(&from->sum_us);
 }
 
-/* Adds the slots of <w> that fall in the minute before <now_s>. */
-static void window_sum(struct stats_latency *to, const struct stats_window *w, int64_t now_s)
+/* Adds the slots of <w> that fall in the minute before <now_s> and come
+ * after slot <after> (an epoch; 0: no bound). */
+static void window_sum(struct stats_latency *to, const struct stats_window *w, int64_t now_s,
+                       int64_t after)
 {
     int64_t epoch = now_s / STATS_SLOT_SECONDS;
     for (unsigned i = 0; i < STATS_WINDOW_SLOTS; i++) {
         int64_t e = __atomic_load_n(&w->epoch[i], __ATOMIC_ACQUIRE);
         /* six slots: the seventh is the one a worker may be clearing */
-        if (e > epoch - (STATS_WINDOW_SLOTS - 1) && e <= epoch)
+        if (e > epoch - (STATS_WINDOW_SLOTS - 1) && e <= epoch && e > after)
             latency_sum(to, &w->slot[i]);
     }
+}
+
+/* <a> - <b>, never below 0 (a baseline is never above what follows it). */
+static uint64_t since(uint64_t a, uint64_t b)
+{
+    return a > b ? a - b : 0;
+}
+
+static void latency_since(struct stats_latency *l, const struct stats_latency *base)
+{
+    for (unsigned i = 0; i < STATS_LAT_BUCKETS; i++)
+        l->bucket[i] = since(l->bucket[i], base->bucket[i]);
+    l->count = since(l->count, base->count);
+    l->sum_us = since(l->sum_us, base->sum_us);
 }
 
 /* The <q> quantile (0..1) of <l>, in ms, interpolated within its bucket. */
@@ -234,7 +262,7 @@ static void sum_workers(const struct stats_admin *a, struct totals *t, int64_t n
         t->upstream_failures += load(&sw->upstream_failures);
         t->retries += load(&sw->retries);
         latency_sum(&t->latency, &sw->latency);
-        window_sum(&t->window, &sw->window, now_s);
+        window_sum(&t->window, &sw->window, now_s, 0);
     }
 }
 
@@ -243,11 +271,12 @@ struct server_totals {
     struct stats_latency latency, window;
 };
 
-static void sum_server(const struct stats_admin *a, int id, struct server_totals *t, int64_t now_s)
+/* The workers' figures for server <id> since start; the window's slots
+ * after <after> only. */
+static void sum_server_raw(const struct stats_admin *a, int id, struct server_totals *t,
+                           int64_t now_s, int64_t after)
 {
     memset(t, 0, sizeof(*t));
-    if (id < 0 || id >= STATS_MAX_SERVERS)
-        return;
     for (unsigned w = 0; w < a->counter_count; w++) {
         const struct stats_server *ss = &a->counters[w]->server[id];
         t->requests += load(&ss->requests);
@@ -255,8 +284,44 @@ static void sum_server(const struct stats_admin *a, int id, struct server_totals
         t->retries += load(&ss->retries);
         t->active += load(&ss->active);
         latency_sum(&t->latency, &ss->latency);
-        window_sum(&t->window, &ss->window, now_s);
+        window_sum(&t->window, &ss->window, now_s, after);
     }
+}
+
+/* The figures of server <id> since it last started afresh (or since
+ * start); active is the gauge as it is. */
+static void sum_server(struct stats_admin *a, int id, struct server_totals *t, int64_t now_s)
+{
+    if (id < 0 || id >= STATS_MAX_SERVERS) {
+        memset(t, 0, sizeof(*t));
+        return;
+    }
+    pthread_mutex_lock(&a->base_lock);
+    const struct server_base *b = &a->base[id];
+    sum_server_raw(a, id, t, now_s, b->epoch);
+    t->requests = since(t->requests, b->requests);
+    t->failures = since(t->failures, b->failures);
+    t->retries = since(t->retries, b->retries);
+    latency_since(&t->latency, &b->latency);
+    pthread_mutex_unlock(&a->base_lock);
+}
+
+void stats_admin_on_server_fresh(void *arg, int id)
+{
+    struct stats_admin *a = arg;
+    if (!a || id < 0 || id >= STATS_MAX_SERVERS)
+        return;
+    int64_t now = (int64_t)time(NULL);
+    struct server_totals t;
+    pthread_mutex_lock(&a->base_lock);
+    sum_server_raw(a, id, &t, now, 0);
+    struct server_base *b = &a->base[id];
+    b->requests = t.requests;
+    b->failures = t.failures;
+    b->retries = t.retries;
+    b->latency = t.latency;
+    b->epoch = now / STATS_SLOT_SECONDS;
+    pthread_mutex_unlock(&a->base_lock);
 }
 
 /* The workers' cache counters added up, with the L1's figures. */
@@ -519,7 +584,7 @@ static void render_cache(const struct stats_admin *a, struct evbuffer *out,
     evbuffer_add(out, "}", 1);
 }
 
-static void render_server(const struct stats_admin *a, struct evbuffer *out,
+static void render_server(struct stats_admin *a, struct evbuffer *out,
                           const struct health_server_view *v, int64_t now_s)
 {
     struct server_totals t;
@@ -1231,6 +1296,7 @@ struct stats_admin *stats_admin_start(struct event_base *base, const struct conf
     if (!a)
         return NULL;
     pthread_mutex_init(&a->redis_lock, NULL);
+    pthread_mutex_init(&a->base_lock, NULL);
     a->hl = hl;
     a->draining = draining;
     if (cfg->cache_enabled)
@@ -1278,5 +1344,6 @@ void stats_admin_free(struct stats_admin *a)
     if (a->http)
         evhttp_free(a->http);
     pthread_mutex_destroy(&a->redis_lock);
+    pthread_mutex_destroy(&a->base_lock);
     free(a);
 }

@@ -21,7 +21,9 @@
  * read-modify-write, nothing shared between workers per request). The
  * admin listener sums the workers' structs with relaxed loads when asked.
  * Latencies go into a fixed-size histogram (STATS_LAT_BUCKETS bounds), kept
- * both since start and for the last minute in six 10-second slots.
+ * both since start and for the last minute in six 10-second slots. A clone
+ * a reload puts back after another removed it shows only what came since
+ * (stats_admin_on_server_fresh()).
  */
 #ifndef CLONEGATE_STATS_H
 #define CLONEGATE_STATS_H
@@ -161,6 +163,13 @@ void stats_admin_set_cache(struct stats_admin *a, const struct cache *c,
  */
 struct stats_admin *stats_admin_start(struct event_base *base, const struct config *cfg,
                                       struct health *hl, const int *draining);
+
+/* Starts the per-clone figures of the server with health's stable id <id>
+ * again from zero: requests, failures, retries and latency (the last
+ * minute's from its next 10-second slot); the active gauge goes on. A
+ * health_fresh_fn: <arg> is the struct stats_admin. Main thread, after
+ * stats_admin_set_workers(); safe while the admin listener serves. */
+void stats_admin_on_server_fresh(void *arg, int id);
 
 /* Closes the listener(s). Main thread, with the health thread stopped. */
 void stats_admin_free(struct stats_admin *a);

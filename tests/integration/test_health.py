@@ -848,12 +848,14 @@ def test_reload_readding_a_removed_server_starts_it_afresh(origins, clonegate):
     old = server_view(cg, o2.addr)
     assert old["checks_passed"] >= 3 and old["checks_failed"] >= 1, old
     assert old["last_error"] == "status 503" and old["draining"] is True, old
+    assert old["requests"] >= 1 and old["latency_ms"]["count"] >= 1, old
 
     only_o1 = helpers.ini_sections(cg.ini_text)
     only_o1["upstream"]["servers"] = o1.addr
     cg.reload(helpers.render_ini(only_o1))
     helpers.wait_for(lambda: server_view(cg, o2.addr) is None, timeout=5,
                      what="o2 gone from /stats after the reload that removed it")
+    served_before = o2.count(LOAD_PATH)
     cg.reload(helpers.render_ini(both))
     t_reload = time.monotonic()
     seen = helpers.wait_for(lambda: server_view(cg, o2.addr), timeout=5,
@@ -865,10 +867,21 @@ def test_reload_readding_a_removed_server_starts_it_afresh(origins, clonegate):
     assert seen["state"] == "down" and seen["up"] is False and seen["draining"] is False, seen
     assert seen["checks_passed"] < rise and seen["checks_failed"] == 0, seen
     assert seen["traffic_failures"] == 0 and seen["last_error"] == "", seen
+    assert seen["requests"] == 0 and seen["failures"] == 0 and seen["retries"] == 0, seen
+    assert seen["latency_ms"]["count"] == 0, seen
     assert up_view["checks_passed"] >= rise and up_view["checks_failed"] == 0, up_view
     assert up_view["last_change"] > 0, up_view
     assert len(log_lines(cg, up_line(o2.addr) + rf"{rise} passed checks")) == 1
-    assert cg.get(LOAD_PATH).status == 200
+    # its request count starts from the re-add: only what it served since
+    for i in range(6):
+        assert cg.get(f"{LOAD_PATH}?after={i}").status == 200
+    served = o2.count(LOAD_PATH) - served_before
+    assert served >= 1
+    helpers.wait_for(lambda: server_view(cg, o2.addr)["requests"] == served, timeout=5,
+                     what=f"o2's requests to be the {served} it served since it was put back")
+    metrics = cg.admin("/metrics").text()
+    assert f'clonegate_server_requests_total{{server="{o2.addr}"}} {served}\n' in metrics, \
+        [line for line in metrics.splitlines() if "requests_total" in line]
 
 
 # ---------------------------------------------------------------------------
