@@ -939,9 +939,9 @@ static void test_response_out(void **state)
 
     assert_non_null(out);
     head_ok(&h, true, c->raw, strlen(c->raw));
-    assert_int_equal(
-        http_response_serialize(&h, c->raw, NULL, c->keep_alive, c->http10_client, c->drop_framing, out),
-        0);
+    assert_int_equal(http_response_serialize(&h, c->raw, NULL, c->keep_alive, c->http10_client,
+                                             c->drop_framing, out),
+                     0);
     char *text = buffer_text(out);
     assert_string_equal(text, c->expected);
     free(text);
