@@ -6,7 +6,8 @@
  * settings are one static, read-only table shared by every thread.
  * llhttp runs in strict mode with no lenient flag; what it lets through
  * that could still smuggle a request (obs-fold, a missing or repeated Host,
- * control bytes in a value) is refused here.
+ * control bytes in a value, a bare LF ending the request line or the head)
+ * is refused here.
  */
 #include "http.h"
 
@@ -492,6 +493,21 @@ static enum http_error parser_error(const struct http_head *h)
     return h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_BAD_REQUEST;
 }
 
+/* Whether the head's <len> bytes at <buf> hold a line feed without its
+ * carriage return: llhttp takes one as the end of the request line, of the
+ * head, or of an empty line before the request line. */
+static bool has_bare_lf(const char *buf, size_t len)
+{
+    const char *p = buf, *end = buf + len;
+
+    while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        if (p == buf || p[-1] != '\r')
+            return true;
+        p++;
+    }
+    return false;
+}
+
 enum http_parse http_head_parse(struct http_head *h, const char *buf, size_t len)
 {
     h->base = buf;
@@ -507,6 +523,13 @@ enum http_parse http_head_parse(struct http_head *h, const char *buf, size_t len
         if (h->max_head && h->head_len > h->max_head) {
             h->error = h->is_response ? HTTP_ERR_BAD_RESPONSE : HTTP_ERR_HEAD_TOO_LARGE;
             h->error_text = h->is_response ? "response head too large" : "request head too large";
+            return HTTP_PARSE_ERROR;
+        }
+        /* RFC 9112 2.2 lets a server take a bare LF as a line end; a proxy
+         * that does, before a server that does not, invites smuggling */
+        if (!h->is_response && has_bare_lf(buf, h->head_len)) {
+            h->error = HTTP_ERR_BAD_REQUEST;
+            h->error_text = "bare LF in the request head";
             return HTTP_PARSE_ERROR;
         }
         return HTTP_PARSE_DONE;

@@ -5,12 +5,12 @@
  * again in two calls split at a point derived from the input (each call
  * from an exact-size copy, so a read past <len> is caught); both must agree
  * on everything they report. A completed head must have every span inside
- * it, must serialise (it is under max_head) with no hop-by-hop field left,
- * and what is written must parse back as a request with the same method,
- * target and framing. The bytes after the head go to http_body_parse() in
- * two pieces, message after message while requests are pipelined. Every
- * check failure aborts. Owns only what it allocates per input, freed
- * before returning; no globals, one thread.
+ * it and no bare LF, must serialise (it is under max_head) with no
+ * hop-by-hop field left, and what is written must parse back as a request
+ * with the same method, target and framing. The bytes after the head go to
+ * http_body_parse() in two pieces, message after message while requests
+ * are pipelined. Every check failure aborts. Owns only what it allocates
+ * per input, freed before returning; no globals, one thread.
  */
 #include "http.h"
 
@@ -43,6 +43,9 @@ static void check_head(const struct http_head *h, size_t len)
     check_span(h, h->method);
     check_span(h, h->target);
     CHECK(h->target.len <= FUZZ_MAX_TARGET);
+    for (size_t i = 0; i < h->head_len; i++)
+        if (h->base[i] == '\n')
+            CHECK(i > 0 && h->base[i - 1] == '\r');
     CHECK(h->header_count <= HTTP_MAX_HEADERS);
     CHECK(h->version_minor <= 1);
     for (unsigned i = 0; i < h->header_count; i++) {

@@ -9,7 +9,8 @@
  * call, and must give the very same head. Body framing (Content-Length,
  * chunked, pipelining, bodiless responses, close-delimited ends, decoding)
  * has fixed tests; forwarded request and response heads are compared byte
- * for byte from two more tables. Regressions are test_issue_<n>_<what>.
+ * for byte from two more tables; bare line feeds have a table of heads
+ * refused, with the reason logged. Regressions are test_issue_<n>_<what>.
  * Everything here lives on the stack or is freed by the test that made it;
  * no thread, no I/O besides evbuffers.
  */
@@ -216,6 +217,8 @@ static struct framing_case framing_cases[] = {
     {"chunked at max_body",
      RAW("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n@\r\n0\r\n\r\n"),
      TEST_MAX_BODY, HTTP_PARSE_DONE, 0, AT_BODY},
+    {"empty line before the request line", RAW("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
+     HTTP_PARSE_DONE, 0, AT_HEAD},
 
     /* ambiguous length */
     {"Content-Length and Transfer-Encoding",
@@ -284,6 +287,12 @@ static struct framing_case framing_cases[] = {
 
     /* line syntax */
     {"bare LF line endings", RAW("GET / HTTP/1.1\nHost: a\n\n"), 0, HTTP_PARSE_ERROR, 400, AT_HEAD},
+    {"bare LF ending the request line", RAW("GET / HTTP/1.1\nHost: a\r\n\r\n"), 0, HTTP_PARSE_ERROR,
+     400, AT_HEAD},
+    {"bare LF ending the head", RAW("GET / HTTP/1.1\r\nHost: a\r\n\n"), 0, HTTP_PARSE_ERROR, 400,
+     AT_HEAD},
+    {"bare LF before the request line", RAW("\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
+     HTTP_PARSE_ERROR, 400, AT_HEAD},
     {"bare LF after a field", RAW("GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n"), 0, HTTP_PARSE_ERROR,
      400, AT_HEAD},
     {"bare CR after a field", RAW("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n"), 0, HTTP_PARSE_ERROR,
@@ -1198,6 +1207,88 @@ static void test_issue_3_response_coding_trailing_tab(void **state)
 }
 
 /* ------------------------------------------------------------------------
+ * Bare line feeds
+ */
+
+struct refusal_case {
+    const char *raw;
+    const char *why; /* error_text */
+};
+
+static const struct refusal_case bare_lf_refused[] = {
+    {"GET /echo HTTP/1.1\nHost: a\r\n\r\n", "bare LF in the request head"},
+    {"GET /echo HTTP/1.1\r\nHost: a\r\n\n", "bare LF in the request head"},
+    {"\nGET /echo HTTP/1.1\r\nHost: a\r\n\r\n", "bare LF in the request head"},
+    {"GET /echo HTTP/1.0\n\r\n", "bare LF in the request head"},
+    {"GET /echo HTTP/1.0\r\n\n", "bare LF in the request head"},
+    {"POST /echo HTTP/1.1\nHost: a\r\nContent-Length: 1\r\n\r\nx", "bare LF in the request head"},
+    /* llhttp's own refusals, kept here so every position is covered */
+    {"GET /echo HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", NULL},
+    {"GET /echo HTTP/1.1\nHost: a\n\n", NULL},
+};
+
+/* Each head in <cases> is refused with 400, whole and a byte at a time,
+ * and says why (<why>, when not NULL). */
+static void assert_refused(const struct refusal_case *cases, size_t n)
+{
+    unsigned wrong = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const char *raw = cases[i].raw;
+        size_t len = strlen(raw);
+        struct http_head h;
+        enum http_parse r = HTTP_PARSE_AGAIN;
+
+        http_head_init(&h, false, 0, 0, 0);
+        for (size_t k = 1; k <= len && r == HTTP_PARSE_AGAIN; k++)
+            r = http_head_parse(&h, raw, k);
+        if (r != HTTP_PARSE_ERROR || http_error_status(h.error) != 400 ||
+            (cases[i].why && strcmp(h.error_text, cases[i].why) != 0)) {
+            print_error("not refused as expected (%d, %s): %s", r,
+                        h.error_text ? h.error_text : "-", raw);
+            wrong++;
+        }
+        http_head_init(&h, false, 0, 0, 0);
+        if (http_head_parse(&h, raw, len) != HTTP_PARSE_ERROR ||
+            (cases[i].why && strcmp(h.error_text, cases[i].why) != 0)) {
+            print_error("whole head not refused as expected: %s", raw);
+            wrong++;
+        }
+    }
+    assert_int_equal(wrong, 0);
+}
+
+static void test_bare_lf_refused(void **state)
+{
+    (void)state;
+    assert_refused(bare_lf_refused, sizeof(bare_lf_refused) / sizeof(bare_lf_refused[0]));
+}
+
+/* CR LF everywhere, an empty line before the request line (RFC 9112 2.2)
+ * and LFs in the body pass the scan. */
+static void test_crlf_only_accepted(void **state)
+{
+    static const char *const raws[] = {
+        "GET /echo HTTP/1.1\r\nHost: a\r\n\r\n",
+        "\r\nGET /echo HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\r\n",
+        "GET /echo HTTP/1.0\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n\n\n",
+    };
+    unsigned wrong = 0;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(raws) / sizeof(raws[0]); i++) {
+        struct http_head h;
+        http_head_init(&h, false, 0, 0, 0);
+        if (http_head_parse(&h, raws[i], strlen(raws[i])) != HTTP_PARSE_DONE) {
+            print_error("refused (%s): %s", h.error_text ? h.error_text : "-", raws[i]);
+            wrong++;
+        }
+    }
+    assert_int_equal(wrong, 0);
+}
+
+/* ------------------------------------------------------------------------
  * Main: fixed tests, then one test per table row
  */
 
@@ -1241,6 +1332,8 @@ int main(void)
         cmocka_unit_test(test_issue_3_eof_right_after_head),
         cmocka_unit_test(test_issue_3_trailers_leave_head_alone),
         cmocka_unit_test(test_issue_3_response_coding_trailing_tab),
+        cmocka_unit_test(test_bare_lf_refused),
+        cmocka_unit_test(test_crlf_only_accepted),
     };
     const size_t max = ROWS(fixed) + 2 * ROWS(framing_cases) + ROWS(response_cases) +
                        ROWS(bodiless_cases) + ROWS(request_out_cases) + ROWS(response_out_cases) +
