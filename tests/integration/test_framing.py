@@ -9,6 +9,10 @@ succeed. A chunked body found bad or too big after its head went upstream is
 checked with a recording origin instead: it must never get the whole request,
 and its connection must be closed.
 
+A request line or head ended by a bare LF is refused like any other bare LF
+(RFC 9112 2.2 lets a recipient accept one; an origin that does not would
+frame the bytes differently).
+
 Transfer-Encoding "chunked, chunked" (or two "Transfer-Encoding: chunked"
 lines, which RFC 9110 5.3 makes the same thing) is refused with 400: RFC 9112
 6.1 forbids applying chunked more than once, so such a body cannot be
@@ -101,6 +105,10 @@ MALFORMED = [
      + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
      400),
     ("bare-lf-line-endings", b"GET /framing HTTP/1.1\nHost: test\n\n", 400),
+    ("bare-lf-ending-the-request-line", b"GET /echo HTTP/1.1\nHost: localhost\r\n\r\n", 400),
+    ("bare-lf-ending-the-head", b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\n", 400),
+    ("bare-lf-before-the-request-line", b"\nGET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n",
+     400),
     ("obs-fold", b"GET /framing HTTP/1.1\r\n" + H + b"X-Folded: a\r\n b\r\n\r\n", 400),
     ("obs-fold-tab", b"GET /framing HTTP/1.1\r\n" + H + b"X-Folded: a\r\n\tb\r\n\r\n", 400),
     ("space-before-colon", b"GET /framing HTTP/1.1\r\n" + H + b"X-Spaced : a\r\n\r\n", 400),
