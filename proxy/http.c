@@ -7,7 +7,7 @@
  * llhttp runs in strict mode with no lenient flag; what it lets through
  * that could still smuggle a request (obs-fold, a missing or repeated Host,
  * control bytes in a value, a bare LF ending the request line or the head)
- * is refused here.
+ * is refused here, and an absolute-form target overrides Host.
  */
 #include "http.h"
 
@@ -354,6 +354,41 @@ static bool host_valid(const char *v, size_t len)
     return true;
 }
 
+/* For a request target in absolute-form (RFC 9112 3.2.2), records the
+ * spans of its authority and of its path and query, and marks the Host
+ * received hop-by-hop: a server must ignore it and use the authority. The
+ * cache keys such a request by the same authority, so what is stored and
+ * what the clone was asked for agree. Returns 0, or fail()'s code. */
+static int absolute_form(llhttp_t *p, struct http_head *h)
+{
+    const char *t = h->base + h->target.off;
+    size_t len = h->target.len, i = 0;
+
+    while (i < len && t[i] != ':')
+        i++;
+    if (!(i == 4 && strncasecmp(t, "http", 4) == 0) && !(i == 5 && strncasecmp(t, "https", 5) == 0))
+        return fail(p, HTTP_ERR_BAD_REQUEST, "request target scheme is not http or https");
+    if (len - i < 3 || t[i + 1] != '/' || t[i + 2] != '/')
+        return fail(p, HTTP_ERR_BAD_REQUEST, "request target without an authority");
+    size_t start = i + 3, end = start;
+    while (end < len && t[end] != '/' && t[end] != '?')
+        end++;
+    if (end == start)
+        return fail(p, HTTP_ERR_BAD_REQUEST, "request target without an authority");
+    /* RFC 9110 4.2.4: userinfo is not allowed in an http(s) URI */
+    if (memchr(t + start, '@', end - start))
+        return fail(p, HTTP_ERR_BAD_REQUEST, "userinfo in the request target");
+    if (!host_valid(t + start, end - start))
+        return fail(p, HTTP_ERR_BAD_REQUEST, "invalid authority in the request target");
+    h->authority.off = h->target.off + (uint32_t)start;
+    h->authority.len = (uint32_t)(end - start);
+    h->origin_form.off = h->target.off + (uint32_t)end;
+    h->origin_form.len = (uint32_t)(len - end);
+    if (h->index[HTTP_H_HOST] >= 0)
+        h->headers[h->index[HTTP_H_HOST]].hop = 1;
+    return 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct http_head *h = head_of(p);
@@ -409,6 +444,12 @@ static int on_headers_complete(llhttp_t *p)
             const struct http_header *hd = &h->headers[h->index[HTTP_H_HOST]];
             if (!host_valid(h->base + hd->value.off, hd->value.len))
                 return fail(p, HTTP_ERR_BAD_REQUEST, "invalid Host");
+        }
+        const char *t = h->base + h->target.off;
+        if (h->target.len > 0 && t[0] != '/' && !(h->target.len == 1 && t[0] == '*')) {
+            int rc = absolute_form(p, h);
+            if (rc != 0)
+                return rc;
         }
         /* RFC 9112 6.1 and 6.3: a request body whose length cannot be known
          * is refused, as is Transfer-Encoding in an HTTP/1.0 request */
@@ -827,7 +868,9 @@ static void put_upgrade(struct writer *w, const struct http_head *h, const char 
 
 static size_t extra_room(const struct http_head *h)
 {
-    size_t room = SERIALIZE_EXTRA;
+    /* "Host: <authority>\r\n" for an absolute-form target; the shorter
+     * target pays for most of it, this keeps the sum obvious */
+    size_t room = SERIALIZE_EXTRA + (h->authority.len ? h->authority.len + 8 : 0);
     /* joined headers repeat their values once more at most */
     for (unsigned i = 0; i < h->header_count; i++) {
         enum http_header_id id = h->headers[i].id;
@@ -857,8 +900,21 @@ int http_request_serialize(const struct http_head *h, const char *buf,
 
     put_span(&w, buf, h->method);
     put(&w, " ", 1);
-    put_span(&w, buf, h->target);
+    if (h->authority.len == 0) {
+        put_span(&w, buf, h->target);
+    } else if (h->origin_form.len == 0 && h->parser.method == HTTP_OPTIONS) {
+        put(&w, "*", 1); /* RFC 9112 3.2.4 */
+    } else {
+        if (h->origin_form.len == 0 || buf[h->origin_form.off] != '/')
+            put(&w, "/", 1); /* an empty path is "/" (RFC 9110 4.2.3) */
+        put_span(&w, buf, h->origin_form);
+    }
     put(&w, " HTTP/1.1\r\n", 11);
+    if (h->authority.len) {
+        PUT_LIT(&w, "Host: ");
+        put_span(&w, buf, h->authority);
+        put(&w, "\r\n", 2);
+    }
     put_headers(&w, h, buf, false);
     PUT_JOINED(&w, h, buf, HTTP_H_X_FORWARDED_FOR, "X-Forwarded-For");
     put_str(&w, info->client_ip);
@@ -884,7 +940,7 @@ int http_request_serialize(const struct http_head *h, const char *buf,
         PUT_LIT(&w, "1.0 " VIA_TOKEN "\r\n");
     if (info->extra)
         put_str(&w, info->extra);
-    if (h->index[HTTP_H_HOST] < 0 && info->default_host) {
+    if (h->index[HTTP_H_HOST] < 0 && h->authority.len == 0 && info->default_host) {
         PUT_LIT(&w, "Host: ");
         put_str(&w, info->default_host);
         put(&w, "\r\n", 2);

@@ -100,34 +100,36 @@ enum http_parse {
 };
 
 struct http_head {
-    llhttp_t parser;          /* owned; reset per message */
-    const char *base;         /* borrowed: the head's first byte while parsing */
-    struct evbuffer *decoded; /* borrowed: where on_body appends payload, or NULL */
-    size_t parsed;            /* bytes of the head fed to the parser so far */
-    size_t head_len;          /* bytes of the head, once complete */
-    size_t max_head;          /* limit for head_len (431) */
-    size_t max_target;        /* limit for the request target (414) */
-    uint64_t max_body;        /* limit on Content-Length or chunked bytes; 0 = none */
-    uint64_t body_seen;       /* body bytes the parser has passed over */
-    struct http_span method;  /* requests */
-    struct http_span target;  /* requests */
-    struct http_span reason;  /* responses */
-    unsigned status;          /* responses */
-    uint8_t version_minor;    /* 0 or 1 (major is always 1) */
-    uint8_t is_response;      /* parser type */
-    uint8_t head_done;        /* on_headers_complete seen */
-    uint8_t message_done;     /* on_message_complete seen */
-    uint8_t keep_alive;       /* the sender allows another message */
-    uint8_t upgrade;          /* Connection: upgrade with Upgrade (or a 101) */
-    uint8_t chunked;          /* Transfer-Encoding: chunked */
-    uint8_t has_body;         /* a body follows (length > 0, chunked, or until close) */
-    uint8_t expect_continue;  /* Expect: 100-continue */
-    uint8_t skip_body;        /* response to HEAD: set by the caller before parsing */
-    uint8_t conn_close;       /* Connection: close */
-    uint8_t in_field;         /* parser is inside a header field name */
-    enum http_error error;    /* why parsing stopped */
-    const char *error_text;   /* static text for the log */
-    uint64_t content_length;  /* when has_body and not chunked */
+    llhttp_t parser;              /* owned; reset per message */
+    const char *base;             /* borrowed: the head's first byte while parsing */
+    struct evbuffer *decoded;     /* borrowed: where on_body appends payload, or NULL */
+    size_t parsed;                /* bytes of the head fed to the parser so far */
+    size_t head_len;              /* bytes of the head, once complete */
+    size_t max_head;              /* limit for head_len (431) */
+    size_t max_target;            /* limit for the request target (414) */
+    uint64_t max_body;            /* limit on Content-Length or chunked bytes; 0 = none */
+    uint64_t body_seen;           /* body bytes the parser has passed over */
+    struct http_span method;      /* requests */
+    struct http_span target;      /* requests, as received (logged, keyed) */
+    struct http_span authority;   /* absolute-form target's host[:port], else len 0 */
+    struct http_span origin_form; /* absolute-form target's path and query, may be empty */
+    struct http_span reason;      /* responses */
+    unsigned status;              /* responses */
+    uint8_t version_minor;        /* 0 or 1 (major is always 1) */
+    uint8_t is_response;          /* parser type */
+    uint8_t head_done;            /* on_headers_complete seen */
+    uint8_t message_done;         /* on_message_complete seen */
+    uint8_t keep_alive;           /* the sender allows another message */
+    uint8_t upgrade;              /* Connection: upgrade with Upgrade (or a 101) */
+    uint8_t chunked;              /* Transfer-Encoding: chunked */
+    uint8_t has_body;             /* a body follows (length > 0, chunked, or until close) */
+    uint8_t expect_continue;      /* Expect: 100-continue */
+    uint8_t skip_body;            /* response to HEAD: set by the caller before parsing */
+    uint8_t conn_close;           /* Connection: close */
+    uint8_t in_field;             /* parser is inside a header field name */
+    enum http_error error;        /* why parsing stopped */
+    const char *error_text;       /* static text for the log */
+    uint64_t content_length;      /* when has_body and not chunked */
     unsigned header_count;
     int16_t index[HTTP_H_COUNT_]; /* first header with that id, or -1 */
     struct http_header headers[HTTP_MAX_HEADERS];
@@ -196,6 +198,9 @@ struct http_forward_info {
  * clone: request line in HTTP/1.1, every end-to-end header, the hop-by-hop
  * ones left out, X-Forwarded-For / -Proto, Forwarded and Via set, and
  * "Connection: upgrade" plus Upgrade kept when the client asks to upgrade.
+ * A target in absolute-form goes out in origin-form ("*" for an OPTIONS
+ * without path or query) with "Host: <authority>" in place of the Host
+ * received, which RFC 9112 3.2.2 says to ignore.
  * Returns 0, or -1 when <out> could not grow.
  */
 int http_request_serialize(const struct http_head *h, const char *buf,

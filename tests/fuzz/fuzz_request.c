@@ -7,10 +7,11 @@
  * on everything they report. A completed head must have every span inside
  * it and no bare LF, must serialise (it is under max_head) with no
  * hop-by-hop field left, and what is written must parse back as a request
- * with the same method, target and framing. The bytes after the head go to
- * http_body_parse() in two pieces, message after message while requests
- * are pipelined. Every check failure aborts. Owns only what it allocates
- * per input, freed before returning; no globals, one thread.
+ * with the same method, target (in origin-form, with its authority as
+ * Host, when it came in absolute-form) and framing. The bytes after the
+ * head go to http_body_parse() in two pieces, message after message while
+ * requests are pipelined. Every check failure aborts. Owns only what it
+ * allocates per input, freed before returning; no globals, one thread.
  */
 #include "http.h"
 
@@ -43,6 +44,15 @@ static void check_head(const struct http_head *h, size_t len)
     check_span(h, h->method);
     check_span(h, h->target);
     CHECK(h->target.len <= FUZZ_MAX_TARGET);
+    if (h->authority.len) {
+        /* both inside the target, the origin-form part at its end */
+        CHECK(h->authority.off > h->target.off);
+        CHECK(h->authority.off + h->authority.len <= h->origin_form.off);
+        CHECK(h->origin_form.off + h->origin_form.len == h->target.off + h->target.len);
+        CHECK(h->index[HTTP_H_HOST] < 0 || h->headers[h->index[HTTP_H_HOST]].hop);
+    } else {
+        CHECK(h->origin_form.len == 0);
+    }
     for (size_t i = 0; i < h->head_len; i++)
         if (h->base[i] == '\n')
             CHECK(i > 0 && h->base[i - 1] == '\r');
@@ -75,6 +85,8 @@ static void check_same(const struct http_head *a, const struct http_head *b)
     CHECK(a->head_len == b->head_len);
     CHECK(a->method.off == b->method.off && a->method.len == b->method.len);
     CHECK(a->target.off == b->target.off && a->target.len == b->target.len);
+    CHECK(a->authority.off == b->authority.off && a->authority.len == b->authority.len);
+    CHECK(a->origin_form.off == b->origin_form.off && a->origin_form.len == b->origin_form.len);
     CHECK(a->version_minor == b->version_minor);
     CHECK(a->keep_alive == b->keep_alive && a->upgrade == b->upgrade);
     CHECK(a->chunked == b->chunked && a->has_body == b->has_body);
@@ -100,9 +112,34 @@ static int added_by_proxy(const struct http_head *h, uint8_t id)
     case HTTP_H_CONNECTION:
     case HTTP_H_UPGRADE:
         return h->upgrade;
+    case HTTP_H_HOST:
+        return h->authority.len > 0;
     default:
         return 0;
     }
+}
+
+/* The target <h> (over <buf>) goes out with, in <out> (<room> bytes, one
+ * more than any target): as received, or the origin-form of an
+ * absolute-form one. Returns its length. */
+static size_t forwarded_target(const struct http_head *h, const char *buf, char *out, size_t room)
+{
+    const char *from = buf + h->target.off;
+    size_t len = h->target.len, n = 0;
+
+    if (h->authority.len) {
+        from = buf + h->origin_form.off;
+        len = h->origin_form.len;
+        if (len == 0 && h->method.len == 7 && memcmp(buf + h->method.off, "OPTIONS", 7) == 0) {
+            from = "*";
+            len = 1;
+        } else if (len == 0 || *from != '/') {
+            out[n++] = '/';
+        }
+    }
+    CHECK(n + len < room);
+    memcpy(out + n, from, len);
+    return n + len;
 }
 
 /* Serialises the completed head <h> over <buf> and checks what goes out. */
@@ -121,8 +158,11 @@ static void check_forward(const struct http_head *h, const char *buf, int v6)
     const char *text = (const char *)evbuffer_pullup(out, -1);
     CHECK(text != NULL);
     CHECK(len >= 4 && memcmp(text + len - 4, "\r\n\r\n", 4) == 0);
-    CHECK(len > h->method.len + 1 + h->target.len + 11);
-    CHECK(memcmp(text + h->method.len + 1 + h->target.len, " HTTP/1.1\r\n", 11) == 0);
+    char target[FUZZ_MAX_TARGET + 2];
+    size_t target_len = forwarded_target(h, buf, target, sizeof(target));
+    CHECK(len > h->method.len + 1 + target_len + 11);
+    CHECK(memcmp(text + h->method.len + 1, target, target_len) == 0);
+    CHECK(memcmp(text + h->method.len + 1 + target_len, " HTTP/1.1\r\n", 11) == 0);
 
     for (unsigned i = 0; i < h->header_count; i++) {
         const struct http_header *hd = &h->headers[i];
@@ -144,8 +184,15 @@ static void check_forward(const struct http_head *h, const char *buf, int v6)
         CHECK(back->head_len == len);
         CHECK(back->method.len == h->method.len &&
               memcmp(copy + back->method.off, buf + h->method.off, h->method.len) == 0);
-        CHECK(back->target.len == h->target.len &&
-              memcmp(copy + back->target.off, buf + h->target.off, h->target.len) == 0);
+        CHECK(back->target.len == target_len &&
+              memcmp(copy + back->target.off, target, target_len) == 0);
+        CHECK(back->authority.len == 0);
+        if (h->authority.len) {
+            size_t host_len;
+            const char *host = http_header_value(back, copy, HTTP_H_HOST, &host_len);
+            CHECK(host != NULL && host_len == h->authority.len &&
+                  memcmp(host, buf + h->authority.off, host_len) == 0);
+        }
         CHECK(back->chunked == h->chunked);
         CHECK(back->content_length == h->content_length);
         CHECK(back->has_body == h->has_body);

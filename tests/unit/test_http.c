@@ -9,8 +9,9 @@
  * call, and must give the very same head. Body framing (Content-Length,
  * chunked, pipelining, bodiless responses, close-delimited ends, decoding)
  * has fixed tests; forwarded request and response heads are compared byte
- * for byte from two more tables; bare line feeds have a table of heads
- * refused, with the reason logged. Regressions are test_issue_<n>_<what>.
+ * for byte from two more tables; absolute-form targets and bare line
+ * feeds have a table each of heads refused, with the reason logged.
+ * Regressions are test_issue_<n>_<what>.
  * Everything here lives on the stack or is freed by the test that made it;
  * no thread, no I/O besides evbuffers.
  */
@@ -112,6 +113,8 @@ static void assert_spans_sane(const struct http_head *h, const char *buf)
 {
     assert_true(h->method.off + h->method.len <= h->head_len);
     assert_true(h->target.off + h->target.len <= h->head_len);
+    assert_true(h->authority.off + h->authority.len <= h->head_len);
+    assert_true(h->origin_form.off + h->origin_form.len <= h->head_len);
     assert_true(h->reason.off + h->reason.len <= h->head_len);
     assert_true(h->header_count <= HTTP_MAX_HEADERS);
     for (unsigned i = 0; i < h->header_count; i++) {
@@ -140,6 +143,8 @@ static void assert_same_head(const struct http_head *a, const struct http_head *
     assert_int_equal(a->head_len, b->head_len);
     assert_same_span(a->method, b->method);
     assert_same_span(a->target, b->target);
+    assert_same_span(a->authority, b->authority);
+    assert_same_span(a->origin_form, b->origin_form);
     assert_same_span(a->reason, b->reason);
     assert_int_equal(a->status, b->status);
     assert_int_equal(a->version_minor, b->version_minor);
@@ -217,6 +222,11 @@ static struct framing_case framing_cases[] = {
     {"chunked at max_body",
      RAW("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n@\r\n0\r\n\r\n"),
      TEST_MAX_BODY, HTTP_PARSE_DONE, 0, AT_BODY},
+    {"absolute-form", RAW("GET http://b:8080/x?y HTTP/1.1\r\nHost: a\r\n\r\n"), 0, HTTP_PARSE_DONE,
+     0, AT_HEAD},
+    {"absolute-form HTTP/1.0 without Host", RAW("GET https://b/ HTTP/1.0\r\n\r\n"), 0,
+     HTTP_PARSE_DONE, 0, AT_HEAD},
+    {"OPTIONS *", RAW("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), 0, HTTP_PARSE_DONE, 0, AT_HEAD},
     {"empty line before the request line", RAW("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
      HTTP_PARSE_DONE, 0, AT_HEAD},
 
@@ -341,6 +351,12 @@ static struct framing_case framing_cases[] = {
      AT_HEAD},
     {"two Host in HTTP/1.0", RAW("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"), 0,
      HTTP_PARSE_ERROR, 400, AT_HEAD},
+    {"absolute-form without Host", RAW("GET http://a/ HTTP/1.1\r\n\r\n"), 0, HTTP_PARSE_ERROR, 400,
+     AT_HEAD},
+    {"absolute-form with userinfo", RAW("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
+     HTTP_PARSE_ERROR, 400, AT_HEAD},
+    {"absolute-form ftp", RAW("GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n"), 0, HTTP_PARSE_ERROR, 400,
+     AT_HEAD},
 
     /* method and limits */
     {"CONNECT", RAW("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), 0, HTTP_PARSE_ERROR, 405,
@@ -871,6 +887,30 @@ static struct request_out_case request_out_cases[] = {
     {"Upgrade without Connection: upgrade dropped",
      "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", "10.0.0.1", "http", NULL,
      "GET / HTTP/1.1\r\nHost: a\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form: origin-form target, Host from the authority",
+     "GET http://localhost:8080/page?x=1 HTTP/1.1\r\nAccept: */*\r\nHost: evil.example\r\n"
+     "X-A: 1\r\n\r\n",
+     "10.0.0.1", "http", NULL,
+     "GET /page?x=1 HTTP/1.1\r\nHost: localhost:8080\r\nAccept: */*\r\nX-A: 1\r\n" ADDED_V4 VIA11
+     "\r\n"},
+    {"absolute-form https, scheme in capitals",
+     "GET HTTPS://Example.COM/a HTTP/1.1\r\nHost: example.com\r\n\r\n", "10.0.0.1", "http", NULL,
+     "GET /a HTTP/1.1\r\nHost: Example.COM\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form empty path", "GET http://a HTTP/1.1\r\nHost: a\r\n\r\n", "10.0.0.1", "http",
+     NULL, "GET / HTTP/1.1\r\nHost: a\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form empty path, query", "GET http://a?q=1 HTTP/1.1\r\nHost: a\r\n\r\n", "10.0.0.1",
+     "http", NULL, "GET /?q=1 HTTP/1.1\r\nHost: a\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form OPTIONS empty path", "OPTIONS http://a:81 HTTP/1.1\r\nHost: b\r\n\r\n",
+     "10.0.0.1", "http", NULL, "OPTIONS * HTTP/1.1\r\nHost: a:81\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form OPTIONS with a path", "OPTIONS http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+     "10.0.0.1", "http", NULL, "OPTIONS / HTTP/1.1\r\nHost: a\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form OPTIONS with a query", "OPTIONS http://a?x HTTP/1.1\r\nHost: a\r\n\r\n",
+     "10.0.0.1", "http", NULL, "OPTIONS /?x HTTP/1.1\r\nHost: a\r\n" ADDED_V4 VIA11 "\r\n"},
+    {"absolute-form HTTP/1.0 without Host, no default Host",
+     "GET http://[::1]:8080/x HTTP/1.0\r\n\r\n", "10.0.0.1", "http", "default.example",
+     "GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n" ADDED_V4 VIA10 "\r\n"},
+    {"OPTIONS * unchanged", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "10.0.0.1", "http", NULL,
+     "OPTIONS * HTTP/1.1\r\nHost: a\r\n" ADDED_V4 VIA11 "\r\n"},
     {"end-to-end fields kept in order, trailing blanks trimmed",
      "PUT /x HTTP/1.1\r\nUser-Agent: t\r\nHost: a\r\nExpect: 100-continue\r\nCookie: c=1 \t\r\n"
      "Content-Length: 0\r\n\r\n",
@@ -1207,12 +1247,51 @@ static void test_issue_3_response_coding_trailing_tab(void **state)
 }
 
 /* ------------------------------------------------------------------------
- * Bare line feeds
+ * Absolute-form targets (RFC 9112 3.2.2) and bare line feeds
  */
+
+/* The target stays as received (the access log and the cache key read it);
+ * the authority and the origin-form part are spans into it, and the Host
+ * received is hop-by-hop: the key's host and the forwarded Host agree. */
+static void test_absolute_form_spans(void **state)
+{
+    static const char raw[] = "GET http://localhost:8080/page?x HTTP/1.1\r\nHost: evil.example\r\n"
+                              "Accept: */*\r\n\r\n";
+    static const char plain[] = "GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    struct http_head h;
+
+    (void)state;
+    head_ok(&h, false, RAW(raw));
+    assert_string_equal(span_text(raw, h.target), "http://localhost:8080/page?x");
+    assert_string_equal(span_text(raw, h.authority), "localhost:8080");
+    assert_string_equal(span_text(raw, h.origin_form), "/page?x");
+    assert_int_equal(h.headers[0].id, HTTP_H_HOST);
+    assert_true(h.headers[0].hop);
+    assert_false(h.headers[1].hop);
+
+    /* origin-form: nothing recorded, Host forwarded; reset forgets both */
+    http_head_reset(&h);
+    assert_int_equal(http_head_parse(&h, RAW(plain)), HTTP_PARSE_DONE);
+    assert_int_equal(h.authority.len, 0);
+    assert_int_equal(h.origin_form.len, 0);
+    assert_false(h.headers[0].hop);
+}
 
 struct refusal_case {
     const char *raw;
     const char *why; /* error_text */
+};
+
+static const struct refusal_case absolute_form_refused[] = {
+    {"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", "request target scheme is not http or https"},
+    {"GET httpx://a/ HTTP/1.1\r\nHost: a\r\n\r\n", "request target scheme is not http or https"},
+    {"GET htt://a/ HTTP/1.1\r\nHost: a\r\n\r\n", "request target scheme is not http or https"},
+    {"GET *x HTTP/1.1\r\nHost: a\r\n\r\n", "request target scheme is not http or https"},
+    {"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", "request target without an authority"},
+    {"GET http://?x HTTP/1.1\r\nHost: a\r\n\r\n", "request target without an authority"},
+    {"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", "userinfo in the request target"},
+    {"GET http://u:p@a/ HTTP/1.1\r\nHost: a\r\n\r\n", "userinfo in the request target"},
+    {"GET https://@a HTTP/1.0\r\n\r\n", "userinfo in the request target"},
 };
 
 static const struct refusal_case bare_lf_refused[] = {
@@ -1258,6 +1337,13 @@ static void assert_refused(const struct refusal_case *cases, size_t n)
     assert_int_equal(wrong, 0);
 }
 
+static void test_absolute_form_refused(void **state)
+{
+    (void)state;
+    assert_refused(absolute_form_refused,
+                   sizeof(absolute_form_refused) / sizeof(absolute_form_refused[0]));
+}
+
 static void test_bare_lf_refused(void **state)
 {
     (void)state;
@@ -1286,6 +1372,40 @@ static void test_crlf_only_accepted(void **state)
         }
     }
     assert_int_equal(wrong, 0);
+}
+
+/* The Host line written for an absolute-form target fits the room
+ * reserved, whatever the authority's length, with no Host received to
+ * make up for it. */
+static void test_absolute_form_long_authority(void **state)
+{
+    enum { AUTH = 4000 };
+    static const char pre[] = "GET http://", post[] = " HTTP/1.0\r\n\r\n";
+    char *raw = malloc(sizeof(pre) - 1 + AUTH + sizeof(post));
+    char *want = malloc(AUTH + 256);
+    struct http_forward_info info = {"10.0.0.1", "http", "default.example", NULL};
+    struct http_head h;
+    struct evbuffer *out = evbuffer_new();
+
+    (void)state;
+    assert_non_null(raw);
+    assert_non_null(want);
+    assert_non_null(out);
+    memcpy(raw, pre, sizeof(pre) - 1);
+    memset(raw + sizeof(pre) - 1, 'h', AUTH);
+    memcpy(raw + sizeof(pre) - 1 + AUTH, post, sizeof(post));
+    head_ok(&h, false, raw, strlen(raw));
+    assert_int_equal(h.authority.len, AUTH);
+    assert_int_equal(http_request_serialize(&h, raw, &info, out), 0);
+    int n = snprintf(want, AUTH + 256, "GET / HTTP/1.1\r\nHost: %.*s\r\n" ADDED_V4 VIA10 "\r\n",
+                     AUTH, raw + sizeof(pre) - 1);
+    assert_true(n > 0 && n < AUTH + 256);
+    char *text = buffer_text(out);
+    assert_string_equal(text, want);
+    free(text);
+    evbuffer_free(out);
+    free(want);
+    free(raw);
 }
 
 /* ------------------------------------------------------------------------
@@ -1332,6 +1452,9 @@ int main(void)
         cmocka_unit_test(test_issue_3_eof_right_after_head),
         cmocka_unit_test(test_issue_3_trailers_leave_head_alone),
         cmocka_unit_test(test_issue_3_response_coding_trailing_tab),
+        cmocka_unit_test(test_absolute_form_spans),
+        cmocka_unit_test(test_absolute_form_refused),
+        cmocka_unit_test(test_absolute_form_long_authority),
         cmocka_unit_test(test_bare_lf_refused),
         cmocka_unit_test(test_crlf_only_accepted),
     };
