@@ -1074,6 +1074,9 @@ static bool read_response_head(struct conn *c)
         }
         /* the final response: the request can no longer be retried */
         upstream_report(c->up->pool, c->up->server, NULL);
+        /* an HTTP/1.0 client gets a chunked body decoded; set before the
+         * cache looks, since a decoded body is never stored */
+        c->decode_body = c->ex->req.version_minor == 0 && c->ex->resp.chunked;
         char cache_status[CONN_CACHE_STATUS_MAX];
         if (cache_response_head(c, p, cache_status, sizeof(cache_status)))
             return false; /* answered from the cache */
@@ -1083,7 +1086,6 @@ static bool read_response_head(struct conn *c)
         }
         if (!c->req_done || c->w->draining || http_body_until_close(&c->ex->resp))
             c->keep_alive = false;
-        c->decode_body = c->ex->req.version_minor == 0 && c->ex->resp.chunked;
         if (c->decode_body)
             c->keep_alive = false;
         c->status = status;

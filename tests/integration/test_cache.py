@@ -1059,3 +1059,16 @@ def test_hits_to_a_slow_reader_arrive_whole_and_in_order(origins, clonegate):
     for r, t in zip(got, order):
         assert r.status == 200 and is_hit(r), (t, r)
         assert r.body == want[t], (t, len(r.body))
+
+
+def test_a_chunked_answer_to_an_http10_client_is_stored_whole_or_not_at_all(origins, clonegate):
+    # the HTTP/1.0 client gets the body de-chunked; what is stored (if
+    # anything) must still be the whole body, here and for later clients
+    cg, o = start(clonegate, origins)
+    t = url("h10", cc="max-age=60", size="5000", chunked="1")
+    raw = helpers.http_request(cg.port, build_request("GET", t, version="HTTP/1.0"), timeout=5)
+    r, _ = parse_response(raw, 0, "GET", eof=True)
+    assert r.status == 200 and r.body == helpers.pattern_bytes(5000)
+    for _ in range(2):
+        r = cg.get(t)
+        assert r.status == 200 and r.body == helpers.pattern_bytes(5000), cache_status(r)
