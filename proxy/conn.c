@@ -172,6 +172,7 @@ struct conn {
     bool resp_bytes;             /* the clone sent at least one byte */
     bool keep_alive;             /* the connection goes on after this response */
     bool decode_body;            /* chunked response de-chunked for an HTTP/1.0 client */
+    bool output_wait;            /* a pipelined request waits for the output to drain */
     bool client_eof;             /* the client closed its side */
     bool lingering;              /* answer sent, output ended: dropping input until the end */
     bool client_read_paused;     /* client reading stopped for backpressure */
@@ -686,8 +687,12 @@ static void pump_request_body(struct conn *c)
     size_t moved;
 
     enum http_parse r = frame_and_move(&c->ex->req, in, out, false, NULL, &moved);
-    if (moved)
+    if (moved) {
         stream_flush(&c->up->s);
+        /* the body flows (after a 100 Continue, say): the client sets the pace */
+        if (c->up->s.read_tv && r == HTTP_PARSE_AGAIN)
+            stream_set_timeouts(&c->up->s, NULL, c->w->response_tv);
+    }
     if (r == HTTP_PARSE_ERROR) {
         unsigned status = http_error_status(c->ex->req.error);
         log_info("%s: request body refused: %s", c->client_ip, c->ex->req.error_text);
@@ -703,6 +708,13 @@ static void pump_request_body(struct conn *c)
     if (r != HTTP_PARSE_AGAIN) {
         c->req_done = true;
         stream_set_timeouts(&c->cs, NULL, c->w->idle_tv);
+        stream_set_timeouts(&c->up->s, c->w->response_tv, c->w->response_tv);
+        return;
+    }
+    /* a client gone before its body ended: nothing more will come, and
+     * the clone is not to blame */
+    if (c->client_eof && evbuffer_get_length(in) == 0) {
+        conn_close(c, "client closed mid-body");
         return;
     }
     if (evbuffer_get_length(out) >= CONN_BUF_HIGH)
@@ -818,6 +830,16 @@ static void process_input(struct conn *c)
     size_t len = evbuffer_get_length(in);
     const struct config *cfg = cfg_of(c);
 
+    /* A pipelined request waits while earlier answers the client has not
+     * read fill its output: each answer may be far larger than its request,
+     * and only this keeps the memory per connection bounded. */
+    if (c->state == CONN_IDLE && len > 0 && evbuffer_get_length(c->cs.out) >= CONN_BUF_HIGH) {
+        c->output_wait = true;
+        c->client_read_paused = true; /* enabled again below when resumed */
+        stream_read_enable(&c->cs, false);
+        stream_notify_drained(&c->cs, CONN_BUF_LOW);
+        return;
+    }
     /* A new head's bytes: whether to read on is known once it is parsed (a
      * whole request that ends the connection needs no more reads). */
     bool resume_after_head = false;
@@ -1070,6 +1092,12 @@ static bool read_response_head(struct conn *c)
             uint8_t skip = c->ex->resp.skip_body;
             http_head_reset(&c->ex->resp);
             c->ex->resp.skip_body = skip;
+            /* a clone sending interim responses to a client that does not
+             * read them is read no further until the client catches up */
+            if (evbuffer_get_length(client_out) >= CONN_BUF_HIGH) {
+                pause_up_read(c);
+                return false;
+            }
             continue;
         }
         /* the final response: the request can no longer be retried */
@@ -1200,7 +1228,11 @@ static void conn_on_up_event(struct stream *st, enum stream_event what, void *ar
 
     if (what == STREAM_EV_CONNECTED) {
         c->up->connected = true;
-        stream_set_timeouts(st, c->w->response_tv, c->w->response_tv);
+        /* response_timeout counts once the request is sent (or while a
+         * client waits for 100 Continue): an upload's pace is the client's,
+         * watched by idle_timeout on its side */
+        bool waiting = c->req_done || c->ex->req.expect_continue;
+        stream_set_timeouts(st, waiting ? c->w->response_tv : NULL, c->w->response_tv);
         if (c->head_kept && c->ex->req.has_body && !c->req_done)
             send_body(c);
         return;
@@ -1285,7 +1317,9 @@ static void dispatch(struct conn *c)
     stream_set_callbacks(us, conn_on_up_read, conn_on_up_drained, conn_on_up_event, c);
     us->read_high = CONN_BUF_HIGH;
     if (c->up->connected)
-        stream_set_timeouts(us, w->response_tv, w->response_tv);
+        stream_set_timeouts(
+            us, c->ex->req.has_body && !c->ex->req.expect_continue ? NULL : w->response_tv,
+            w->response_tv);
     else
         stream_set_timeouts(us, w->connect_tv, w->connect_tv);
 
@@ -2639,7 +2673,12 @@ static void conn_on_drained(struct stream *st, void *arg)
     if (c->up_read_paused && c->up) {
         c->up_read_paused = false;
         stream_read_enable(&c->up->s, true);
-        pump_response_body(c);
+        conn_on_up_read(&c->up->s, c); /* what waits may be a head or a body */
+        return;
+    }
+    if (c->output_wait && c->state == CONN_IDLE) {
+        c->output_wait = false;
+        process_input(c);
     }
 }
 

@@ -560,10 +560,19 @@ void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
     s->write_tv = write_tv;
     if (s->fd == -1)
         return;
-    if (event_pending(&s->read_ev, EV_READ, NULL))
-        event_add(&s->read_ev, read_tv);
-    if (s->write_pending)
-        event_add(&s->write_ev, write_tv);
+    /* event_add() with no time keeps an earlier timeout: remove it */
+    if (event_pending(&s->read_ev, EV_READ, NULL)) {
+        if (read_tv)
+            event_add(&s->read_ev, read_tv);
+        else
+            event_remove_timer(&s->read_ev);
+    }
+    if (s->write_pending) {
+        if (write_tv)
+            event_add(&s->write_ev, write_tv);
+        else
+            event_remove_timer(&s->write_ev);
+    }
 }
 
 int stream_start_tls(struct stream *s, SSL *ssl, bool server)

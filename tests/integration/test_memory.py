@@ -9,6 +9,7 @@ a few thousand of them)."""
 import resource
 import selectors
 import socket
+import threading
 import time
 
 import pytest
@@ -174,3 +175,159 @@ def test_an_idle_keep_alive_connection_costs_under_1_5_kib(clonegate, origins):
         assert per_conn < IDLE_BYTES_LIMIT, (
             f"{per_conn:.0f} bytes of VmRSS per idle connection (VmRSS {before} -> {after} KiB "
             f"over {IDLE_CONNS}), limit {IDLE_BYTES_LIMIT}")
+
+
+# ------------------------------------------------------------ unread answers
+
+UNREAD_GROWTH_LIMIT_KB = 4 * 1024  # VmRSS the proxy may gain while a client reads nothing
+UNREAD_SECONDS = 2.0  # how long the client sends without reading
+
+
+def send_without_reading(port, data, seconds):
+    """Sends as much of <data> as the proxy takes within <seconds> and waits
+    out the rest of them, reading nothing; returns (socket, bytes sent)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded by time; the proxy works meanwhile
+        try:
+            if sent < len(data):
+                sent += s.send(data[sent:sent + 65536])
+                continue
+        except BlockingIOError:
+            pass
+        time.sleep(0.01)
+    return s, sent
+
+
+def read_all_answers(s, data, sent, count, timeout=60):
+    """Sends the rest of <data> while reading <count> answers from <s>;
+    returns them."""
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    buf = b""
+    answers = []
+    pos = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(answers) < count:  # bounded by the deadline
+            assert time.monotonic() < deadline, f"{len(answers)} of {count} answers"
+            for key, ev in sel.select(0.5):
+                if ev & selectors.EVENT_WRITE and sent < len(data):
+                    try:
+                        sent += s.send(data[sent:sent + 65536])
+                    except BlockingIOError:
+                        pass
+                    if sent == len(data):
+                        sel.modify(s, selectors.EVENT_READ)
+                if ev & selectors.EVENT_READ:
+                    chunk = s.recv(1 << 20)
+                    assert chunk, f"closed after {len(answers)} of {count} answers"
+                    buf += chunk
+            while len(answers) < count:  # each pass takes one whole answer off
+                try:
+                    r, used = helpers.parse_response(buf, pos)
+                except helpers.Incomplete:
+                    break
+                answers.append(r)
+                pos = used
+            if pos > (1 << 20):
+                buf, pos = buf[pos:], 0
+    finally:
+        sel.close()
+    return answers
+
+
+@pytest.mark.hard_timeout(120)
+@pytest.mark.parametrize("cached, count", [(False, 1000), (True, 4000)],
+                         ids=["forwarded", "cache-hits"])
+def test_pipelined_answers_a_client_does_not_read_stay_bounded(clonegate, origins, cached, count):
+    # pipelined GETs of 60 KB answers (1,000: 58 MiB of answers for 40 KB of
+    # requests); the proxy must stop taking requests while answers wait
+    (o,) = origins(1)
+    target = "/c/unread?cc=max-age%3D60&size=61440" if cached else "/bytes?n=61440"
+    cg = clonegate({"server.workers": 1}, servers=[o])
+    assert cg.get(target).status == 200  # warmed up (and stored, when cached)
+    time.sleep(IDLE_SETTLE)
+    before = helpers.rss_kb(cg.pid)
+    data = helpers.build_request("GET", target) * count
+    s, sent = send_without_reading(cg.port, data, UNREAD_SECONDS)
+    try:
+        grown = helpers.rss_kb(cg.pid) - before
+        answers = read_all_answers(s, data, sent, count)
+    finally:
+        s.close()
+    assert all(r.status == 200 and len(r.body) == 61440 for r in answers)
+    if not sanitized(helpers.CLONEGATE):
+        assert grown < UNREAD_GROWTH_LIMIT_KB, f"VmRSS grew {grown} KiB while answers waited"
+
+
+@pytest.mark.hard_timeout(60)
+def test_interim_answers_a_client_does_not_read_stay_bounded(clonegate):
+    # a clone that sends 103 after 103 (8 KB heads each) to a client that
+    # reads nothing: the proxy must stop reading the clone, not buffer them
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: <" + b"x" * 8000 + b">\r\n\r\n"
+    interim = 4000  # 32 MB of interim heads
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(10)
+        for _ in range(10):  # health checks first, then the one request
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(30)
+                data = b""
+                while b"\r\n\r\n" not in data:  # bounded: 30 s timeout per recv
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b" /hints " in data:
+                    answer(c)
+                    return
+                try:
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def answer(c):
+        try:
+            for _ in range(interim):
+                if stop.is_set():
+                    return
+                c.sendall(hint)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            return
+        time.sleep(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    cg = clonegate({"server.workers": 1, "cache.enabled": "no", "health.interval": "60s"},
+                   servers=[f"127.0.0.1:{port}"])
+    try:
+        time.sleep(IDLE_SETTLE)
+        before = helpers.rss_kb(cg.pid)
+        data = helpers.build_request("GET", "/hints")
+        s, sent = send_without_reading(cg.port, data, UNREAD_SECONDS)
+        try:
+            grown = helpers.rss_kb(cg.pid) - before
+            answers = read_all_answers(s, data, sent, interim + 1)
+        finally:
+            s.close()
+        assert [r.status for r in answers[:interim]] == [103] * interim
+        assert answers[-1].status == 200 and answers[-1].body == b"ok"
+        if not sanitized(helpers.CLONEGATE):
+            assert grown < UNREAD_GROWTH_LIMIT_KB, f"VmRSS grew {grown} KiB while hints waited"
+    finally:
+        stop.set()
+        srv.close()
+        t.join(10)

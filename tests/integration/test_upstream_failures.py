@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 import helpers
+from helpers import build_request
 
 # Health checks out of the way: these tests are about the forwarding path,
 # so no active check may take a clone out (or put it back) while they run.
@@ -332,3 +333,38 @@ def test_issue_3_pipelined_error_answers_all_come(clonegate, origins):
     assert cg.proc.alive(), "clonegate died answering a pipelined batch"
     cg.admin(f"/servers/{o.addr}/ready", method="POST")
     assert_next_request_works(cg, {o.name})
+
+
+def traffic_failures(cg):
+    return sum(s["traffic_failures"] for s in cg.stats()["servers"])
+
+
+def test_a_slow_upload_is_not_cut_by_response_timeout(origins, clonegate):
+    # the upload's pace is the client's: response_timeout counts from the
+    # request's last byte, and a slow client says nothing about the clone
+    (o,) = origins(1)
+    cg = world(clonegate, [o], **{"upstream.response_timeout": "1s"})
+    body = b"0123456789" * 3
+    with cg.conn(timeout=10) as c:
+        c.send(build_request("POST", "/sink", [("Content-Length", str(len(body)))]))
+        for i in range(len(body)):  # 30 bytes over 3 s, three times response_timeout
+            c.send(body[i:i + 1])
+            time.sleep(0.1)
+        r = c.read_response()
+    assert r.status == 200, r
+    assert r.json()["length"] == len(body), r.json()
+    assert traffic_failures(cg) == 0
+
+
+def test_clients_that_leave_mid_body_do_not_take_the_clone_down(origins, clonegate):
+    (o,) = origins(1)
+    cg = world(clonegate, [o], **{"upstream.response_timeout": "1s", "health.fall": 3})
+    for _ in range(4):  # more than fall: each would count against the clone
+        s = socket.create_connection(("127.0.0.1", cg.port), timeout=5)
+        s.sendall(build_request("POST", "/sink", [("Content-Length", "100")]) + b"abc")
+        s.close()
+    time.sleep(1.5)  # past response_timeout: a clone held waiting would have failed by now
+    r = cg.get("/echo")
+    assert r.status == 200, r
+    assert traffic_failures(cg) == 0
+    assert all(s["state"] == "up" for s in cg.stats()["servers"]), cg.stats()["servers"]
