@@ -315,6 +315,8 @@ const char *cache_policy_verdict_text(enum cache_policy_verdict v)
         return "no-lifetime";
     case CACHE_NOT_VARY_TOO_LONG:
         return "vary-too-long";
+    case CACHE_NOT_VARY_FORWARDED:
+        return "vary-forwarded";
     }
     return "unknown";
 }
@@ -429,6 +431,18 @@ static enum cache_policy_verdict vary_verdict(const struct http_head *req, const
     int n = cache_policy_vary_names(resp, resp_buf, names, sizeof(names));
     if (n < 0 || cache_policy_variant(req, req_buf, names, (size_t)n, variant, sizeof(variant)) < 0)
         return CACHE_NOT_VARY_TOO_LONG;
+    /* the clone saw these as the proxy rewrote them, not as the client sent
+     * them: a variant keyed by the client's values would mix clients */
+    static const char *const rewritten[] = {"x-forwarded-for", "x-forwarded-proto", "forwarded",
+                                            "via"};
+    for (const char *q = names, *end = names + n; q < end;) {
+        const char *comma = memchr(q, ',', (size_t)(end - q));
+        size_t len = comma ? (size_t)(comma - q) : (size_t)(end - q);
+        for (size_t i = 0; i < sizeof(rewritten) / sizeof(rewritten[0]); i++)
+            if (strlen(rewritten[i]) == len && memcmp(q, rewritten[i], len) == 0)
+                return CACHE_NOT_VARY_FORWARDED;
+        q += len + 1;
+    }
     return CACHE_STORE;
 }
 
@@ -444,7 +458,7 @@ static enum cache_policy_verdict verdict(const struct http_head *req, const char
     unsigned status = resp->status;
     enum cache_policy_verdict v;
 
-    if (head_method(req) != HTTP_GET)
+    if (head_method(req) != HTTP_GET && !(opts->refresh && head_method(req) == HTTP_HEAD))
         return CACHE_NOT_METHOD;
     if (status < 200 || status == 206 || status == 304)
         return CACHE_NOT_STATUS;

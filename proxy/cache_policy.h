@@ -77,6 +77,7 @@ enum cache_policy_verdict {
     CACHE_NOT_VARY_STAR = 7,     /* Vary: * */
     CACHE_NOT_NO_LIFETIME = 8,   /* no freshness at all and no validator to revalidate with */
     CACHE_NOT_VARY_TOO_LONG = 9, /* Vary names or values longer than CACHE_POLICY_VARY_MAX */
+    CACHE_NOT_VARY_FORWARDED = 10, /* Vary names a field the proxy rewrites (X-Forwarded-For...) */
 };
 
 /* Short text of a verdict for Cache-Status detail= ("no-store", "private"...). */
@@ -88,6 +89,8 @@ struct cache_policy_opts {
     int64_t swr_ms;         /* stale-while-revalidate when the response names none */
     int64_t sie_ms;         /* stale-if-error when the response names none */
     bool store_set_cookie;  /* store responses carrying Set-Cookie (without the cookie) */
+    bool refresh;           /* judging a stored GET response a 304 refreshed: the method of
+                               the validating request (GET or HEAD) does not matter */
 };
 
 /* What a response means for the cache. */

@@ -1557,15 +1557,19 @@ static void cache_after_answer(struct conn *c);
  * Answers the request from <e> (the caller keeps its reference): 304 when
  * the request's own validators match, else the stored response with Age
  * and a Cache-Status for <outcome> (a hit, or a forward whose clone said
- * <fwd_status>), the body referenced, not copied. <c> may be gone after.
+ * <fwd_status>), the body referenced, not copied. <extra> (<extra_len>
+ * bytes of header lines, or NULL) goes to this client alone: the clone's
+ * Set-Cookie on a 304 that refreshed the entry. <c> may be gone after.
  */
 static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
-                        enum stats_cache_outcome outcome, unsigned fwd_status)
+                        enum stats_cache_outcome outcome, unsigned fwd_status, const char *extra,
+                        size_t extra_len)
 {
     struct evbuffer *out = c->cs.out;
     const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
+    /* a client's validators count only for a stored 2xx (RFC 9110 13.2.1) */
     bool nm =
-        req && c->ex->cx->rq.conditional &&
+        req && c->ex->cx->rq.conditional && e->status >= 200 && e->status < 300 &&
         cache_policy_not_modified(&c->ex->req, req, e->etag, e->etag_len, e->last_modified_ms);
     unsigned status = nm ? 304 : e->status;
     bool body = !nm && !c->ex->cx->rq.is_head && status != 204 && status != 304 && status >= 200;
@@ -1614,14 +1618,15 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
         /* straight to the socket, no copy into the output buffer; what the
          * socket does not take is queued (the body as a reference) */
         size_t body_len = body ? (size_t)e->body_len : 0;
-        struct iovec iov[4] = {
+        struct iovec iov[5] = {
             {.iov_base = top, .iov_len = top_len},
             {.iov_base = (void *)(uintptr_t)e->head, .iov_len = e->head_len},
+            {.iov_base = (void *)(uintptr_t)extra, .iov_len = extra ? extra_len : 0},
             {.iov_base = tail, .iov_len = tail_len},
             {.iov_base = (void *)(uintptr_t)e->body, .iov_len = body_len},
         };
-        size_t done = stream_write_now(&c->cs, iov, body_len ? 4 : 3);
-        for (int i = 0; i < 3; i++) {
+        size_t done = stream_write_now(&c->cs, iov, body_len ? 5 : 4);
+        for (int i = 0; i < 4; i++) {
             if (done >= iov[i].iov_len) {
                 done -= iov[i].iov_len;
                 continue;
@@ -1634,6 +1639,8 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
     } else {
         r = evbuffer_add(out, top, top_len);
         r |= add_stored_head(e, true, out);
+        if (extra)
+            r |= evbuffer_add(out, extra, extra_len);
         r |= evbuffer_add(out, tail, tail_len);
     }
     if (r < 0) {
@@ -1788,7 +1795,7 @@ static void cache_use_entry(struct conn *c, struct cache_entry *e)
 
     switch (use) {
     case CACHE_USE_FRESH:
-        serve_entry(c, e, age, STATS_CS_HIT, 0);
+        serve_entry(c, e, age, STATS_CS_HIT, 0, NULL, 0);
         cache_entry_unref(e);
         return;
     case CACHE_USE_STALE:
@@ -1796,7 +1803,7 @@ static void cache_use_entry(struct conn *c, struct cache_entry *e)
         STATS_INC(c->w->stats->cache.stale_served);
         if (use == CACHE_USE_SWR)
             cache_refresh_behind(c, e);
-        serve_entry(c, e, age, STATS_CS_HIT, 0);
+        serve_entry(c, e, age, STATS_CS_HIT, 0, NULL, 0);
         cache_entry_unref(e);
         return;
     case CACHE_USE_VALIDATE:
@@ -2239,6 +2246,7 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
         case CACHE_NOT_PRIVATE:
         case CACHE_NOT_SET_COOKIE:
         case CACHE_NOT_VARY_STAR:
+        case CACHE_NOT_VARY_FORWARDED:
         case CACHE_NOT_STATUS:
         case CACHE_NOT_NO_LIFETIME:
             /* a 304 or 206 answers this request's own conditions, not the URL */
@@ -2407,6 +2415,35 @@ static void drop_clone_response(struct conn *c)
  * with the 304's fields (RFC 9111 4.3.4), the entry stored again with new
  * times, and the client answered from it. Returns true (answered).
  */
+/* The Set-Cookie lines of <h> (bytes in <buf>) in a new buffer the caller
+ * frees, or NULL when it has none (or memory ran out: the cookies are then
+ * lost, the answer is not). */
+static struct evbuffer *set_cookie_lines(const struct http_head *h, const char *buf)
+{
+    if (h->index[HTTP_H_SET_COOKIE] < 0)
+        return NULL;
+    struct evbuffer *out = evbuffer_new();
+    if (!out)
+        return NULL;
+    for (unsigned i = (unsigned)h->index[HTTP_H_SET_COOKIE]; i < h->header_count; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->id != HTTP_H_SET_COOKIE)
+            continue;
+        if (evbuffer_add(out, "Set-Cookie: ", 12) == -1 ||
+            evbuffer_add(out, buf + hd->value.off, hd->value.len) == -1 ||
+            evbuffer_add(out, "\r\n", 2) == -1) {
+            evbuffer_free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static const char *cookies_of(struct evbuffer *cookies)
+{
+    return cookies ? (const char *)evbuffer_pullup(cookies, -1) : NULL;
+}
+
 static bool cache_refresh(struct conn *c, const char *p)
 {
     struct conn_cache *cx = c->ex->cx;
@@ -2416,6 +2453,9 @@ static bool cache_refresh(struct conn *c, const char *p)
     struct http_head *h = malloc(sizeof(*h)); /* freed below */
     struct cache_entry *e = NULL;
     int64_t now = wall_ms();
+    /* the 304's Set-Cookie lines: for this client, never for the entry */
+    struct evbuffer *cookies = set_cookie_lines(&c->ex->resp, p); /* freed below */
+    size_t cookies_len = cookies ? evbuffer_get_length(cookies) : 0;
 
     bool dropped = false;
     STATS_INC(c->w->stats->cache.revalidated);
@@ -2456,6 +2496,7 @@ static bool cache_refresh(struct conn *c, const char *p)
         goto serve_old;
     const char *req = (const char *)evbuffer_pullup(c->cs.in, (ev_ssize_t)c->ex->req.head_len);
     struct cache_policy_opts opts = policy_opts(cfg);
+    opts.refresh = true; /* a HEAD's 304 refreshes the GET entry as well */
     struct cache_policy_response pr;
     if (!req)
         goto serve_old;
@@ -2500,8 +2541,10 @@ static bool cache_refresh(struct conn *c, const char *p)
     int64_t age_ms = cache_policy_age_ms(e->initial_age_ms, e->response_ms, now);
     evbuffer_free(merged);
     free(h);
-    serve_entry(c, e, age_ms, c->cache_outcome, 304);
+    serve_entry(c, e, age_ms, c->cache_outcome, 304, cookies_of(cookies), cookies_len);
     cache_entry_unref(e);
+    if (cookies)
+        evbuffer_free(cookies);
     return true;
 serve_old:
     if (!dropped)
@@ -2511,8 +2554,10 @@ serve_old:
     free(h);
     cache_entry_ref(old); /* serve_entry() ends the request, which drops cx->stale */
     serve_entry(c, old, cache_policy_age_ms(old->initial_age_ms, old->response_ms, now),
-                c->cache_outcome, 304);
+                c->cache_outcome, 304, cookies_of(cookies), cookies_len);
     cache_entry_unref(old);
+    if (cookies)
+        evbuffer_free(cookies);
     return true;
 }
 
@@ -2533,7 +2578,7 @@ static bool cache_stale_if_error(struct conn *c, unsigned status)
     STATS_INC(c->w->stats->cache.stale_served);
     struct cache_entry *e = cache_entry_ref(cx->stale); /* serve_entry() ends the request */
     serve_entry(c, e, cache_policy_age_ms(st.initial_age_ms, st.response_ms, now), STATS_CS_STALE,
-                status);
+                status, NULL, 0);
     cache_entry_unref(e);
     return true;
 }

@@ -39,7 +39,7 @@ query parameters hdr=Name:Value (repeatable, URL-encoded).
     /c/<anything>         a response for the cache tests, shaped by query
                           parameters (see route_cache); body "<origin>
                           <path> #<n>" where n counts that path's requests
-    /control?path=/c/x&status=N&ms=N&cut=1&nm=0&cc=V&etag=V  overrides those
+    /control?path=/c/x&status=N&ms=N&cut=1&nm=0&cc=V&etag=V&cookie=V  overrides those
                           parameters of one /c/ path (whatever its query);
                           &clear=1 drops its overrides
     /last?path=/c/x       JSON: the headers of that path's last request
@@ -656,7 +656,7 @@ class Conn:
 
 
 # The /c/ parameters a /control?path= override may set.
-CACHE_OVERRIDES = ("status", "ms", "cut", "nm", "cc", "etag")
+CACHE_OVERRIDES = ("status", "ms", "cut", "nm", "cc", "etag", "cookie")
 
 ROUTES = {
     "/health": Conn.route_health,

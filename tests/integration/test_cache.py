@@ -1072,3 +1072,54 @@ def test_a_chunked_answer_to_an_http10_client_is_stored_whole_or_not_at_all(orig
     for _ in range(2):
         r = cg.get(t)
         assert r.status == 200 and r.body == helpers.pattern_bytes(5000), cache_status(r)
+
+
+def test_a_set_cookie_on_a_refreshing_304_reaches_that_client_only(origins, clonegate):
+    cg, o = start(clonegate, origins)
+    t = url("rotate", cc="max-age=1", etag='"v1"')
+    p = path_of(t)
+    assert "stored" in cache_status(cg.get(t))
+    time.sleep(PAST_ONE_SECOND)
+    control(o, p, cookie="session=new2")
+    r = cg.get(t)
+    cs = cache_status(r)
+    assert cs.get("fwd") == "stale" and cs.get("fwd-status") == "304", cs
+    assert r.header_all("Set-Cookie") == ["session=new2"], r.headers
+    assert r.body == body_of(o, t, 1)
+    control(o, p, clear="1")
+    r = cg.get(t)  # the refreshed entry itself never carries the cookie
+    assert is_hit(r) and r.header_all("Set-Cookie") == [], r.headers
+
+
+def test_a_stored_404_is_never_answered_with_304(origins, clonegate):
+    # a client's validators count only for a 2xx (RFC 9110 13.2.1)
+    cg, o = start(clonegate, origins)
+    t = url("gone", status="404", cc="max-age=60", etag='"abc"')
+    assert cg.get(t).status == 404
+    r = cg.get(t, headers={"If-None-Match": '"abc"'})
+    assert r.status == 404 and is_hit(r), r
+
+
+@pytest.mark.parametrize("name", ["X-Forwarded-For", "Forwarded", "Via"])
+def test_a_response_varying_on_a_field_the_proxy_rewrites_is_not_stored(origins, clonegate, name):
+    # the clone saw the field as the proxy rewrote it: a variant keyed by
+    # the client's value would serve one client's answer to another
+    cg, o = start(clonegate, origins)
+    t = url("xff-" + name.lower(), cc="max-age=60", vary=name)
+    for n in (1, 2):
+        r = cg.get(t, headers={name: "198.51.100.7"} if n == 1 else None)
+        assert r.status == 200 and cache_status(r).get("detail") == "vary-forwarded", r
+    assert o.count(path_of(t)) == 2
+
+
+def test_a_head_validating_a_stale_entry_refreshes_it(origins, clonegate):
+    cg, o = start(clonegate, origins)
+    t = url("headfresh", cc="max-age=1", etag='"h1"')
+    assert "stored" in cache_status(cg.get(t))
+    time.sleep(PAST_ONE_SECOND)
+    r = cg.request("HEAD", t)
+    cs = cache_status(r)
+    assert r.status == 200 and cs.get("fwd") == "stale" and cs.get("fwd-status") == "304", cs
+    r = cg.get(t)  # fresh again: a hit, without asking the clone
+    assert is_hit(r) and r.body == body_of(o, t, 1), cache_status(r)
+    assert o.count(path_of(t)) == 2

@@ -91,13 +91,13 @@ enum opts_kind {
     OPTS_COOKIE,  /* store_set_cookie */
     OPTS_TTL,     /* default_ttl 60 s */
     OPTS_WINDOWS, /* swr 5 s, sie 60 s */
+    OPTS_REFRESH, /* a stored GET response refreshed by a 304 */
 };
 
 static const struct cache_policy_opts opts_table[] = {
-    [OPTS_RFC] = {0, 0, 0, false},
-    [OPTS_COOKIE] = {0, 0, 0, true},
-    [OPTS_TTL] = {60 * S, 0, 0, false},
-    [OPTS_WINDOWS] = {0, 5 * S, 60 * S, false},
+    [OPTS_RFC] = {0, 0, 0, false},           [OPTS_COOKIE] = {0, 0, 0, true},
+    [OPTS_TTL] = {60 * S, 0, 0, false},      [OPTS_WINDOWS] = {0, 5 * S, 60 * S, false},
+    [OPTS_REFRESH] = {0, 0, 0, false, true},
 };
 
 /* ------------------------------------------------------------------------
@@ -262,6 +262,17 @@ static const struct verdict_row {
 } verdict_rows[] = {
     {REQ(""), RESP(MA60), OPTS_RFC, CACHE_STORE, false},
     {REQM("HEAD", ""), RESP(MA60), OPTS_RFC, CACHE_NOT_METHOD, false},
+    /* a HEAD's 304 refreshes the stored GET response; other methods never */
+    {REQM("HEAD", ""), RESP(MA60), OPTS_REFRESH, CACHE_STORE, false},
+    {REQM("POST", "Content-Length: 0\r\n"), RESP(MA60), OPTS_REFRESH, CACHE_NOT_METHOD, false},
+    /* Vary on a field the proxy rewrites: the clone saw other values */
+    {REQ("X-Forwarded-For: 10.0.0.1\r\n"), RESP(MA60 "Vary: X-Forwarded-For\r\n"), OPTS_RFC,
+     CACHE_NOT_VARY_FORWARDED, false},
+    {REQ(""), RESP(MA60 "Vary: Accept-Encoding, forwarded\r\n"), OPTS_RFC, CACHE_NOT_VARY_FORWARDED,
+     false},
+    {REQ(""), RESP(MA60 "Vary: Via\r\n"), OPTS_RFC, CACHE_NOT_VARY_FORWARDED, false},
+    {REQ(""), RESP(MA60 "Vary: X-Forwarded-Proto\r\n"), OPTS_RFC, CACHE_NOT_VARY_FORWARDED, false},
+    {REQ(""), RESP(MA60 "Vary: X-Forwarded-Host, Accept\r\n"), OPTS_RFC, CACHE_STORE, false},
     {REQM("POST", "Content-Length: 0\r\n"), RESP(MA60), OPTS_RFC, CACHE_NOT_METHOD, false},
     {REQM("OPTIONS", ""), RESP(MA60), OPTS_RFC, CACHE_NOT_METHOD, false},
     {REQ(""), RESPS("103 Early Hints", MA60), OPTS_RFC, CACHE_NOT_STATUS, false},
@@ -901,6 +912,7 @@ static const struct verdict_text_row {
     {CACHE_NOT_VARY_STAR, "vary-star"},
     {CACHE_NOT_NO_LIFETIME, "no-lifetime"},
     {CACHE_NOT_VARY_TOO_LONG, "vary-too-long"},
+    {CACHE_NOT_VARY_FORWARDED, "vary-forwarded"},
 };
 
 static void test_verdict_text(void **state)
