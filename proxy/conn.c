@@ -2619,6 +2619,8 @@ static bool refresh_keeps(const struct http_header *hd)
     case HTTP_H_CONTENT_LENGTH:
     case HTTP_H_TRANSFER_ENCODING:
         return false;
+    case HTTP_H_HOST:
+        return true; /* hop only beside an absolute-form target, which the replay keeps */
     default:
         return !hd->hop;
     }

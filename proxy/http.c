@@ -854,16 +854,27 @@ static void put_headers(struct writer *w, const struct http_head *h, const char 
     put(w, buf + run_off, run_end - run_off);
 }
 
+/* Connection: upgrade and every non-empty Upgrade value, joined: the lines
+ * they came in were skipped as hop-by-hop, so they fit in their room. */
 static void put_upgrade(struct writer *w, const struct http_head *h, const char *buf)
 {
-    size_t len;
-    const char *v = http_header_value(h, buf, HTTP_H_UPGRADE, &len);
     PUT_LIT(w, "Connection: upgrade\r\n");
-    if (v) {
-        PUT_LIT(w, "Upgrade: ");
-        put(w, v, len);
-        put(w, "\r\n", 2);
+    if (h->index[HTTP_H_UPGRADE] < 0)
+        return;
+    bool first = true;
+    for (unsigned i = (unsigned)h->index[HTTP_H_UPGRADE]; i < h->header_count; i++) {
+        const struct http_header *hd = &h->headers[i];
+        if (hd->id != HTTP_H_UPGRADE || hd->value.len == 0)
+            continue;
+        if (first)
+            PUT_LIT(w, "Upgrade: ");
+        else
+            put(w, ", ", 2);
+        put_span(w, buf, hd->value);
+        first = false;
     }
+    if (!first)
+        put(w, "\r\n", 2);
 }
 
 static size_t extra_room(const struct http_head *h)

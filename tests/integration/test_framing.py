@@ -204,8 +204,6 @@ def test_absolute_form_cannot_store_another_hosts_page_under_its_key(origins, cl
     assert o.count(path) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="conn.c refresh_keeps() drops the hop Host, so the "
-                   "replayed absolute-form request lacks Host and gets 400")
 def test_absolute_form_stale_entry_is_refreshed_behind(origins, clonegate):
     (o,) = origins(1)
     cg = start(clonegate, **{"cache.enabled": "yes"})

@@ -675,8 +675,6 @@ static const struct key_row {
     {"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "http", 256, "http://[::1]/"},
     {"GET http://Other.Host:80/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n", "http", 256,
      "http://other.host/x?y"},
-    {"GET http://u:p@other.host/x HTTP/1.1\r\nHost: example.com\r\n\r\n", "http", 256,
-     "http://other.host/x"},
     {"GET http://other.host HTTP/1.1\r\nHost: example.com\r\n\r\n", "http", 256,
      "http://other.host/"},
     {"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n", "http", 256, NULL},
