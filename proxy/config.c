@@ -1157,6 +1157,23 @@ static int on_key(void *arg, const char *section, const char *name, const char *
     return 1;
 }
 
+/* Whether <text> reads "name = ..." with <name> a key of the section: a
+ * key line indented by mistake, not more entries for the list above. */
+static bool indented_key(const struct load_state *st, const char *text)
+{
+    char name[64];
+    size_t n = 0;
+    while (n < sizeof(name) - 1 && (isalnum((unsigned char)text[n]) || text[n] == '_')) {
+        name[n] = text[n];
+        n++;
+    }
+    name[n] = '\0';
+    const char *p = text + n;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return n > 0 && *p == '=' && find_key(st->section, name) != NULL;
+}
+
 /* An indented line: more entries for the list on the key line above. */
 static void on_continuation(struct load_state *st, const char *text)
 {
@@ -1167,11 +1184,17 @@ static void on_continuation(struct load_state *st, const char *text)
     case CONT_SKIP:
         break;
     case CONT_KEY:
-        if (!is_list(st->last))
+        if (!is_list(st->last)) {
             report(st, st->line, st->last->section, st->last->key,
                    "indented line, but only lists may continue on the next line");
-        else
+        } else if (indented_key(st, text)) {
+            report(st, st->line, st->last->section, st->last->key,
+                   "an indented line continues the list above, and this one looks like a "
+                   "key of its own: remove its leading blanks");
+            st->cont = CONT_SKIP;
+        } else {
             apply(st, st->last, text, true);
+        }
         break;
     }
 }

@@ -960,6 +960,9 @@ static struct bad_case bad_cases[] = {
     {"continuation of a scalar", "[server]\nworkers = 2\n  3\n" MINIMAL, 0,
      "test.ini:3: [server] workers: indented line, but only lists may continue on the next "
      "line\n"},
+    {"a key indented under a list", "[upstream]\nservers = 127.0.0.1:1\n retries = 3\n", 0,
+     "test.ini:3: [upstream] servers: an indented line continues the list above, and this one "
+     "looks like a key of its own: remove its leading blanks\n"},
     {"continuation without a key", "[server]\n  127.0.0.1:80\n" MINIMAL, 0,
      "test.ini:2: indented line, but no key above to continue\n"},
     {"continuation of a bad key is not reported again", "[server]\nlistn = 1\n  2\n" MINIMAL, 0,
