@@ -134,6 +134,7 @@ static const struct key_def keys[] = {
     {"server", "queue_timeout", T_DURATION, 0, 1 * MS_PER_H, "5s", FIELD(queue_timeout_ms)},
     {"server", "header_timeout", T_DURATION, 10, 1 * MS_PER_H, "10s", FIELD(header_timeout_ms)},
     {"server", "idle_timeout", T_DURATION, 10, 24 * MS_PER_H, "60s", FIELD(idle_timeout_ms)},
+    {"server", "tunnel_timeout", T_DURATION, 10, 24 * MS_PER_H, "1h", FIELD(tunnel_timeout_ms)},
     {"server", "drain_timeout", T_DURATION, 0, 1 * MS_PER_H, "30s", FIELD(drain_timeout_ms)},
     {"server", "max_header_size", T_SIZE, 1 * KIB, 1 * MIB, "32k", FIELD(max_header_size)},
     {"server", "max_uri_size", T_SIZE, 256, 1 * MIB, "8k", FIELD(max_uri_size)},

@@ -71,6 +71,7 @@ struct config {
     unsigned busy_nap_us;                     /* timed sleeps under load; default 50, 0 off */
     unsigned header_timeout_ms;               /* default 10s */
     unsigned idle_timeout_ms;                 /* default 60s */
+    unsigned tunnel_timeout_ms;               /* default 1h: an Upgrade tunnel idle both ways */
     unsigned drain_timeout_ms;                /* default 30s */
     size_t max_header_size;                   /* bytes, default 32k; larger head: 431 */
     size_t max_uri_size;                      /* bytes, default 8k; longer target: 414 */

@@ -188,6 +188,7 @@ struct conn {
     bool timer_armed;            /* <timer> is pending */
     bool resume_input;           /* process_input() on the next loop turn */
     bool tunnel_half_closed;     /* the client closed its side of a tunnel */
+    int64_t tunnel_seen_us;      /* a tunnel's last bytes read, either side */
     uint64_t bytes_read_mark;    /* cs.bytes_read already counted */
     uint64_t bytes_written_mark; /* cs.bytes_written already counted */
     int stale_server;            /* clone whose pooled connection went stale, -1 none */
@@ -669,6 +670,10 @@ static void pause_client_read(struct conn *c)
     c->client_read_paused = true;
     stream_read_enable(&c->cs, false);
     stream_notify_drained(&c->up->s, CONN_BUF_LOW);
+    /* the clone holds the upload up now: it answers for the wait (its
+     * write deadline alone misses a TLS write that waits on a read) */
+    if (!c->req_done)
+        stream_set_timeouts(&c->up->s, c->w->response_tv, c->w->response_tv);
 }
 
 static void pause_up_read(struct conn *c)
@@ -751,6 +756,7 @@ static void conn_on_read(struct stream *st, void *arg)
         /* else: a pipelined request waits in the input (bounded by the watermark) */
         break;
     case CONN_TUNNEL:
+        c->tunnel_seen_us = clock_mono_us();
         tunnel_move(&c->cs, &c->up->s);
         break;
     case CONN_CLOSING:
@@ -804,6 +810,8 @@ static void start_exchange(struct conn *c, const char *buf)
     c->resp_started = false;
     c->resp_bytes = false;
     c->decode_body = false;
+    c->up_read_paused = false;
+    c->output_wait = false;
     c->status = 0;
     c->bytes_sent = 0;
     c->upstream_time = -1;
@@ -864,7 +872,10 @@ static void process_input(struct conn *c)
         /* nothing pending: the request state goes until the next first byte */
         exchange_give(c);
         if (c->w->draining) {
-            conn_close(c, "draining");
+            if (evbuffer_get_length(c->cs.out) > 0)
+                close_after_flush(c, "draining");
+            else
+                conn_close(c, "draining");
             return;
         }
         int64_t now = clock_mono_us();
@@ -1032,8 +1043,12 @@ static void start_tunnel(struct conn *c)
     request_done(c);
     exchange_give(c); /* a tunnel relays bytes: no heads, no cache */
     c->status = 0;    /* logged once, at the switch */
+    /* no per-side timeouts (one side may stay silent for long): the tunnel
+     * closes when no byte has come from either side for tunnel_timeout */
     stream_set_timeouts(&c->cs, NULL, NULL);
     stream_set_timeouts(&c->up->s, NULL, NULL);
+    c->tunnel_seen_us = clock_mono_us();
+    deadline_after_ms(c, c->tunnel_seen_us, cfg_of(c)->tunnel_timeout_ms);
     stream_read_enable(&c->cs, true);
     stream_read_enable(&c->up->s, true);
     stream_flush(&c->cs);
@@ -1191,6 +1206,7 @@ static void conn_on_up_read(struct stream *st, void *arg)
     struct conn *c = arg;
     (void)st;
     if (c->state == CONN_TUNNEL) {
+        c->tunnel_seen_us = clock_mono_us();
         tunnel_move(&c->up->s, &c->cs);
         return;
     }
@@ -1218,6 +1234,7 @@ static void conn_on_up_drained(struct stream *st, void *arg)
     if (c->client_read_paused && !c->req_done) {
         c->client_read_paused = false;
         stream_read_enable(&c->cs, true);
+        stream_set_timeouts(&c->up->s, NULL, c->w->response_tv); /* the client's pace again */
         pump_request_body(c);
     }
 }
@@ -2839,6 +2856,13 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         cache_wait_timeout(c);
     else if (c->state == CONN_CLOSING && c->lingering)
         conn_close(c, "client still sending after its last answer");
+    else if (c->state == CONN_TUNNEL) {
+        int64_t until = c->tunnel_seen_us + (int64_t)cfg_of(c)->tunnel_timeout_ms * 1000;
+        if (now + 1000 < until)
+            deadline_set(c, until); /* bytes came since it was armed */
+        else
+            conn_close(c, "tunnel idle for tunnel_timeout");
+    }
 }
 
 /* ------------------------------------------------------------ public */
@@ -2958,10 +2982,15 @@ void conn_drain_all(struct worker *w)
     struct conn *c, *next;
     for (c = TAILQ_FIRST(&w->conns); c; c = next) {
         next = TAILQ_NEXT(c, link);
-        if (c->state == CONN_IDLE)
-            conn_close(c, "draining");
-        else
+        if (c->state != CONN_IDLE) {
             c->keep_alive = false;
+        } else if (evbuffer_get_length(c->cs.out) > 0) {
+            /* answers still leaving (a pipelined request may wait behind
+             * them, unanswered: the close tells the client to ask again) */
+            close_after_flush(c, "draining");
+        } else {
+            conn_close(c, "draining");
+        }
     }
 }
 

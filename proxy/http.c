@@ -446,6 +446,9 @@ static int on_headers_complete(llhttp_t *p)
                 return fail(p, HTTP_ERR_BAD_REQUEST, "invalid Host");
         }
         const char *t = h->base + h->target.off;
+        /* a fragment is never part of a request target (RFC 9112 3.2) */
+        if (memchr(t, '#', h->target.len))
+            return fail(p, HTTP_ERR_BAD_REQUEST, "fragment in the request target");
         if (h->target.len > 0 && t[0] != '/' && !(h->target.len == 1 && t[0] == '*')) {
             int rc = absolute_form(p, h);
             if (rc != 0)

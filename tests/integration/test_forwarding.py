@@ -580,6 +580,22 @@ def test_upgraded_tunnel_closed_by_origin_closes_client_side(clonegate, tunnel_o
         assert c.closed_by_peer(timeout=3), "client side stayed open after the origin closed"
 
 
+
+def test_a_tunnel_silent_both_ways_for_tunnel_timeout_is_closed(clonegate, tunnel_origin):
+    cg = start(clonegate, servers=[tunnel_origin.addr], **{"server.tunnel_timeout": "1s"})
+    with open_tunnel(cg, tunnel_origin) as c:
+        # bytes every 0.4 s keep it open past the timeout
+        for i in range(5):
+            time.sleep(0.4)
+            c.send(b"k%d" % i)
+            assert read_exactly(c, 2) == b"k%d" % i
+        t0 = time.monotonic()
+        assert c.closed_by_peer(timeout=4), "a silent tunnel stayed open"
+        took = time.monotonic() - t0
+        assert 0.8 <= took < 2.5, f"closed {took:.2f} s after the last bytes, want about 1 s"
+    assert tunnel_origin.peer_closed.wait(3), "the clone side of the idle tunnel stayed open"
+
+
 # ---------------------------------------------------------------- headers
 
 

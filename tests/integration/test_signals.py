@@ -182,3 +182,32 @@ def test_sigusr1_reopens_the_access_log(origins, clonegate, tmp_path):
     assert not has(rotated, t3)
     assert not has(path, t1) and not has(path, t2)
     assert cg.proc.alive()
+
+
+def test_sigterm_lets_answers_a_slow_reader_has_not_read_yet_arrive_whole(origins, clonegate):
+    # pipelined answers wait in the proxy for a client that reads nothing
+    # yet; a drain must send what was answered, whole, then close
+    import socket
+
+    origins(1)
+    cg = clonegate({"server.drain_timeout": "10s", "server.workers": 1})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # little room in the kernel
+    s.settimeout(10)
+    s.connect(("127.0.0.1", cg.port))
+    try:
+        s.sendall(helpers.build_request("GET", "/bytes?n=30000") * 300)
+        time.sleep(1.0)  # answers pile up in the proxy (and its socket)
+        cg.signal(signal.SIGTERM)
+        data = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # bounded: until the close or the deadline
+            piece = s.recv(1 << 20)
+            if not piece:
+                break
+            data += piece
+    finally:
+        s.close()
+    answers = helpers.parse_responses(data)  # raises if the last one is cut
+    assert answers and all(r.status == 200 and len(r.body) == 30000 for r in answers)
+    assert cg.proc.wait(10) == 0

@@ -368,3 +368,42 @@ def test_clients_that_leave_mid_body_do_not_take_the_clone_down(origins, clonega
     assert r.status == 200, r
     assert traffic_failures(cg) == 0
     assert all(s["state"] == "up" for s in cg.stats()["servers"]), cg.stats()["servers"]
+
+
+def test_an_upload_to_a_tls_clone_stuck_in_its_handshake_gets_504(clonegate):
+    # the clone's kernel accepts, its process never answers the ClientHello;
+    # the upload fills the proxy's buffer toward it, so the proxy stops
+    # reading the client: response_timeout must still end it
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(16)  # never accepted
+    try:
+        cg = world(clonegate, [f"127.0.0.1:{stuck.getsockname()[1]}"],
+                   **{"upstream.tls": "yes", "upstream.tls_verify": "no",
+                      "upstream.response_timeout": "1s", "upstream.connect_timeout": "1s",
+                      "upstream.retries": 0, "server.idle_timeout": "30s"})
+        n = 4 << 20
+        s = socket.create_connection(("127.0.0.1", cg.port), timeout=10)
+        try:
+            s.sendall(build_request("POST", "/sink", [("Content-Length", str(n))]))
+            s.setblocking(False)
+            sent, piece = 0, b"x" * 65536
+            t0 = time.monotonic()
+            while sent < n and time.monotonic() - t0 < 3:  # until the proxy stops taking it
+                try:
+                    sent += s.send(piece[: n - sent])
+                except BlockingIOError:
+                    time.sleep(0.05)
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:  # bounded by the 10 s timeout per recv
+                chunk = s.recv(65536)
+                assert chunk, "closed without an answer"
+                data += chunk
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        assert data.startswith(b"HTTP/1.1 504"), data[:200]
+        assert took < 8, f"answered after {took:.1f} s"
+    finally:
+        stuck.close()

@@ -430,6 +430,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->busy_nap_us, 50);
     assert_int_equal(cfg->header_timeout_ms, 10000);
     assert_int_equal(cfg->idle_timeout_ms, 60000);
+    assert_int_equal(cfg->tunnel_timeout_ms, 3600000);
     assert_int_equal(cfg->drain_timeout_ms, 30000);
     assert_int_equal(cfg->max_header_size, 32 * 1024);
     assert_int_equal(cfg->max_uri_size, 8 * 1024);

@@ -295,6 +295,14 @@ static struct framing_case framing_cases[] = {
      RAW("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"),
      0, HTTP_PARSE_ERROR, 400, AT_BODY},
 
+    /* a fragment is no part of a request target */
+    {"fragment in an origin-form target", RAW("GET /p#frag HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
+     HTTP_PARSE_ERROR, 400, AT_HEAD},
+    {"fragment in an absolute-form target", RAW("GET http://a/p#f HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
+     HTTP_PARSE_ERROR, 400, AT_HEAD},
+    {"fragment right after the authority", RAW("GET http://a#f HTTP/1.1\r\nHost: a\r\n\r\n"), 0,
+     HTTP_PARSE_ERROR, 400, AT_HEAD},
+
     /* line syntax */
     {"bare LF line endings", RAW("GET / HTTP/1.1\nHost: a\n\n"), 0, HTTP_PARSE_ERROR, 400, AT_HEAD},
     {"bare LF ending the request line", RAW("GET / HTTP/1.1\nHost: a\r\n\r\n"), 0, HTTP_PARSE_ERROR,
