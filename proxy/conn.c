@@ -175,6 +175,7 @@ struct conn {
     bool output_wait;            /* a pipelined request waits for the output to drain */
     bool client_eof;             /* the client closed its side */
     bool lingering;              /* answer sent, output ended: dropping input until the end */
+    bool handshake_deadline;     /* the deadline in force is the TLS handshake's */
     bool client_read_paused;     /* client reading stopped for backpressure */
     bool up_read_paused;         /* clone reading stopped for backpressure */
     unsigned status;             /* status sent to the client, for the log */
@@ -521,6 +522,7 @@ static void abort_response(struct conn *c, const char *why)
 {
     c->upstream_time = seconds_since(c->t_upstream);
     request_done(c);
+    stream_abort(&c->cs); /* TLS: no close_notify, the answer is not whole */
     conn_close(c, why);
 }
 
@@ -894,6 +896,7 @@ static void process_input(struct conn *c)
             return;
         }
         conn_set_state(c, CONN_READING_HEAD);
+        c->handshake_deadline = false;
         c->t_start = clock_mono_us();
         c->cache_outcome = STATS_CS_BYPASS;
         c->release_at_us = 0; /* busy again: the record buffers are in use */
@@ -2850,6 +2853,11 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         /* a handshake that stalled: header_timeout applies to it */
         tls_count_timeout();
         conn_close(c, "TLS handshake not finished in time");
+    } else if (c->state == CONN_IDLE && c->handshake_deadline) {
+        /* the handshake ended in time and no request came yet: the
+         * connection is idle, counted from its start */
+        c->handshake_deadline = false;
+        deadline_after_ms(c, c->t_start, cfg_of(c)->idle_timeout_ms);
     } else if (c->state == CONN_IDLE) {
         conn_close(c, "idle timeout");
     } else if (c->state == CONN_CACHE_WAIT)
@@ -2972,7 +2980,9 @@ static void conn_start(struct worker *w, int fd, const struct sockaddr *sa, stru
     stream_set_timeouts(&c->cs, NULL, w->idle_tv);
     conn_set_state(c, CONN_IDLE);
     /* a TLS handshake has header_timeout to finish, like a request head */
-    deadline_after_ms(c, clock_mono_us(), tls ? cfg->header_timeout_ms : cfg->idle_timeout_ms);
+    c->t_start = clock_mono_us();
+    c->handshake_deadline = tls != NULL;
+    deadline_after_ms(c, c->t_start, tls ? cfg->header_timeout_ms : cfg->idle_timeout_ms);
     /* the listener defers accepting until the request arrives: read it now */
     stream_read_start(&c->cs);
 }

@@ -220,7 +220,14 @@ static size_t put_escaped(char *out, size_t room, const char *s, size_t len)
             n += l_;                                                                               \
         }                                                                                          \
     } while (0)
-#define PUT_ESC(p, l) (n += put_escaped(line + n, sizeof(line) - n, (p), (l)))
+/* Escaping may make a field six times longer: each has a budget, so that
+ * the closing part of the line always fits and a line is never cut. */
+#define LOG_METHOD_ROOM 128
+#define LOG_TARGET_ROOM 1536
+#define LOG_FIELD_ROOM  512
+#define PUT_ESC(p, l, budget)                                                                      \
+    (n +=                                                                                          \
+     put_escaped(line + n, sizeof(line) - n < (budget) ? sizeof(line) - n : (budget), (p), (l)))
 #define PUT_FMT(...)                                                                               \
     do {                                                                                           \
         int m_ = snprintf(line + n, sizeof(line) - n, __VA_ARGS__);                                \
@@ -230,7 +237,9 @@ static size_t put_escaped(char *out, size_t room, const char *s, size_t len)
 
 void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
 {
-    char line[LOG_ACCESS_BUF_SIZE / 2];
+    /* budgets plus the fixed parts (client, time, upstream name, figures)
+     * stay under this */
+    char line[LOG_ACCESS_BUF_SIZE];
     size_t n = 0;
     /* the time text changes once a second: made once per second per thread */
     static _Thread_local char when[40];
@@ -251,16 +260,16 @@ void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
 
     if (access_json) {
         PUT_FMT("{\"time\":\"%s\",\"client\":\"%s\",\"method\":\"", when, e->client);
-        PUT_ESC(e->method, e->method_len);
+        PUT_ESC(e->method, e->method_len, LOG_METHOD_ROOM);
         PUT_LIT("\",\"target\":\"");
-        PUT_ESC(e->target, e->target_len);
+        PUT_ESC(e->target, e->target_len, LOG_TARGET_ROOM);
         PUT_FMT("\",\"protocol\":\"%s\",\"status\":%u,\"bytes\":%llu,\"referer\":\"", e->protocol,
                 e->status, (unsigned long long)e->bytes_sent);
         if (e->referer)
-            PUT_ESC(e->referer, e->referer_len);
+            PUT_ESC(e->referer, e->referer_len, LOG_FIELD_ROOM);
         PUT_LIT("\",\"user_agent\":\"");
         if (e->user_agent)
-            PUT_ESC(e->user_agent, e->user_agent_len);
+            PUT_ESC(e->user_agent, e->user_agent_len, LOG_FIELD_ROOM);
         PUT_LIT("\",\"upstream\":");
         if (e->upstream)
             PUT_FMT("\"%s\",\"upstream_time\":", e->upstream);
@@ -273,17 +282,17 @@ void log_access(struct log_access_buf *buf, const struct log_access_entry *e)
         PUT_FMT(",\"total_time\":%.3f}\n", e->total_time);
     } else {
         PUT_FMT("%s - - [%s] \"", e->client, when);
-        PUT_ESC(e->method, e->method_len);
+        PUT_ESC(e->method, e->method_len, LOG_METHOD_ROOM);
         PUT_LIT(" ");
-        PUT_ESC(e->target, e->target_len);
+        PUT_ESC(e->target, e->target_len, LOG_TARGET_ROOM);
         PUT_FMT(" %s\" %u %llu \"", e->protocol, e->status, (unsigned long long)e->bytes_sent);
         if (e->referer)
-            PUT_ESC(e->referer, e->referer_len);
+            PUT_ESC(e->referer, e->referer_len, LOG_FIELD_ROOM);
         else
             PUT_LIT("-");
         PUT_LIT("\" \"");
         if (e->user_agent)
-            PUT_ESC(e->user_agent, e->user_agent_len);
+            PUT_ESC(e->user_agent, e->user_agent_len, LOG_FIELD_ROOM);
         else
             PUT_LIT("-");
         if (e->upstream)

@@ -610,11 +610,16 @@ void stream_shutdown_write(struct stream *s)
         log_debug("%s: %s", __func__, strerror(errno));
 }
 
+void stream_abort(struct stream *s)
+{
+    s->aborted = true;
+}
+
 void stream_close(struct stream *s)
 {
     if (s->ssl) {
         /* a close_notify when the handshake is done; never waits for the answer */
-        if (s->tls_done && s->fd != -1 && !s->error &&
+        if (s->tls_done && s->fd != -1 && !s->error && !s->aborted &&
             !(SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
             SSL_shutdown(s->ssl);
         SSL_free(s->ssl);

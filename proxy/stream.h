@@ -68,6 +68,7 @@ struct stream {
     bool tls_done;       /* the TLS handshake finished */
     bool tls_read_wants_write; /* SSL_read needs the socket writable first */
     bool tls_write_wants_read; /* SSL_write needs the socket readable first */
+    bool aborted;              /* closed mid-message: no TLS close_notify */
 };
 
 /*
@@ -142,6 +143,10 @@ bool stream_unread_waiting(const struct stream *s);
 /* Ends this side's output, a TLS close_notify first: the peer reads what
  * was written, then the end. Reading goes on as before. */
 void stream_shutdown_write(struct stream *s);
+
+/* Marks what is being sent as cut short: stream_close() then sends no TLS
+ * close_notify, so the peer sees a truncated stream, not a clean end. */
+void stream_abort(struct stream *s);
 
 /* Closes the socket, drops both buffers and events. Safe to call twice. */
 void stream_close(struct stream *s);

@@ -7,6 +7,8 @@ import json
 import re
 import uuid
 
+import pytest
+
 import helpers
 
 LOG_WAIT = 5.0  # s a request's line may take to reach the log (lines are buffered)
@@ -199,3 +201,27 @@ def test_issue_3_refused_request_is_logged_with_its_target(origins, clonegate):
     (line,) = wait_lines(cg.stderr_text, target)
     assert f'"GET {target} HTTP/1.1" 400 ' in line, line
     assert "upstream=-" in line, line
+
+
+@pytest.mark.parametrize("fmt", ["json", "combined"])
+def test_a_line_of_long_escaped_fields_stays_whole(origins, clonegate, tmp_path, fmt):
+    # quotes and non-ASCII bytes escape to 2-6 bytes each: the line must still
+    # end as it should, with the upstream and the times, and parse
+    (o,) = origins(1)
+    path = tmp_path / "access.log"
+    cg = clonegate({"server.access_log": str(path), "server.access_log_format": fmt,
+                    "cache.enabled": "no"})
+    target = "/echo?q=" + "%22" * 10 + '"' * 500
+    raw = (f"GET {target} HTTP/1.1\r\nHost: test\r\n".encode("latin-1")
+           + b"User-Agent: " + b"\x80" * 200 + b"\r\nReferer: " + b"\xff" * 200 + b"\r\n\r\n")
+    data = helpers.http_request(cg.port, raw)
+    r, _ = helpers.parse_response(data)
+    wait_lines(lambda: read_file(path), "upstream")
+    (line,) = read_file(path).splitlines()
+    if fmt == "json":
+        e = json.loads(line)
+        assert e["status"] == r.status and e["upstream"] == o.addr, e
+        assert isinstance(e["total_time"], (int, float)), e
+        assert e["user_agent"].startswith("\x80") and e["referer"].startswith("\xff"), e
+    else:
+        assert re.search(r" upstream=\S+ upstream_time=[\d.]+ time=[\d.]+$", line), line[-200:]

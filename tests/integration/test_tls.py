@@ -16,6 +16,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -699,3 +700,101 @@ def test_a_tls_connection_idle_past_a_second_gives_back_its_buffers_and_still_se
     s = cg.stats()
     assert s["tls"]["handshakes"] - cg.tls0["handshakes"] == 21, s["tls"]
     assert s["tls"]["failures"] - cg.tls0["failures"] == 0, s["tls"]
+
+
+def test_a_connection_quiet_after_its_handshake_has_idle_timeout_not_header_timeout(
+        origins, clonegate, certs):
+    origins(1)
+    cg = start(clonegate, certs, **{"server.header_timeout": "1s", "server.idle_timeout": "10s"})
+    raw = socket.create_connection(("127.0.0.1", cg.tls_port), timeout=10)
+    with client_context(certs).wrap_socket(raw, server_hostname="localhost") as s:
+        time.sleep(2.5)  # past header_timeout, well within idle_timeout
+        s.sendall(helpers.build_request("GET", "/echo"))
+        data = b""
+        while b"\r\n\r\n" not in data:  # bounded by the socket timeout
+            piece = s.recv(65536)
+            assert piece, "closed after the handshake, before idle_timeout"
+            data += piece
+    assert data.startswith(b"HTTP/1.1 200"), data[:100]
+
+
+def test_an_answer_cut_short_ends_without_a_tls_close_notify(clonegate, certs):
+    # a close-delimited body cut off by response_timeout: over TLS the only
+    # sign of the truncation is the missing close_notify
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+
+    def serve():
+        srv.settimeout(10)
+        for _ in range(10):  # health checks first, then the request
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            if b" /cut " in data:
+                s.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"a" * 1000)
+                held.append(s)  # then silence, never closed by us until the end
+                return
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            s.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        cg = start(clonegate, certs, servers=[f"127.0.0.1:{srv.getsockname()[1]}"],
+                   **{"upstream.response_timeout": "1s", "health.interval": "60s"})
+        # TLS over memory buffers: every byte the proxy sends is seen, then
+        # the TCP end, so the verdict on the TLS end does not depend on timing
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = client_context(certs)
+        # a plugin of the test runner may tell OpenSSL to take an unexpected
+        # EOF for a clean end: this test is about telling the two apart
+        ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        raw = socket.create_connection(("127.0.0.1", cg.tls_port), timeout=10)
+        got, end, sent = b"", None, False
+        with raw:
+            while end is None:  # bounded: the proxy closes after response_timeout
+                try:
+                    if not tls.server_side and not sent and tls.version():
+                        tls.write(helpers.build_request("GET", "/cut"))
+                        sent = True
+                    if not tls.version():
+                        tls.do_handshake()
+                    while end is None:
+                        piece = tls.read(65536)
+                        if not piece:
+                            end = "clean close_notify"  # what read() says of one
+                        got += piece
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    end = "clean close_notify"
+                except ssl.SSLError as e:  # SSLEOFError, or a plain one naming it
+                    if not isinstance(e, ssl.SSLEOFError) and "UNEXPECTED_EOF" not in str(e):
+                        raise
+                    end = "EOF without close_notify"
+                if outgoing.pending:
+                    raw.sendall(outgoing.read())
+                if end is None:
+                    data = raw.recv(65536)
+                    if data:
+                        incoming.write(data)
+                    else:
+                        incoming.write_eof()
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"a" * 1000), got[:300]
+        assert end == "EOF without close_notify", end
+    finally:
+        srv.close()
+        for s in held:
+            s.close()
+        t.join(10)
