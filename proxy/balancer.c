@@ -11,7 +11,6 @@
 struct balancer {
     enum config_balance policy;      /* copied from the config */
     unsigned count;                  /* servers */
-    unsigned next;                   /* least_conn: where the tie-break scan starts */
     int weight[CONFIG_MAX_SERVERS];  /* configured weight */
     int current[CONFIG_MAX_SERVERS]; /* smooth round robin running weight */
 };
@@ -49,21 +48,34 @@ static int pick_round_robin(struct balancer *b, uint64_t skip)
     return best;
 }
 
+/* Whether server <i> carries less (-1), as much (0) or more (1) load per
+ * weight than server <j>: active/weight compared without division. */
+static int load_cmp(const struct balancer *b, const unsigned *active, unsigned i, unsigned j)
+{
+    uint64_t li = (uint64_t)active[i] * (uint64_t)b->weight[j];
+    uint64_t lj = (uint64_t)active[j] * (uint64_t)b->weight[i];
+    return li < lj ? -1 : li > lj;
+}
+
+/* The least loaded per weight; among servers tied for it (every one, when
+ * nothing is in flight), smooth weighted round robin decides, so weights
+ * and slow start hold under light load too. */
 static int pick_least_conn(struct balancer *b, uint64_t skip, const unsigned *active)
 {
     int best = -1;
-    for (unsigned k = 0; k < b->count; k++) {
-        unsigned i = (b->next + k) % b->count;
+    for (unsigned i = 0; i < b->count; i++) {
         if (skip & (UINT64_C(1) << i))
             continue;
-        /* compare active/weight without division */
-        if (best == -1 || (uint64_t)active[i] * (uint64_t)b->weight[best] <
-                              (uint64_t)active[best] * (uint64_t)b->weight[i])
+        if (best == -1 || load_cmp(b, active, i, (unsigned)best) < 0)
             best = (int)i;
     }
-    if (best != -1)
-        b->next = ((unsigned)best + 1) % b->count;
-    return best;
+    if (best == -1)
+        return -1;
+    uint64_t not_least = skip;
+    for (unsigned i = 0; i < b->count; i++)
+        if (!(skip & (UINT64_C(1) << i)) && load_cmp(b, active, i, (unsigned)best) != 0)
+            not_least |= UINT64_C(1) << i;
+    return pick_round_robin(b, not_least);
 }
 
 void balancer_set_weight(struct balancer *b, unsigned i, unsigned weight)

@@ -53,6 +53,7 @@
 #define CONN_RESP_HEAD_MAX    (64 * 1024)  /* a clone's response head larger than this: 502 */
 #define CONN_PEEK_VECS        16           /* evbuffer chains framed per parser pass */
 #define CONN_LOG_TARGET       512          /* request target bytes kept for the access log */
+#define CONN_TRIED_ID_WORDS   4            /* 256 stable clone ids, as many as health keeps */
 #define CONN_LOG_FIELD        128          /* referer / user agent bytes kept for the log */
 #define CONN_CACHE_KEEP_MS    (10 * 60 * 1000) /* a validatable entry outlives its windows by this */
 #define CONN_CACHE_PASS_MS    (60 * 1000)   /* a URL found not storable is not waited on for this */
@@ -151,6 +152,9 @@ struct conn_exchange {
     struct conn_log_fields log;           /* filled only while the access log is on */
     char upstream_name[CONFIG_ADDR_TEXT]; /* clone of this exchange, "" when none */
     struct conn_cache *cx; /* owned (freed in exchange_free()): the cache's part, or NULL */
+    /* clones tried for this request, by stable id (health's, < 256): a
+     * reload between two attempts renumbers the pool's positions */
+    uint64_t tried_ids[CONN_TRIED_ID_WORDS];
 };
 
 struct conn {
@@ -192,7 +196,8 @@ struct conn {
     int64_t tunnel_seen_us;      /* a tunnel's last bytes read, either side */
     uint64_t bytes_read_mark;    /* cs.bytes_read already counted */
     uint64_t bytes_written_mark; /* cs.bytes_written already counted */
-    int stale_server;            /* clone whose pooled connection went stale, -1 none */
+    int stale_server;            /* stable id of the clone whose pooled connection went
+                                    stale, -1 none */
     int64_t release_at_us;       /* monotonic us: an idle TLS connection gives back
                                     its record buffers then; 0 none */
     struct conn_exchange *ex;    /* owned while a request is under way, NULL while idle */
@@ -807,6 +812,7 @@ static void start_exchange(struct conn *c, const char *buf)
     conn_set_state(c, CONN_FORWARDING);
     c->server = -1;
     c->tried = 0;
+    memset(c->ex->tried_ids, 0, sizeof(c->ex->tried_ids));
     c->attempts = 0;
     c->req_done = false;
     c->resp_started = false;
@@ -1015,7 +1021,7 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
     unsigned budget = cfg_of(c)->retries + (reused ? 1 : 0);
     if ((retryable || !sent) && may_retry(c, sent) && c->attempts <= budget) {
         if (reused)
-            c->stale_server = c->server;
+            c->stale_server = c->server_id;
         dispatch(c);
         return;
     }
@@ -1286,6 +1292,34 @@ static void conn_on_up_event(struct stream *st, enum stream_event what, void *ar
     upstream_failed(c, 502, c->up->connected ? "connection error" : "connect failed", true);
 }
 
+/* Notes (or forgets) that the clone with stable <id> was tried. */
+static void tried_id_mark(struct conn *c, int id, bool tried)
+{
+    if (id < 0 || id >= CONN_TRIED_ID_WORDS * 64)
+        return; /* no stable id: tracked by position in its pool alone */
+    uint64_t bit = UINT64_C(1) << (id % 64);
+    if (tried)
+        c->ex->tried_ids[id / 64] |= bit;
+    else
+        c->ex->tried_ids[id / 64] &= ~bit;
+}
+
+/* The positions in <pool> of the clones already tried (the pool may be a
+ * reload's newer one than the first attempt's). */
+static uint64_t tried_in_pool(const struct conn *c, const struct upstream_pool *pool)
+{
+    uint64_t mask = 0;
+    for (unsigned i = 0; i < upstream_server_count(pool); i++) {
+        int id = upstream_server_id(pool, i);
+        if (id >= 0 && id < CONN_TRIED_ID_WORDS * 64 &&
+            (c->ex->tried_ids[id / 64] & (UINT64_C(1) << (id % 64))))
+            mask |= UINT64_C(1) << i;
+        else if (id < 0 && (c->tried & (UINT64_C(1) << i)))
+            mask |= UINT64_C(1) << i;
+    }
+    return mask;
+}
+
 static void dispatch(struct conn *c)
 {
     struct worker *w = c->w;
@@ -1293,10 +1327,13 @@ static void dispatch(struct conn *c)
     struct evbuffer *in = c->cs.in;
 
     for (;;) {
+        if (c->attempts > 0)
+            c->tried = tried_in_pool(c, w->pool);
         int server = upstream_pick(w->pool, c->tried);
         if (server < 0 && c->stale_server >= 0) {
-            c->tried &= ~(UINT64_C(1) << c->stale_server);
+            tried_id_mark(c, c->stale_server, false);
             c->stale_server = -1;
+            c->tried = tried_in_pool(c, w->pool);
             server = upstream_pick(w->pool, c->tried);
         }
         if (server < 0) {
@@ -1309,6 +1346,7 @@ static void dispatch(struct conn *c)
         c->server = server;
         c->server_id = upstream_server_id(w->pool, (unsigned)server);
         c->tried |= UINT64_C(1) << server;
+        tried_id_mark(c, c->server_id, true);
         c->attempts++;
         if (c->attempts > 1) {
             STATS_INC(w->stats->retries);

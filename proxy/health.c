@@ -193,6 +193,10 @@ struct health_server *health_server_find(struct health *hl, const struct config_
 }
 
 /* Finds or adds the state for <addr>; new ones start <up>. Under hl->lock. */
+/* up_since_ms of a server up from the start: so long ago that slow start
+ * is over even when the machine (and so the monotonic clock) just began */
+#define HEALTH_LONG_AGO_MS (-((int64_t)1 << 40))
+
 static struct health_server *obtain_locked(struct health *hl, const struct config_addr *addr,
                                            bool up)
 {
@@ -205,6 +209,7 @@ static struct health_server *obtain_locked(struct health *hl, const struct confi
     hs->addr = *addr;
     hs->id = (int)hl->count;
     hs->up = up;
+    hs->up_since_ms = up ? HEALTH_LONG_AGO_MS : 0; /* up at start: its whole share at once */
     pthread_mutex_init(&hs->lock, NULL);
     hl->servers[hl->count++] = hs;
     return hs;
@@ -229,7 +234,7 @@ static void forget_locked(struct health_server *hs, bool up)
     __atomic_store_n(&hs->checks_failed, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&hs->traffic_failures, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&hs->last_change, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&hs->up_since_ms, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&hs->up_since_ms, up ? HEALTH_LONG_AGO_MS : 0, __ATOMIC_RELAXED);
     set_error(hs, "");
     log_debug("%s: server %s named again: starts %s", __func__, hs->addr.text, up ? "up" : "down");
 }
@@ -251,15 +256,18 @@ static int adopt_config_locked(struct health *hl, const struct config *cfg, bool
     }
     for (size_t i = 0; i < hl->count; i++)
         __atomic_store_n(&hl->servers[i]->in_config, 0, __ATOMIC_RELAXED);
+    int rc = 0;
     for (unsigned i = 0; i < cfg->server_count; i++) {
         struct health_server *hs = obtain_locked(hl, &cfg->servers[i].addr, new_servers_up);
-        if (!hs)
-            return -1;
+        if (!hs) {
+            rc = -1; /* that one goes unchecked; the others are still adopted */
+            continue;
+        }
         __atomic_store_n(&hs->in_config, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&hs->fall, cfg->health_fall, __ATOMIC_RELAXED);
         __atomic_store_n(&hs->slow_start_ms, cfg->health_slow_start_ms, __ATOMIC_RELAXED);
     }
-    return 0;
+    return rc;
 }
 
 int health_set_draining(struct health *hl, const char *addr, bool drain)
@@ -605,7 +613,9 @@ void health_reload(struct health *hl, struct config *cfg)
     /* states for new servers exist (down) before any worker's new pool
      * looks them up: the caller reloads the workers right after this */
     if (adopt_config_locked(hl, cfg, false, fresh, &fresh_count) == -1)
-        log_warnx("health: too many servers over reloads; some are not checked");
+        log_warnx("health: more than %d clone addresses since start; the newest are not "
+                  "checked and not taken out on failures (a restart clears the list)",
+                  HEALTH_MAX_SERVERS);
     config_unref(hl->pending);
     hl->pending = config_ref(cfg);
     pthread_mutex_unlock(&hl->lock);

@@ -131,6 +131,11 @@ int upstream_pick(struct upstream_pool *pool, uint64_t skip)
     return balancer_pick(pool->balancer, skip, pool->active);
 }
 
+unsigned upstream_server_count(const struct upstream_pool *pool)
+{
+    return pool->count;
+}
+
 int upstream_server_id(const struct upstream_pool *pool, unsigned server)
 {
     const struct health_server *hs = server < pool->count ? pool->health[server] : NULL;

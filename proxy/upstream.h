@@ -63,6 +63,9 @@ void upstream_release(struct upstream_conn *u, bool reusable);
  * response head, else the failure (a short static text). */
 void upstream_report(struct upstream_pool *pool, unsigned server, const char *why);
 
+/* How many servers <pool> has (positions 0 to count - 1). */
+unsigned upstream_server_count(const struct upstream_pool *pool);
+
 /* The stable id (for stats) of server <server>, -1 when health has none. */
 int upstream_server_id(const struct upstream_pool *pool, unsigned server);
 

@@ -407,3 +407,54 @@ def test_an_upload_to_a_tls_clone_stuck_in_its_handshake_gets_504(clonegate):
         assert took < 8, f"answered after {took:.1f} s"
     finally:
         stuck.close()
+
+
+def test_a_retry_after_a_reload_goes_to_a_clone_still_configured(origins, clonegate):
+    # the first attempt went to A; a reload then leaves only B; A closes
+    # without answering: the retry must find B in the new configuration
+    (b,) = origins(1)
+    got = threading.Event()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.1)
+    a_addr = f"127.0.0.1:{srv.getsockname()[1]}"
+    stop = threading.Event()
+
+    def closer():
+        while not stop.is_set():  # bounded by the test's stop
+            try:
+                s, _ = srv.accept()
+            except (socket.timeout, OSError):
+                continue
+            with s:
+                s.settimeout(5)
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    continue
+                if b" /echo" in data:
+                    got.set()
+                    stop.wait(3)  # holds it until the reload is in, then closes unanswered
+
+    t = threading.Thread(target=closer, daemon=True)
+    t.start()
+    try:
+        cg = world(clonegate, [a_addr, b])
+        servers_line = f"servers = {a_addr}, {b.addr}"
+        assert servers_line in cg.ini_text
+        c = cg.conn(timeout=10)
+        c.send(build_request("GET", "/echo?reload"))
+        assert got.wait(5), "A never got the request"
+        cg.reload(cg.ini_text.replace(servers_line, f"servers = {b.addr}"))
+        helpers.wait_for(lambda: [v["address"] for v in cg.stats()["servers"]] == [b.addr],
+                         timeout=5, what="the reload")
+        time.sleep(0.3)  # the worker takes its new pool on its next turn
+        stop.set()  # A closes without answering
+        r = c.read_response(timeout=10)
+        c.close()
+        assert r.status == 200 and r.header("X-Origin") == b.name, r
+    finally:
+        stop.set()
+        srv.close()
+        t.join(5)

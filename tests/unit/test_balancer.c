@@ -249,10 +249,36 @@ static void test_least_conn_weighted(void **state)
     assert_int_equal(balancer_pick(b, 0, active), 0);
     active[0] = 4; /* 4/3 > 1/1 */
     assert_int_equal(balancer_pick(b, 0, active), 1);
-    active[0] = 3; /* 3/3 == 1/1: a tie */
-    int first = balancer_pick(b, 0, active);
-    int second = balancer_pick(b, 0, active);
-    assert_int_not_equal(first, second);
+    active[0] = 3; /* 3/3 == 1/1: a tie, which the weights break 3:1 */
+    unsigned got[2] = {0, 0};
+    for (int i = 0; i < 40; i++)
+        got[balancer_pick(b, 0, active)]++;
+    assert_int_equal(got[0], 30);
+    assert_int_equal(got[1], 10);
+    balancer_free(b);
+}
+
+/* Nothing in flight: the weights decide (3:1 here), as in round robin, and
+ * a weight lowered by slow start is honoured. */
+static void test_least_conn_ties_follow_weights(void **state)
+{
+    static const unsigned weights[2] = {3, 1};
+    struct balancer *b = make_balancer(2, weights, CONFIG_BALANCE_LEAST_CONN);
+    unsigned active[2] = {0, 0};
+    unsigned got[2] = {0, 0};
+
+    (void)state;
+    for (int i = 0; i < 400; i++)
+        got[balancer_pick(b, 0, active)]++;
+    assert_int_equal(got[0], 300);
+    assert_int_equal(got[1], 100);
+    balancer_set_weight(b, 0, 1); /* ramping up from almost nothing */
+    balancer_set_weight(b, 1, 19);
+    got[0] = got[1] = 0;
+    for (int i = 0; i < 200; i++)
+        got[balancer_pick(b, 0, active)]++;
+    assert_int_equal(got[0], 10);
+    assert_int_equal(got[1], 190);
     balancer_free(b);
 }
 
@@ -323,6 +349,7 @@ int main(void)
         cmocka_unit_test(test_least_conn_lowest),
         cmocka_unit_test(test_least_conn_weighted),
         cmocka_unit_test(test_least_conn_ties_rotate),
+        cmocka_unit_test(test_least_conn_ties_follow_weights),
         cmocka_unit_test(test_least_conn_fills_evenly),
         cmocka_unit_test(test_least_conn_without_counts),
     };
