@@ -170,6 +170,7 @@ struct conn {
     int server;                  /* index of the clone in the worker's pool, -1 none */
     uint64_t tried;              /* bit i: clone i was tried for this request */
     unsigned attempts;           /* connections tried for this request */
+    unsigned free_tries;         /* of those, pooled connections found stale (not counted) */
     bool req_done;               /* the request, body included, went to the clone */
     bool head_kept;              /* request head (and body) still at the front of the input */
     bool resp_started;           /* the response head went to the client */
@@ -814,6 +815,7 @@ static void start_exchange(struct conn *c, const char *buf)
     c->tried = 0;
     memset(c->ex->tried_ids, 0, sizeof(c->ex->tried_ids));
     c->attempts = 0;
+    c->free_tries = 0;
     c->req_done = false;
     c->resp_started = false;
     c->resp_bytes = false;
@@ -1018,7 +1020,9 @@ static void upstream_failed(struct conn *c, unsigned status, const char *why, bo
     /* A reused keep-alive connection that failed may only have gone stale:
      * that try is free, and when no other clone is left the same clone may
      * be tried again on a fresh connection (see dispatch). */
-    unsigned budget = cfg_of(c)->retries + (reused ? 1 : 0);
+    if (reused)
+        c->free_tries++; /* every stale pooled connection, not only the last */
+    unsigned budget = cfg_of(c)->retries + c->free_tries;
     if ((retryable || !sent) && may_retry(c, sent) && c->attempts <= budget) {
         if (reused)
             c->stale_server = c->server_id;
@@ -1361,7 +1365,7 @@ static void dispatch(struct conn *c)
         }
         count_failure(c);
         log_warn("upstream %s: cannot connect", upstream_server_name(w->pool, (unsigned)server));
-        if (c->attempts > cfg->retries || !may_retry(c, false)) {
+        if (c->attempts > cfg->retries + c->free_tries || !may_retry(c, false)) {
             send_error(c, 502, request_consumed(c), "cannot connect to a clone");
             return;
         }
