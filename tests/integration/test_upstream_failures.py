@@ -458,3 +458,56 @@ def test_a_retry_after_a_reload_goes_to_a_clone_still_configured(origins, cloneg
         stop.set()
         srv.close()
         t.join(5)
+
+
+def test_a_stale_pooled_connection_does_not_use_up_the_retries(clonegate):
+    # A answers the first request of a connection and closes at the second
+    # (a pooled connection gone stale); B refuses. With retries = 1 the
+    # order A (stale, free), B (refused) must still reach A afresh.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve_conn(s):
+        with s:
+            s.settimeout(5)
+            data = b""
+            answered = 0
+            while not stop.is_set():  # bounded: 5 s per recv, at most two requests
+                try:
+                    piece = s.recv(65536)
+                except OSError:
+                    return
+                if not piece:
+                    return
+                data += piece
+                while b"\r\n\r\n" in data:
+                    data = data.split(b"\r\n\r\n", 1)[1]
+                    if answered:
+                        return  # the second request: closed unanswered
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Origin: A\r\n\r\nok")
+                    answered += 1
+
+    def accept():
+        while not stop.is_set():  # bounded by the test's stop
+            try:
+                s, _ = srv.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=serve_conn, args=(s,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        a = f"127.0.0.1:{srv.getsockname()[1]}"
+        cg = world(clonegate, [f"{a} weight=3", dead_addr()], **{"upstream.retries": 1})
+        # weights 3:1 pick A, A, B, A: the second request meets A's stale connection
+        assert cg.get("/first").status == 200
+        r = cg.get("/second")
+        assert r.status == 200 and r.header("X-Origin") == "A", r
+    finally:
+        stop.set()
+        srv.close()
+        t.join(5)
