@@ -766,12 +766,16 @@ int cache_policy_vary_names(const struct http_head *resp, const char *buf, char 
     return (int)n;
 }
 
-/* Appends every value of the request field <name>, trimmed, joined by ",". */
+/* Appends every value of the request field <name>, trimmed, joined by ",".
+ * For an absolute-form target, Host is the target's authority: the Host the
+ * clone saw (http_serialize_request() puts it there). */
 static bool variant_values(const struct http_head *req, const char *buf, const char *name,
                            size_t name_len, char *out, size_t room, size_t *n)
 {
     bool first = true;
 
+    if (req->authority.len && name_len == 4 && strncasecmp(name, "host", 4) == 0)
+        return put(out, room, n, buf + req->authority.off, req->authority.len);
     for (unsigned i = 0; i < req->header_count; i++) {
         const struct http_header *hd = &req->headers[i];
         if (hd->name.len != name_len || strncasecmp(buf + hd->name.off, name, name_len) != 0)

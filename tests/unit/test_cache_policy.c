@@ -780,6 +780,9 @@ static const struct variant_row {
     {REQ("X-A: 1\r\nX-A:\r\n"), "x-a", 64, 7, "x-a:1,\n"},
     {REQ("Accept: a\r\n"), "", 64, 0, ""},
     {REQ("Host2: x\r\n"), "host", 64, 17, "host:example.com\n"},
+    /* absolute-form: the clone saw Host = the target's authority */
+    {"GET http://a.test:81/x HTTP/1.1\r\nHost: example.com\r\n\r\n", "host", 64, 15,
+     "host:a.test:81\n"},
     {REQ("Accept: abc\r\n"), "accept", 11, 11, "accept:abc\n"},
     {REQ("Accept: abc\r\n"), "accept", 10, -1, NULL},
 };
