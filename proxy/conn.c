@@ -828,6 +828,9 @@ static void start_exchange(struct conn *c, const char *buf)
     c->ex->upstream_name[0] = '\0';
     c->stale_server = -1;
     c->keep_alive = c->ex->req.keep_alive && !c->w->draining && !c->client_eof;
+    /* the body may come in writes of its own, each waiting for our ACK */
+    if (c->ex->req.has_body)
+        stream_ack_now(&c->cs);
     if (log_access_enabled())
         keep_log_fields(c, buf);
     /* The head stays in the input until it cannot be needed again: without
@@ -931,6 +934,8 @@ static void process_input(struct conn *c)
         stream_read_resume(&c->cs);
     switch (r) {
     case HTTP_PARSE_AGAIN:
+        /* a client sending its head in pieces may wait for our ACK (Nagle) */
+        stream_ack_now(&c->cs);
         /* counted from the head's first byte, not from this read */
         if (c->deadline_us == 0)
             deadline_after_ms(c, c->t_start, cfg->header_timeout_ms);

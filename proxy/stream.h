@@ -105,6 +105,11 @@ void stream_read_start(struct stream *s);
 /* After the owner consumed input: reads again if read_high had stopped it. */
 void stream_read_resume(struct stream *s);
 
+/* Acknowledges what the socket received at once, not with the next answer.
+ * Listeners delay these ACKs (TCP_QUICKACK off: an answer follows a
+ * request); a peer still sending, with Nagle on, would wait for one. */
+void stream_ack_now(struct stream *s);
+
 /* Sets the read (idle between reads) and write (no progress) timeouts. */
 void stream_set_timeouts(struct stream *s, const struct timeval *read_tv,
                          const struct timeval *write_tv);

@@ -201,6 +201,11 @@ static int listen_on(struct worker *w, const struct config_addr *addr, bool tls)
     int one = 1;
     if (setsockopt(evconnlistener_get_fd(l), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
         log_warn("TCP_NODELAY on %s", addr->text);
+    /* a request is answered at once: its ACK rides on the answer instead of
+     * going out alone when the request is read (inherited as well) */
+    int zero = 0;
+    if (setsockopt(evconnlistener_get_fd(l), IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero)) == -1)
+        log_warn("TCP_QUICKACK on %s", addr->text);
     w->listeners[w->listener_count++] = l;
     return 0;
 }

@@ -408,6 +408,36 @@ def test_expect_100_continue_comes_before_the_body(origins, clonegate):
     assert r.json()["length"] == len(body) and r.json()["sha256"] == helpers.sha256(body)
 
 
+def test_a_nagle_client_sending_a_request_in_pieces_is_not_held_up(origins, clonegate):
+    """The proxy delays its ACK of a request until the answer (one segment
+    fewer per request). A client with Nagle on that sends a head and then
+    its body, or its head in two writes, waits for that ACK before its
+    second write: it must get it at once, not after the 40 ms delayed-ACK
+    timer."""
+    origins(1)
+    cg = start(clonegate)
+    body = b"b" * 100
+    post_head = build_request("POST", "/echo", {"Content-Length": str(len(body))})
+    get = build_request("GET", "/echo")
+    cut = get.index(b"\r\n") + 2
+    pieces = {"head, then body": (post_head, body, "POST"),
+              "head in two writes": (get[:cut], get[cut:], "GET")}
+    with cg.conn(timeout=5) as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)  # Nagle on
+        assert c.get("/echo").status == 200
+        for name, (first, second, method) in pieces.items():
+            took = []
+            for _ in range(7):
+                t0 = time.monotonic()
+                c.send(first)
+                c.send(second)
+                r = c.read_response(method)
+                took.append(time.monotonic() - t0)
+                assert r.status == 200, r.raw[:200]
+            took.sort()
+            assert took[3] < 0.025, f"{name}: median {took[3] * 1000:.1f} ms"
+
+
 # ---------------------------------------------------------------- Upgrade
 
 WS_HEADERS = {"Upgrade": "websocket", "Connection": "Upgrade",
