@@ -39,8 +39,8 @@ struct cache_fill;
 struct cache_mailbox;
 
 /* Called in the waiter's worker thread when its fill ended: <filled> when
- * the filler stored an entry (look again), false when it did not (forward
- * on your own). */
+ * the filler stored an entry, in L1 or in Redis (look again), false when it
+ * did not (forward on your own). */
 typedef void (*cache_wake_fn)(void *arg, bool filled);
 
 /* A request waiting on another's fill; embedded in the waiting connection. */
@@ -174,8 +174,9 @@ enum cache_fill_role {
 enum cache_fill_role cache_fill_join(struct cache *c, uint64_t h, const char *key, size_t len,
                                      struct cache_waiter *w, struct cache_fill **fill);
 
-/* The leader is done: <stored> says whether an entry is now in L1. Every
- * waiter is woken (in its own worker). Frees <fill>. */
+/* The leader is done: <stored> says whether an entry is now in L1, or in
+ * Redis (Redis said so). Every waiter is woken (in its own worker). Frees
+ * <fill>. Any thread. */
 void cache_fill_end(struct cache *c, struct cache_fill *fill, bool stored);
 
 /* Takes <w> out of whatever it waits in (its wake will not run). Safe

@@ -120,7 +120,7 @@ struct conn_cache {
     bool redis_variant_tried;                /* Redis asked for the variant key */
     bool no_coalesce;                        /* forward on its own (woken without an entry, pass) */
     bool collapsed;                          /* waited on another request's fill */
-    bool stored;                             /* the response was stored */
+    bool stored;                             /* the response is in L1, or went to Redis */
     bool invalidate;                         /* unsafe method: invalidate the URL on success */
     bool had_pass; /* a pass marker sent it here: no need to set another */
 };
@@ -1907,12 +1907,14 @@ static void conn_on_fill_done(void *arg, bool filled)
     struct conn *c = arg;
     struct conn_cache *cx = c->ex->cx;
     deadline_clear(c);
-    cx->no_coalesce = true;
+    cx->no_coalesce = true; /* woken once: it never waits again */
     if (!filled) {
         cache_forward(c, STATS_CS_MISS);
         return;
     }
-    cx->redis_url_tried = cx->redis_variant_tried = true; /* L1 has it, or nobody has */
+    /* the entry is in L1, else in Redis (a reply said so): look again,
+     * asking Redis at most once more for each key */
+    cx->redis_url_tried = cx->redis_variant_tried = false;
     c->cache_outcome = STATS_CS_MISS;
     cache_lookup(c);
 }
@@ -2352,7 +2354,26 @@ static void cache_store_check(struct conn *c)
     cx->fill = NULL;
 }
 
-/* Puts <e> into L1 and Redis; for a Vary variant, the URL's Vary record too. */
+/* A fill whose entry went to Redis only. It ends when Redis answers the
+ * write, so that the waiters it wakes, on any worker, find the entry there. */
+struct conn_fill_ack {
+    struct cache *cache;     /* borrowed: outlives every worker */
+    struct cache_fill *fill; /* owned: ended by conn_on_redis_stored() */
+};
+
+/* Redis answered the write of a fill's entry, or failed to in time. */
+static void conn_on_redis_stored(void *arg, bool stored)
+{
+    struct conn_fill_ack *ack = arg;
+    cache_fill_end(ack->cache, ack->fill, stored);
+    free(ack);
+}
+
+/*
+ * Puts <e> into L1 and Redis; for a Vary variant, the URL's Vary record too.
+ * Sets cx->stored when <e> is in L1 or its Redis write went out. When it is
+ * in Redis only, the fill (cx->fill) is handed to that write's answer.
+ */
 static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct conn_store *st,
                             int64_t keep, int64_t now)
 {
@@ -2360,6 +2381,7 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
     struct cache *cache = cache_of(c);
     char rkey[CACHE_REDIS_KEY_LEN + 1], skey[CACHE_REDIS_KEY_LEN + 4];
     size_t sl = 0;
+    bool record_sent = true; /* a plain entry needs no record */
 
     if (st && st->vary_len) {
         struct cache_entry_parts vp = {
@@ -2377,18 +2399,20 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
             .vary_len = st->vary_len,
         };
         struct cache_entry *ve = cache_entry_build(&vp);
+        record_sent = false;
         if (ve) {
             cache_put(cache, cx->url_hash, ve, now + keep);
             if (c->w->redis) {
                 size_t rl = cache_redis_key("", cx->key, cx->url_len, rkey);
-                store_redis_set(c->w->redis, rkey, rl, ve->blob, ve->blob_len, (uint64_t)keep, NULL,
-                                NULL, 0);
+                record_sent = store_redis_set(c->w->redis, rkey, rl, ve->blob, ve->blob_len,
+                                              (uint64_t)keep, NULL, NULL, 0, NULL, NULL) == 0;
             }
             cache_entry_unref(ve);
         }
         sl = cache_redis_key("vs:", cx->key, cx->url_len, skey);
     }
     bool in_l1 = cache_put(cache, cx->url_hash, e, now + keep);
+    bool in_redis = false;
     cache_refresh_done(cache, cache_hash(e->key, e->key_len)); /* a refresh of it may go again */
     if (c->w->redis) {
         /* the indexes that find it again: the URL's variants, its tags */
@@ -2413,12 +2437,27 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
                 index_lens[n++] = tl;
             }
         }
+        /* waiters that L1 cannot serve are woken once Redis has the entry */
+        struct conn_fill_ack *ack = NULL;
+        if (!in_l1 && cx->fill && record_sent) {
+            ack = malloc(sizeof(*ack)); /* freed by conn_on_redis_stored() */
+            if (ack) {
+                ack->cache = cache;
+                ack->fill = cx->fill;
+            }
+        }
         size_t rl = cache_redis_key("", e->key, e->key_len, rkey);
-        store_redis_set(c->w->redis, rkey, rl, e->blob, e->blob_len, (uint64_t)keep, index_keys,
-                        index_lens, n);
+        if (store_redis_set(c->w->redis, rkey, rl, e->blob, e->blob_len, (uint64_t)keep, index_keys,
+                            index_lens, n, ack ? conn_on_redis_stored : NULL, ack) == 0) {
+            in_redis = record_sent;
+            if (ack)
+                cx->fill = NULL; /* ended when Redis answers */
+        } else {
+            free(ack);
+        }
         purge_announce_store(c->w->redis, cx->key, cx->url_len);
     }
-    cx->stored = in_l1 || c->w->redis != NULL;
+    cx->stored = in_l1 || in_redis;
 }
 
 /* The response being stored ended whole: store it, wake the waiters. */

@@ -24,6 +24,9 @@
  * alone as GET) and hands the ops, chained in key order, to the reply.
  * A batch that cannot be sent (the link went) answers each get FAILED.
  *
+ * A write given a callback is an op too (OP_SET), in the same FIFO with the
+ * same timeout, answered once: by its reply, or "not stored" at its deadline.
+ *
  * A get's handle is valid until its callback runs (or, once cancelled,
  * must not be used again). A purge that was sent always calls back exactly
  * once, with -1 when the link drops or the store is freed first, so a caller
@@ -181,6 +184,7 @@ enum op_kind {
     OP_GET = 1,    /* answers through cb.get */
     OP_PURGE = 2,  /* one script; answers through cb.count (may be NULL) */
     OP_PREFIX = 3, /* a chain of batches; answers through cb.count (may be NULL) */
+    OP_SET = 4,    /* a write whose outcome is wanted; answers through cb.set */
 };
 
 struct store_redis_op {
@@ -191,10 +195,11 @@ struct store_redis_op {
     union {
         store_redis_get_fn get;
         store_redis_count_fn count;
+        store_redis_set_fn set;
     } cb;                                /* the caller's */
     void *arg;                           /* the caller's, passed back */
     uint64_t sent_us;                    /* monotonic, when the command was queued */
-    uint64_t deadline_us;                /* monotonic, when a get times out */
+    uint64_t deadline_us;                /* monotonic, when a get (or OP_SET) times out */
     bool answered;                       /* the callback ran (timeout): drop the reply */
     bool cancelled;                      /* the caller gave up: never call back */
     bool in_fifo;                        /* on s->waiting */
@@ -233,7 +238,7 @@ struct store_redis {
     store_redis_message_fn on_message;      /* the subscriber's */
     store_redis_link_fn on_link;            /* the subscriber's */
     void *sub_arg;                          /* the subscriber's, passed back */
-    struct op_list waiting;         /* gets owed an answer, oldest (earliest deadline) first */
+    struct op_list waiting;         /* gets, OP_SETs owed an answer, earliest deadline first */
     struct op_list spare;           /* owned free ops, freed in store_redis_free() */
     unsigned spare_count;           /* length of spare */
     struct store_redis_stats stats; /* written here only */
@@ -382,6 +387,16 @@ static void answer_get(struct store_redis *s, struct store_redis_op *op, enum st
         break;
     }
     op->cb.get(op->arg, r, data, len);
+}
+
+/* Answers an OP_SET once; the op stays allocated for its reply. */
+static void answer_set(struct store_redis *s, struct store_redis_op *op, bool stored)
+{
+    fifo_remove(s, op);
+    if (op->answered)
+        return;
+    op->answered = true;
+    op->cb.set(op->arg, stored);
 }
 
 /* ------------------------------------------------------------ the link */
@@ -638,6 +653,20 @@ static void arm_timeout(struct store_redis *s, uint64_t now)
     event_add(s->timeout_ev, &tv);
 }
 
+/* Queues <op>, just sent, for its answer within the timeout: every op
+ * there has the same, so the FIFO stays sorted by deadline. */
+static void fifo_add(struct store_redis *s, struct store_redis_op *op)
+{
+    op->sent_us = now_us();
+    op->deadline_us = op->sent_us + (uint64_t)s->timeout_ms * 1000u;
+    bool idle = TAILQ_EMPTY(&s->waiting);
+    TAILQ_INSERT_TAIL(&s->waiting, op, entry);
+    op->in_fifo = true;
+    /* a pending timer fires no later than this op's deadline and re-arms */
+    if (idle && !event_pending(s->timeout_ev, EV_TIMEOUT, NULL))
+        arm_timeout(s, op->sent_us);
+}
+
 static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct store_redis *s = arg;
@@ -649,6 +678,11 @@ static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg)
     /* deadlines only grow along the FIFO: stop at the first still in time */
     while ((op = TAILQ_FIRST(&s->waiting)) != NULL && op->deadline_us <= now) {
         fifo_remove(s, op);
+        if (op->kind == OP_SET) {
+            /* a large value may take a while: only gets tell Redis is slow */
+            answer_set(s, op, false);
+            continue;
+        }
         SR_INC(s->stats.timeouts);
         s->timeouts_in_row++;
         if (s->timeouts_in_row == STORE_REDIS_SLOW_AFTER && s->state == STORE_REDIS_UP) {
@@ -874,14 +908,7 @@ struct store_redis_op *store_redis_get(struct store_redis *s, const char *key, s
         return NULL;
     }
     s->inflight++;
-    op->sent_us = now_us();
-    op->deadline_us = op->sent_us + (uint64_t)s->timeout_ms * 1000u;
-    bool idle = TAILQ_EMPTY(&s->waiting);
-    TAILQ_INSERT_TAIL(&s->waiting, op, entry);
-    op->in_fifo = true;
-    /* a pending timer fires no later than this op's deadline and re-arms */
-    if (idle && !event_pending(s->timeout_ev, EV_TIMEOUT, NULL))
-        arm_timeout(s, op->sent_us);
+    fifo_add(s, op);
     return op;
 }
 
@@ -943,9 +970,23 @@ static void store_redis_on_write_reply(redisAsyncContext *ac, void *r, void *pri
     }
 }
 
+/* The reply to a write whose outcome is wanted. */
+static void store_redis_on_set_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis_op *op = privdata;
+    struct store_redis *s = op->s;
+    const redisReply *reply = r;
+
+    assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_SET);
+    store_redis_on_write_reply(ac, r, s);
+    answer_set(s, op, reply != NULL && reply->type != REDIS_REPLY_ERROR);
+    op_release(s, op);
+}
+
 int store_redis_set(struct store_redis *s, const char *key, size_t key_len, const void *value,
                     size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
-                    const size_t *index_lens, unsigned index_count)
+                    const size_t *index_lens, unsigned index_count, store_redis_set_fn cb,
+                    void *arg)
 {
     char ttl[STORE_REDIS_NUM_MAX], nkeys[STORE_REDIS_NUM_MAX];
     const char *stack_argv[STORE_REDIS_STACK_INDEXES + 8];
@@ -955,11 +996,22 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
     /* PX 0 is an error to Redis: an entry that expires now is not stored */
     if (!usable(s, false) || ttl_ms == 0)
         return -1;
+    struct store_redis_op *op = NULL;
+    redisCallbackFn *on_reply = store_redis_on_write_reply;
+    void *privdata = s;
+    if (cb != NULL) {
+        op = op_acquire(s, OP_SET, arg); /* released by store_redis_on_set_reply() */
+        if (op == NULL)
+            return -1;
+        op->cb.set = cb;
+        on_reply = store_redis_on_set_reply;
+        privdata = op;
+    }
     int ttl_len = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ttl_ms);
     if (index_count == 0) {
         const char *argv[5] = {"SET", key, value, "PX", ttl};
         const size_t argvlen[5] = {3, key_len, value_len, 2, (size_t)ttl_len};
-        rc = redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 5, argv, argvlen);
+        rc = redisAsyncCommandArgv(s->ac, on_reply, privdata, 5, argv, argvlen);
     } else {
         /* EVALSHA sha numkeys key index... value ttl */
         unsigned argc = 4 + index_count + 2;
@@ -971,6 +1023,8 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
             if (argv == NULL || argvlen == NULL) {
                 free(argv);
                 free(argvlen);
+                if (op != NULL)
+                    op_release(s, op);
                 return -1;
             }
         }
@@ -992,16 +1046,21 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
         argv[n] = ttl;
         argvlen[n++] = (size_t)ttl_len;
         assert(n == argc);
-        rc = redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, (int)argc, argv, argvlen);
+        rc = redisAsyncCommandArgv(s->ac, on_reply, privdata, (int)argc, argv, argvlen);
         if (argv != stack_argv) {
             free(argv);
             free(argvlen);
         }
     }
-    if (rc != REDIS_OK)
+    if (rc != REDIS_OK) {
+        if (op != NULL)
+            op_release(s, op);
         return -1;
+    }
     s->inflight++;
     SR_INC(s->stats.sets);
+    if (op != NULL)
+        fifo_add(s, op);
     return 0;
 }
 

@@ -74,6 +74,11 @@ struct store_redis_stats {
 typedef void (*store_redis_get_fn)(void *arg, enum store_redis_result r, const char *data,
                                    size_t len);
 
+/* Called once per write given one: <stored> when Redis answered that it
+ * stored the value; false when it erred, did not answer within the timeout
+ * (a late answer is then dropped), the link dropped or the store was freed. */
+typedef void (*store_redis_set_fn)(void *arg, bool stored);
+
 /* Called once per purge with the number of entries it affected,
  * -1 when it failed (error reply, link lost, store freed). */
 typedef void (*store_redis_count_fn)(void *arg, long long count);
@@ -109,12 +114,17 @@ void store_redis_cancel(struct store_redis_op *op);
  * may be NULL when the count is 0) scored by its expiry (epoch ms, Redis's
  * clock), drops members already expired, and extends each set's expiry to
  * at least the entry's. Without indexes a plain SET PX, else one command (a
- * script, loaded on every link). Fire and forget: 0 when sent, -1 when
- * Redis is not usable or <ttl_ms> is 0 (nothing sent). Everything is copied.
+ * script, loaded on every link). 0 when sent, -1 when Redis is not usable,
+ * <ttl_ms> is 0 or memory ran out (nothing sent). Everything is copied.
+ * <cb> NULL: fire and forget. Else <cb> is called exactly once when 0 is
+ * returned, never from within this call, at the latest at the get timeout,
+ * with the outcome: once it said stored, a get sent on any link finds the
+ * value. Its timeouts do not count towards marking Redis slow.
  */
 int store_redis_set(struct store_redis *s, const char *key, size_t key_len, const void *value,
                     size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
-                    const size_t *index_lens, unsigned index_count);
+                    const size_t *index_lens, unsigned index_count, store_redis_set_fn cb,
+                    void *arg);
 
 /* Purges, all sent even while Redis is slow. <soft> keeps each entry but
  * makes it stale: the freshness_ms of a response entry (cache_entry.h kind

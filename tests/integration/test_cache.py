@@ -857,6 +857,64 @@ def test_a_waiter_forwards_on_its_own_after_lock_timeout(origins, clonegate):
     assert cache_status(answers["second"]).get("collapsed") is True
 
 
+@pytest.mark.hard_timeout(60)
+@pytest.mark.parametrize("where", ["no-memory", "too-large-for-l1"])
+def test_concurrent_misses_of_an_entry_kept_in_redis_only_send_one_request(
+        origins, clonegate, redis, where):
+    # The filler stores in Redis only (no L1, or a body over memory / 32):
+    # its waiters find the entry there, once each, and go nowhere else.
+    if where == "no-memory":
+        ini, size = {"cache.memory": "0"}, None
+    else:
+        ini, size = {"cache.memory": "1m"}, 100_000  # L1 takes 32 KiB at most
+    ini["server.workers"] = 2
+    cg, o = start(clonegate, origins, redis=redis, **ini)
+    params = dict(cc="max-age=60", ms="800")
+    if size:
+        params["size"] = str(size)
+    t = url(f"herd-redis-{where}", **params)
+    # each worker's Redis link connects after the listener opens
+    helpers.wait_for(lambda: cg.stats()["cache"]["redis"]["state"] == "up", timeout=5,
+                     what="the Redis links up")
+    before = cg.stats()["cache"]
+    answers = concurrent_gets(cg.port, t, 5)
+    assert all(r is not None and r.status == 200 for r in answers), answers
+    if size:
+        assert all(helpers.sha256(r.body) == helpers.pattern_sha256(size) for r in answers)
+    else:
+        assert all(r.body == body_of(o, t, 1) for r in answers)
+    statuses = [cache_status(r) for r in answers]
+    assert sum(1 for cs in statuses if cs.get("stored") is True) == 1, statuses
+    assert sum(1 for cs in statuses if cs.get("hit") is True) == 4, statuses
+    assert o.count(path_of(t)) == 1, (statuses, cg.stats()["cache"])
+    after = cg.stats()["cache"]
+    assert after["stores"] - before["stores"] == 1, "a waiter stored the entry again"
+    assert after["coalesced_waits"] - before["coalesced_waits"] == 4
+    assert after["redis"]["sets"] - before["redis"]["sets"] == 1
+
+
+def test_waiters_go_to_the_clone_at_once_when_the_filler_could_store_nothing(
+        origins, clonegate, redis):
+    # No L1 and Redis down: nothing is stored, so no waiter may wait for
+    # lock_timeout nor be answered from the cache.
+    cg, o = start(clonegate, origins, redis=redis,
+                  **{"cache.memory": "0", "cache.lock_timeout": "5s", "server.workers": 2})
+    helpers.wait_for(lambda: cg.stats()["cache"]["redis"]["state"] == "up", timeout=5,
+                     what="the Redis link up")
+    redis.kill9()
+    helpers.wait_for(lambda: cg.stats()["cache"]["redis"]["state"] != "up", timeout=5,
+                     what="the Redis link down")
+    t = url("herd-nowhere", cc="max-age=60", ms="400")
+    t0 = time.monotonic()
+    answers = concurrent_gets(cg.port, t, 5)
+    took = time.monotonic() - t0
+    assert all(r is not None and r.status == 200 for r in answers), answers
+    assert not any(is_hit(r) for r in answers)
+    assert sorted(r.body for r in answers) == sorted(body_of(o, t, n) for n in range(1, 6))
+    assert o.count(path_of(t)) == 5
+    assert took < 2.5, f"the waiters took {took:.1f} s"
+
+
 # ------------------------------------------------------------ stale answers
 
 
