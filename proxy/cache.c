@@ -271,7 +271,9 @@ struct cache_entry *cache_get(struct cache *c, uint64_t url_hash, const char *ke
     return found;
 }
 
-bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms)
+/* cache_put(), and when <longer>, cache_put_longer(). */
+static bool put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms,
+                bool longer)
 {
     struct shard *s = shard_of(c, url_hash);
     size_t size = cache_entry_size(e);
@@ -287,6 +289,9 @@ bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_
     struct cache_entry **slot = &s->buckets[url_hash & (s->nbuckets - 1)];
     for (struct cache_entry *o; (o = *slot) != NULL; slot = &o->l1_next) {
         if (o->l1_hash == url_hash && cache_entry_key_equals(o, e->key, e->key_len)) {
+            /* a marker the record replaces lends it nothing */
+            if (longer && o->kind == e->kind && o->l1_expires_ms > expires_ms)
+                expires_ms = o->l1_expires_ms;
             shard_drop(s, slot, o);
             break;
         }
@@ -313,6 +318,16 @@ bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_
     s->bytes += size;
     pthread_mutex_unlock(&s->lock);
     return true;
+}
+
+bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms)
+{
+    return put(c, url_hash, e, expires_ms, false);
+}
+
+bool cache_put_longer(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms)
+{
+    return put(c, url_hash, e, expires_ms, true);
 }
 
 /* Whether <e>'s key is <url> or a variant of it. */

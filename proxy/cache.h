@@ -93,6 +93,13 @@ struct cache_entry *cache_get(struct cache *c, uint64_t url_hash, const char *ke
  */
 bool cache_put(struct cache *c, uint64_t url_hash, struct cache_entry *e, int64_t expires_ms);
 
+/* As cache_put(), except that an entry of the same kind it replaces which
+ * expires after <expires_ms> hands its expiry on: the key's expiry never
+ * moves earlier (a URL's Vary record, which lives as long as its
+ * longest-lived variant). */
+bool cache_put_longer(struct cache *c, uint64_t url_hash, struct cache_entry *e,
+                      int64_t expires_ms);
+
 /* What a purge selects. */
 enum cache_purge_kind {
     CACHE_PURGE_URL = 0,    /* one URL key and its variants */

@@ -1766,7 +1766,11 @@ static void conn_on_redis(void *arg, enum store_redis_result r, const char *data
             int64_t keep = entry_keep_ms(e, now);
             if (keep > 0) {
                 STATS_INC(c->w->stats->cache.l2_hits);
-                cache_put(cache_of(c), cx->url_hash, e, now + keep); /* may refuse: no L1 */
+                /* may refuse: no L1; a Vary record never shortens one there */
+                if (e->kind == CACHE_ENTRY_VARY)
+                    cache_put_longer(cache_of(c), cx->url_hash, e, now + keep);
+                else
+                    cache_put(cache_of(c), cx->url_hash, e, now + keep);
                 cache_found(c, e);
                 return;
             }
@@ -2370,9 +2374,10 @@ static void conn_on_redis_stored(void *arg, bool stored)
 }
 
 /*
- * Puts <e> into L1 and Redis; for a Vary variant, the URL's Vary record too.
- * Sets cx->stored when <e> is in L1 or its Redis write went out. When it is
- * in Redis only, the fill (cx->fill) is handed to that write's answer.
+ * Puts <e> into L1 and Redis; for a Vary variant, the URL's Vary record too,
+ * which lives as long as the longest-lived variant it leads to. Sets
+ * cx->stored when <e> is in L1 or its Redis write went out. When it is in
+ * Redis only, the fill (cx->fill) is handed to that write's answer.
  */
 static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct conn_store *st,
                             int64_t keep, int64_t now)
@@ -2384,14 +2389,13 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
     bool record_sent = true; /* a plain entry needs no record */
 
     if (st && st->vary_len) {
+        /* its times state its own lifetime (what Redis readers go by), not
+         * the variant's: a later expiry in L1 or Redis is kept */
         struct cache_entry_parts vp = {
             .kind = CACHE_ENTRY_VARY,
             .status = e->status,
-            .response_ms = e->response_ms,
-            .initial_age_ms = e->initial_age_ms,
-            .freshness_ms = e->freshness_ms,
-            .swr_ms = e->swr_ms,
-            .sie_ms = e->sie_ms,
+            .response_ms = now,
+            .freshness_ms = keep,
             .last_modified_ms = -1,
             .key = cx->key,
             .key_len = cx->url_len,
@@ -2401,11 +2405,11 @@ static void cache_put_entry(struct conn *c, struct cache_entry *e, const struct 
         struct cache_entry *ve = cache_entry_build(&vp);
         record_sent = false;
         if (ve) {
-            cache_put(cache, cx->url_hash, ve, now + keep);
+            cache_put_longer(cache, cx->url_hash, ve, now + keep);
             if (c->w->redis) {
                 size_t rl = cache_redis_key("", cx->key, cx->url_len, rkey);
-                record_sent = store_redis_set(c->w->redis, rkey, rl, ve->blob, ve->blob_len,
-                                              (uint64_t)keep, NULL, NULL, 0, NULL, NULL) == 0;
+                record_sent = store_redis_set_longest(c->w->redis, rkey, rl, ve->blob, ve->blob_len,
+                                                      (uint64_t)keep) == 0;
             }
             cache_entry_unref(ve);
         }

@@ -106,16 +106,29 @@
     "end\n"
 
 /*
- * A write with indexes. KEYS: the entry, then its indexes. ARGV: value, ttl
- * ms. Times are Redis's clock (epoch ms), so the entry's expiry and its
- * score in every index are the same number, whatever the clocks of the
- * instances sharing an index. Numbers stay below 2^53, exact in Lua.
+ * A write with indexes, or one that must not shorten its key's life. KEYS:
+ * the entry, then its indexes. ARGV: value, ttl ms, "1" when the key's
+ * expiry may not move earlier: a key that outlives the ttl keeps its expiry,
+ * and the value (a cache_entry.h one) its freshness_ms (i64 at 28) grown by
+ * the difference, so that it still states how long it lives. Times are
+ * Redis's clock (epoch ms), so the entry's expiry and its score in every
+ * index are the same number, whatever the clocks of the instances sharing
+ * an index. Numbers stay below 2^53, exact in Lua.
  */
 static const char put_script[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local at = string.format('%.0f', now + tonumber(ARGV[2]))\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at)\n"
+    "local ttl, v = tonumber(ARGV[2]), ARGV[1]\n"
+    "if ARGV[3] == '1' and #v >= 36 then\n"
+    "  local left = redis.call('PTTL', KEYS[1])\n"
+    "  if left > ttl then\n"
+    "    local fresh = struct.unpack('<i8', v, 29) + left - ttl\n"
+    "    v = v:sub(1, 28) .. struct.pack('<i8', fresh) .. v:sub(37)\n"
+    "    ttl = left\n"
+    "  end\n"
+    "end\n"
+    "local at = string.format('%.0f', now + ttl)\n"
+    "redis.call('SET', KEYS[1], v, 'PXAT', at)\n"
     "for i = 2, #KEYS do\n"
     "  redis.call('ZADD', KEYS[i], at, KEYS[1])\n"
     "  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', now))\n"
@@ -983,10 +996,12 @@ static void store_redis_on_set_reply(redisAsyncContext *ac, void *r, void *privd
     op_release(s, op);
 }
 
-int store_redis_set(struct store_redis *s, const char *key, size_t key_len, const void *value,
-                    size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
-                    const size_t *index_lens, unsigned index_count, store_redis_set_fn cb,
-                    void *arg)
+/* store_redis_set() and store_redis_set_longest(): <longest> keeps the
+ * key's expiry from moving earlier (put_script's third argument). */
+static int put(struct store_redis *s, const char *key, size_t key_len, const void *value,
+               size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
+               const size_t *index_lens, unsigned index_count, bool longest, store_redis_set_fn cb,
+               void *arg)
 {
     char ttl[STORE_REDIS_NUM_MAX], nkeys[STORE_REDIS_NUM_MAX];
     const char *stack_argv[STORE_REDIS_STACK_INDEXES + 8];
@@ -1008,13 +1023,13 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
         privdata = op;
     }
     int ttl_len = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ttl_ms);
-    if (index_count == 0) {
+    if (index_count == 0 && !longest) {
         const char *argv[5] = {"SET", key, value, "PX", ttl};
         const size_t argvlen[5] = {3, key_len, value_len, 2, (size_t)ttl_len};
         rc = redisAsyncCommandArgv(s->ac, on_reply, privdata, 5, argv, argvlen);
     } else {
-        /* EVALSHA sha numkeys key index... value ttl */
-        unsigned argc = 4 + index_count + 2;
+        /* EVALSHA sha numkeys key index... value ttl longest */
+        unsigned argc = 4 + index_count + 3;
         const char **argv = stack_argv;
         size_t *argvlen = stack_lens;
         if (index_count > STORE_REDIS_STACK_INDEXES) {
@@ -1045,6 +1060,8 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
         argvlen[n++] = value_len;
         argv[n] = ttl;
         argvlen[n++] = (size_t)ttl_len;
+        argv[n] = longest ? "1" : "0";
+        argvlen[n++] = 1;
         assert(n == argc);
         rc = redisAsyncCommandArgv(s->ac, on_reply, privdata, (int)argc, argv, argvlen);
         if (argv != stack_argv) {
@@ -1062,6 +1079,21 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
     if (op != NULL)
         fifo_add(s, op);
     return 0;
+}
+
+int store_redis_set(struct store_redis *s, const char *key, size_t key_len, const void *value,
+                    size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
+                    const size_t *index_lens, unsigned index_count, store_redis_set_fn cb,
+                    void *arg)
+{
+    return put(s, key, key_len, value, value_len, ttl_ms, index_keys, index_lens, index_count,
+               false, cb, arg);
+}
+
+int store_redis_set_longest(struct store_redis *s, const char *key, size_t key_len,
+                            const void *value, size_t value_len, uint64_t ttl_ms)
+{
+    return put(s, key, key_len, value, value_len, ttl_ms, NULL, NULL, 0, true, NULL, NULL);
 }
 
 /* ------------------------------------------------------------ purges */

@@ -12,7 +12,8 @@
  * not answering. Reconnects with back-off (100 ms doubling to 5 s).
  * Decides nothing about caching: keys and values are opaque bytes, except
  * that purges read the fixed header of cache_entry.h values (magic, kind,
- * freshness_ms, key text) to soften entries and match key prefixes.
+ * freshness_ms, key text) to soften entries and match key prefixes, and
+ * store_redis_set_longest() grows a value's freshness_ms with its TTL.
  * Index keys (a URL's variants, a tag's entries) are sorted sets scored by
  * each member's expiry, epoch ms, trimmed on every write and expiring with
  * their last member. A store may instead be made a subscriber link for
@@ -125,6 +126,17 @@ int store_redis_set(struct store_redis *s, const char *key, size_t key_len, cons
                     size_t value_len, uint64_t ttl_ms, const char *const *index_keys,
                     const size_t *index_lens, unsigned index_count, store_redis_set_fn cb,
                     void *arg);
+
+/*
+ * As store_redis_set() without indexes or callback, for a cache_entry.h
+ * value whose freshness_ms is its whole lifetime (a URL's Vary record),
+ * with the script: <key>'s expiry never moves earlier. When the key already
+ * outlives <ttl_ms>, <value> replaces it but takes its expiry, and its
+ * freshness_ms grows by the difference, so that it still states how long
+ * it lives. 0 when sent, -1 when not (as store_redis_set()).
+ */
+int store_redis_set_longest(struct store_redis *s, const char *key, size_t key_len,
+                            const void *value, size_t value_len, uint64_t ttl_ms);
 
 /* Purges, all sent even while Redis is slow. <soft> keeps each entry but
  * makes it stale: the freshness_ms of a response entry (cache_entry.h kind

@@ -458,6 +458,30 @@ def test_vary_keeps_one_variant_per_request_header_value(origins, clonegate):
     assert o.count(path_of(t)) == 3
 
 
+@pytest.mark.parametrize("memory", ["64m", "0"])
+def test_a_short_lived_variant_does_not_cut_the_vary_record_of_a_fresh_one(
+        origins, clonegate, redis, memory):
+    # The Vary record leads every request of the URL to its variant: it must
+    # live as long as its longest-lived variant, in L1 and in Redis (with
+    # memory = 0 both the record and the variant come from Redis).
+    cg, o = start(clonegate, origins, redis=redis, **{"cache.memory": memory})
+    t = url("vary-life", cc="max-age=600", vary="Accept-Language")
+    p = path_of(t)
+    en, fr = {"Accept-Language": "en"}, {"Accept-Language": "fr"}
+    assert cache_status(cg.get(t, headers=en)).get("stored") is True
+    helpers.wait_for(lambda: redis_key(t) in redis_keys(redis), timeout=5, what="the Vary record")
+    assert is_hit(cg.get(t, headers=en))
+    control(o, p, cc="max-age=1")
+    cs = cache_status(cg.get(t, headers=fr))
+    assert cs.get("fwd") == "vary-miss" and cs.get("stored") is True, cs
+    time.sleep(PAST_ONE_SECOND + 0.2)  # fr is past its lifetime, en is not
+    r = cg.get(t, headers=en)
+    assert is_hit(r) and r.body == body_of(o, t, 1, " accept-language=en"), r
+    assert o.count(p) == 2
+    pttl = redis.command("PTTL", redis_key(t))
+    assert pttl > 590_000, f"the Vary record's TTL in Redis is {pttl} ms"
+
+
 # ------------------------------------------------------------ L1 and L2
 
 

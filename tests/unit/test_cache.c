@@ -6,7 +6,9 @@
  * and two keys sharing a table slot each still getting theirs. L1 off
  * (memory 0) still keeps the markers of URLs not worth storing, and only
  * those, and a refused answer still takes away the marker of its URL.
- * Each test makes its own cache (L1 off: memory 0) and frees it.
+ * cache_put_longer() never moves a key's expiry earlier.
+ * Each test makes its own cache (L1 off: memory 0, unless it stores) and
+ * frees it.
  */
 #include "cache.h"
 
@@ -152,6 +154,43 @@ static void test_refused_answer_drops_the_marker(void **state)
     cache_free(c);
 }
 
+static void test_put_longer_never_moves_the_expiry_earlier(void **state)
+{
+    (void)state;
+    struct cache *c = cache_new(1 << 20);
+    assert_non_null(c);
+    /* a Vary record written for a long-lived variant, then for a short one */
+    const char *url = "http://a/varies";
+    struct cache_entry *long_lived = entry_of(CACHE_ENTRY_VARY, url);
+    struct cache_entry *short_lived = entry_of(CACHE_ENTRY_VARY, url);
+    assert_non_null(long_lived);
+    assert_non_null(short_lived);
+    assert_true(cache_put_longer(c, hash_of(url), long_lived, 600000));
+    assert_true(cache_put_longer(c, hash_of(url), short_lived, 2000));
+    /* the newer record is the one kept, with the older one's expiry */
+    struct cache_entry *got = cache_get(c, hash_of(url), url, strlen(url), 300000);
+    assert_ptr_equal(got, short_lived);
+    cache_entry_unref(got);
+    assert_null(cache_get(c, hash_of(url), url, strlen(url), 600000));
+    /* a later expiry still wins, and cache_put() itself still replaces it */
+    assert_true(cache_put_longer(c, hash_of(url), long_lived, 900000));
+    got = cache_get(c, hash_of(url), url, strlen(url), 800000);
+    assert_ptr_equal(got, long_lived);
+    cache_entry_unref(got);
+    assert_true(cache_put(c, hash_of(url), short_lived, 801000));
+    assert_null(cache_get(c, hash_of(url), url, strlen(url), 801000));
+    /* a marker of the URL (not storable lately) lends a record nothing */
+    struct cache_entry *m = entry_of(CACHE_ENTRY_PASS, url);
+    assert_non_null(m);
+    assert_true(cache_put(c, hash_of(url), m, 2000000));
+    assert_true(cache_put_longer(c, hash_of(url), short_lived, 1000000));
+    assert_null(cache_get(c, hash_of(url), url, strlen(url), 1000000));
+    cache_entry_unref(m);
+    cache_entry_unref(long_lived);
+    cache_entry_unref(short_lived);
+    cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -161,6 +200,7 @@ int main(void)
         cmocka_unit_test(test_shared_slot_never_blocks),
         cmocka_unit_test(test_no_l1_keeps_only_pass_markers),
         cmocka_unit_test(test_refused_answer_drops_the_marker),
+        cmocka_unit_test(test_put_longer_never_moves_the_expiry_earlier),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
