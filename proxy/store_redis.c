@@ -251,6 +251,8 @@ struct store_redis {
     store_redis_message_fn on_message;      /* the subscriber's */
     store_redis_link_fn on_link;            /* the subscriber's */
     void *sub_arg;                          /* the subscriber's, passed back */
+    store_redis_up_fn on_up;                /* store_redis_set_on_up()'s; NULL none */
+    void *up_arg;                           /* passed back to on_up */
     struct op_list waiting;         /* gets, OP_SETs owed an answer, earliest deadline first */
     struct op_list spare;           /* owned free ops, freed in store_redis_free() */
     unsigned spare_count;           /* length of spare */
@@ -458,6 +460,8 @@ static void store_redis_on_connect(const redisAsyncContext *ac, int status)
     else
         log_info("redis %s: connected", s->addr);
     s->reported_down = false;
+    if (s->on_up != NULL && !s->subscriber)
+        s->on_up(s->up_arg);
 }
 
 static void store_redis_on_disconnect(const redisAsyncContext *ac, int status)
@@ -640,6 +644,12 @@ void store_redis_free(struct store_redis *s)
     free(s->addr);
     free(s->sub_channel);
     free(s);
+}
+
+void store_redis_set_on_up(struct store_redis *s, store_redis_up_fn on_up, void *arg)
+{
+    s->on_up = on_up;
+    s->up_arg = arg;
 }
 
 enum store_redis_state store_redis_state(const struct store_redis *s)

@@ -90,6 +90,9 @@ typedef void (*store_redis_message_fn)(void *arg, const char *msg, size_t len);
 /* The subscription is live (<up>) or lost: messages may have been missed. */
 typedef void (*store_redis_link_fn)(void *arg, bool up);
 
+/* The link of a store (not a subscriber) is connected again. */
+typedef void (*store_redis_up_fn)(void *arg);
+
 /*
  * Starts a store on <base> for <addr> ("host:port" or "unix:/path"), with
  * <timeout_ms> the longest a get may wait. Connecting starts at once, in
@@ -182,6 +185,13 @@ int store_redis_publish(struct store_redis *s, const char *channel, const void *
 int store_redis_subscribe(struct store_redis *s, const char *channel,
                           store_redis_message_fn on_message, store_redis_link_fn on_link,
                           void *arg);
+
+/*
+ * <on_up>(<arg>) is called each time the link of <s> (not a subscriber) is
+ * connected, before any command but the script load is sent on it; NULL
+ * stops the calls. It may send commands on <s>. Owning thread.
+ */
+void store_redis_set_on_up(struct store_redis *s, store_redis_up_fn on_up, void *arg);
 
 enum store_redis_state store_redis_state(const struct store_redis *s);
 
