@@ -1797,7 +1797,8 @@ static void cache_lookup(struct conn *c)
     int64_t now = wall_ms();
 
     struct cache_entry *e = cache_get(cache, cx->url_hash, cx->key, cx->key_len, now);
-    if (!e && c->w->redis) {
+    /* not while purges wait for Redis: it may still hold what they removed */
+    if (!e && c->w->redis && !purge_redis_blocked(c->w->shared->purge)) {
         bool *tried = cx->vary_checked ? &cx->redis_variant_tried : &cx->redis_url_tried;
         if (!*tried) {
             *tried = true;
@@ -1958,8 +1959,9 @@ static void cache_forward(struct conn *c, enum stats_cache_outcome why)
     dispatch(c);
 }
 
-/* A PURGE's count came (its connection may be gone). */
-static void conn_on_purged(void *arg, long long count)
+/* A PURGE's count came (its connection may be gone): 200, 404 when
+ * nothing was stored, 503 or 504 when Redis was not purged (purge_answer()). */
+static void conn_on_purged(void *arg, long long count, enum purge_outcome outcome)
 {
     struct conn_purge *op = arg;
     struct conn *c = op->c;
@@ -1967,9 +1969,11 @@ static void conn_on_purged(void *arg, long long count)
     if (!c)
         return;
     c->ex->cx->purge = NULL;
-    char body[64];
-    int blen = snprintf(body, sizeof(body), "{\"purged\":%lld}\n", count > 0 ? count : 0);
-    unsigned status = count > 0 ? 200 : 404;
+    char body[PURGE_ANSWER_MAX];
+    unsigned status = (unsigned)purge_answer(count, outcome, body, sizeof(body));
+    if (status == 200 && count <= 0)
+        status = 404;
+    int blen = (int)strlen(body);
     if (evbuffer_add_printf(c->cs.out,
                             "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\n"
                             "Content-Length: %d\r\nCache-Status: clonegate; fwd=bypass\r\n%s\r\n%s",
@@ -2148,14 +2152,9 @@ static void keep_tags(struct conn_store *st, const struct http_head *h, const ch
  * Redis, with those of Location / Content-Location on the same origin. */
 static void cache_invalidate_url(struct conn *c, const char *url, size_t len)
 {
-    char rkey[CACHE_REDIS_KEY_LEN + 1], skey[CACHE_REDIS_KEY_LEN + 4];
     cache_purge(cache_of(c), CACHE_PURGE_URL, url, len, false);
-    if (c->w->redis) {
-        size_t rl = cache_redis_key("", url, len, rkey);
-        size_t sl = cache_redis_key("vs:", url, len, skey);
-        store_redis_purge_key(c->w->redis, rkey, rl, skey, sl, false, NULL, NULL);
-        purge_announce_store(c->w->redis, url, len); /* other instances drop it too */
-    }
+    if (c->w->redis) /* kept for a replay when Redis cannot take it now */
+        purge_invalidate(c->w->shared->purge, c->w->redis, url, len);
     STATS_INC(c->w->stats->cache.invalidations);
 }
 

@@ -4,13 +4,25 @@
  *
  * Owns: its two Redis links (admin purges, subscription), the pending
  * state of each admin or worker purge (struct purge_op, freed when its
- * last Redis answer came). Borrows the cache and the admin's event_base.
+ * last Redis answer came), the queue of purges waiting for Redis (struct
+ * purge_item, each freed once Redis did it, or by purge_free()) and the
+ * replay event. Borrows the cache and the admin's event_base.
  * Message format on PURGE_CHANNEL: "<instance> <kind> <soft> <argument>",
  * kind one of u (URL), p (prefix), t (tag), a (all), s (a store of URL).
+ *
+ * The queue (see purge.h) is filled by any thread under <lock>, which also
+ * guards the replay's count; the replay itself runs on the admin thread,
+ * on the admin's link only, one round at a time: the queue is taken whole,
+ * each purge sent, and the round ends when Redis answered them all. Purges
+ * commute, so a failed one simply goes back to the queue. <blocked>, the
+ * flag the workers read before asking Redis, is set with the first queued
+ * purge and cleared, under <lock>, only when nothing is queued, lost or in
+ * flight.
  */
 #include "purge.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +36,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "store_redis.h"
 
@@ -34,12 +47,33 @@
 
 static const char kind_chars[4] = {'u', 'p', 't', 'a'};
 
+/* A purge kept for Redis: made by item_new(), freed once Redis did it, when
+ * it cannot be kept, or by purge_free(). */
+struct purge_item {
+    struct purge *p; /* borrowed */
+    enum cache_purge_kind kind;
+    bool soft;
+    size_t len; /* bytes of arg, without its NUL */
+    char arg[]; /* the purge argument, NUL-terminated */
+};
+
 struct purge {
     struct event_base *base;   /* borrowed: the admin thread's */
     struct cache *cache;       /* borrowed; outlives the purge */
-    struct store_redis *admin; /* owned: the admin's purges; NULL without Redis */
+    struct store_redis *admin; /* owned: the admin's purges and replays; NULL without Redis */
     struct store_redis *sub;   /* owned: the subscription; NULL without Redis */
     struct purge_stats stats;  /* atomics */
+    pthread_mutex_t lock;      /* guards queue, queued, lost, lost_hard, replaying, replay_failed */
+    struct purge_item *queue[PURGE_QUEUE_MAX]; /* owned: purges waiting for Redis, in order */
+    unsigned queued;                           /* length of queue */
+    bool lost;               /* a purge could not be kept: the next replay purges everything */
+    bool lost_hard;          /* ... hard, as one of those lost was */
+    unsigned replaying;      /* purges of the replay round Redis has not answered */
+    bool replay_failed;      /* one of this round's failed: retry after PURGE_REPLAY_RETRY_MS */
+    bool replay_failing;     /* admin thread: the last round failed (logged once until one works) */
+    int blocked;             /* atomic: 1 while purges are queued, lost or replaying */
+    struct event *replay_ev; /* owned: runs a replay round (admin thread); NULL without Redis */
+    bool freeing;            /* purge_free() runs: Redis answers only free what they carry */
 };
 
 /* One purge waiting on Redis: made per purge, freed by op_finish(). */
@@ -57,6 +91,7 @@ struct purge_op {
     long long redis;     /* what Redis purged; -1 until one answered */
     struct event *timer; /* owned: answers without Redis after PURGE_WAIT_MS; NULL none */
     bool answered;       /* <done> ran: the op lives on only until Redis answers */
+    bool failed;         /* Redis refused or failed it: queued for a replay */
 };
 
 static char instance_id[17];
@@ -188,23 +223,273 @@ static void purge_on_link(void *arg, bool up)
     log_info("cache: invalidation channel %s: L1 emptied (%u entries)", up ? "up" : "lost", n);
 }
 
+/* ------------------------------------------------------------ the queue */
+
+static const char *kind_name(enum cache_purge_kind kind)
+{
+    return kind == CACHE_PURGE_URL      ? "url"
+           : kind == CACHE_PURGE_PREFIX ? "prefix"
+           : kind == CACHE_PURGE_TAG    ? "tag"
+                                        : "all";
+}
+
+/* A copy of a purge; NULL when out of memory. Freed with free(). */
+static struct purge_item *item_new(struct purge *p, enum cache_purge_kind kind, bool soft,
+                                   const char *arg, size_t len)
+{
+    struct purge_item *it = malloc(sizeof(*it) + len + 1);
+    if (!it)
+        return NULL;
+    it->p = p;
+    it->kind = kind;
+    it->soft = soft;
+    it->len = len;
+    if (len)
+        memcpy(it->arg, arg, len);
+    it->arg[len] = '\0';
+    return it;
+}
+
+/* The workers' flag and the gauge follow the queue; <lock> held. */
+static void gate_update_locked(struct purge *p)
+{
+    bool waiting = p->queued > 0 || p->lost || p->replaying > 0;
+    __atomic_store_n(&p->blocked, waiting ? 1 : 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->stats.queued, (uint64_t)p->queued + p->replaying, __ATOMIC_RELAXED);
+}
+
+/* Keeps <it> (takes it) for the next replay; a full queue drops it and
+ * makes the next replay purge everything. <lock> held. Returns whether
+ * the purge was lost. */
+static bool keep_locked(struct purge *p, struct purge_item *it, bool soft)
+{
+    if (it && p->queued < PURGE_QUEUE_MAX) {
+        p->queue[p->queued++] = it;
+        return false;
+    }
+    free(it);
+    p->lost = true;
+    if (!soft)
+        p->lost_hard = true;
+    return true;
+}
+
+/*
+ * Keeps a purge Redis could not take, for the replay; blocks the workers'
+ * Redis lookups until then. <wake>: start a replay now, should the admin's
+ * link be up (not for a purge of the replay itself, which waits for the
+ * retry). Any thread.
+ */
+static void queue_add(struct purge *p, enum cache_purge_kind kind, bool soft, const char *arg,
+                      size_t len, bool wake)
+{
+    struct purge_item *it = item_new(p, kind, soft, arg, len); /* freed once Redis did it */
+    pthread_mutex_lock(&p->lock);
+    bool first_lost = !p->lost;
+    bool lost = keep_locked(p, it, soft);
+    unsigned queued = p->queued;
+    gate_update_locked(p);
+    pthread_mutex_unlock(&p->lock);
+    if (lost) {
+        PURGE_BUMP(p->stats.overflows);
+        if (first_lost)
+            log_error("purge %s: %.*s: cannot be kept for Redis (%u purges wait already, or "
+                      "no memory): everything in Redis will be purged (%s) once it is back",
+                      kind_name(kind), (int)(len > 512 ? 512 : len), arg ? arg : "",
+                      PURGE_QUEUE_MAX, soft ? "soft" : "hard");
+    } else if (queued == 1) {
+        /* the first of an outage; the others are logged as purges already */
+        log_warnx("purge %s: %.*s: not applied in Redis: kept until it is back, and Redis "
+                  "lookups paused until then",
+                  kind_name(kind), (int)(len > 512 ? 512 : len), arg ? arg : "");
+    } else {
+        log_debug("%s: purge %s: %.*s: kept for Redis (%u waiting)", __func__, kind_name(kind),
+                  (int)(len > 512 ? 512 : len), arg ? arg : "", queued);
+    }
+    if (wake && !p->freeing)
+        event_active(p->replay_ev, EV_TIMEOUT, 1);
+}
+
+/* Sends the Redis side of a purge on <rs>: 0 when sent (<cb> will be
+ * called), -1 when Redis is not usable now, 1 when there is nothing to send
+ * (a tag too long to have an index). */
+static int redis_send(struct store_redis *rs, enum cache_purge_kind kind, bool soft,
+                      const char *arg, size_t len, store_redis_count_fn cb, void *cb_arg)
+{
+    char key[CACHE_REDIS_KEY_LEN + 8], index[CACHE_REDIS_KEY_LEN + 8];
+    switch (kind) {
+    case CACHE_PURGE_URL: {
+        size_t kl = cache_redis_key("", arg, len, key);
+        size_t il = cache_redis_key("vs:", arg, len, index);
+        return store_redis_purge_key(rs, key, kl, index, il, soft, cb, cb_arg);
+    }
+    case CACHE_PURGE_TAG: {
+        char tkey[PURGE_TAG_KEY_MAX];
+        size_t tl = purge_tag_key(arg, len, tkey);
+        if (tl == 0)
+            return 1;
+        return store_redis_purge_index(rs, tkey, tl, soft, cb, cb_arg);
+    }
+    case CACHE_PURGE_PREFIX:
+        return store_redis_purge_prefix(rs, arg, len, soft, cb, cb_arg);
+    case CACHE_PURGE_ALL:
+        return store_redis_purge_prefix(rs, "", 0, soft, cb, cb_arg);
+    }
+    return 1;
+}
+
+static void arm_replay_retry(struct purge *p)
+{
+    struct timeval tv = {PURGE_REPLAY_RETRY_MS / 1000, (PURGE_REPLAY_RETRY_MS % 1000) * 1000};
+    if (evtimer_add(p->replay_ev, &tv) == -1)
+        log_warnx("purge: cannot arm the replay timer; the next link up replays");
+}
+
+/* One purge of the replay round is over (or, with <it> NULL, the round's
+ * hold is released): a failed <it> goes back to the queue. The last one
+ * ends the round: retried later when one failed, else the next round
+ * when more came meanwhile, else Redis lookups resume. Admin thread. */
+static void replay_release(struct purge *p, struct purge_item *failed)
+{
+    pthread_mutex_lock(&p->lock);
+    bool lost = false;
+    if (failed) {
+        p->replay_failed = true;
+        lost = keep_locked(p, failed, failed->soft);
+    }
+    p->replaying--;
+    bool round_over = p->replaying == 0;
+    bool retry = round_over && p->replay_failed;
+    bool more = round_over && !retry && (p->queued > 0 || p->lost);
+    gate_update_locked(p);
+    bool open = round_over && !p->blocked;
+    pthread_mutex_unlock(&p->lock);
+    if (lost)
+        PURGE_BUMP(p->stats.overflows);
+    if (retry) {
+        if (!p->replay_failing)
+            log_warnx("purge: Redis did not apply the purges kept for it; tried again every %d ms",
+                      PURGE_REPLAY_RETRY_MS);
+        p->replay_failing = true;
+        arm_replay_retry(p);
+        return;
+    }
+    if (!round_over)
+        return;
+    p->replay_failing = false;
+    if (more)
+        event_active(p->replay_ev, EV_TIMEOUT, 1);
+    else if (open)
+        log_info("purge: the purges kept for Redis are applied there; Redis lookups resume");
+}
+
+/* Redis answered one purge of a replay round. */
+static void purge_on_replayed(void *arg, long long count)
+{
+    struct purge_item *it = arg;
+    struct purge *p = it->p;
+    if (p->freeing) {
+        free(it);
+        return;
+    }
+    if (count < 0) {
+        replay_release(p, it);
+        return;
+    }
+    /* other instances may have read what it removed while it waited */
+    announce(p->admin, kind_chars[it->kind], it->soft, it->arg, it->len);
+    PURGE_BUMP(p->stats.replayed);
+    free(it);
+    replay_release(p, NULL);
+}
+
+/* A replay round: every purge kept goes to Redis on the admin's link.
+ * Admin thread. */
+static void purge_on_replay(evutil_socket_t fd, short what, void *arg)
+{
+    struct purge *p = arg;
+    struct purge_item *batch[PURGE_QUEUE_MAX + 1]; /* taken from the queue */
+    (void)fd;
+    (void)what;
+    enum store_redis_state st = store_redis_state(p->admin);
+    if (p->freeing || (st != STORE_REDIS_UP && st != STORE_REDIS_SLOW))
+        return; /* the link's coming up calls again */
+    pthread_mutex_lock(&p->lock);
+    if (p->replaying > 0) {
+        pthread_mutex_unlock(&p->lock);
+        return; /* this round's end starts the next */
+    }
+    unsigned n = p->queued;
+    memcpy(batch, p->queue, n * sizeof(batch[0]));
+    p->queued = 0;
+    if (p->lost) {
+        /* purges were lost: everything goes, as hard as the hardest of them */
+        struct purge_item *all = item_new(p, CACHE_PURGE_ALL, !p->lost_hard, "", 0);
+        if (all) {
+            batch[n++] = all;
+            p->lost = p->lost_hard = false;
+        }
+    }
+    bool stuck = n == 0 && p->lost; /* out of memory for the purge of everything */
+    if (n > 0) {
+        p->replaying = n + 1; /* held until every purge is sent */
+        p->replay_failed = false;
+    }
+    gate_update_locked(p);
+    pthread_mutex_unlock(&p->lock);
+    if (n == 0) {
+        if (stuck)
+            arm_replay_retry(p);
+        return;
+    }
+    if (p->replay_failing)
+        log_debug("%s: replaying %u purge(s) kept for Redis, again", __func__, n);
+    else
+        log_info("purge: replaying %u purge(s) kept for Redis", n);
+    for (unsigned i = 0; i < n; i++) {
+        struct purge_item *it = batch[i];
+        int r = redis_send(p->admin, it->kind, it->soft, it->arg, it->len, purge_on_replayed, it);
+        if (r != 0)
+            purge_on_replayed(it, r == 1 ? 0 : -1);
+    }
+    replay_release(p, NULL);
+}
+
+/* The admin's link is connected (again): replay what waits. */
+static void purge_on_admin_up(void *arg)
+{
+    struct purge *p = arg;
+    event_active(p->replay_ev, EV_TIMEOUT, 1);
+}
+
+bool purge_redis_blocked(const struct purge *p)
+{
+    return p && __atomic_load_n(&p->blocked, __ATOMIC_ACQUIRE) != 0;
+}
+
 struct purge *purge_new(struct event_base *base, struct cache *cache, const struct config *cfg)
 {
     struct purge *p = calloc(1, sizeof(*p)); /* freed by purge_free() */
     if (!p)
         return NULL;
+    if (pthread_mutex_init(&p->lock, NULL) != 0) {
+        free(p);
+        return NULL;
+    }
     p->cache = cache;
     p->base = base;
     purge_instance();
     if (!cache || !cfg->cache_redis[0])
         return p;
+    p->replay_ev = evtimer_new(base, purge_on_replay, p);
     p->admin = store_redis_new(base, cfg->cache_redis, cfg->cache_redis_timeout_ms);
     p->sub = store_redis_new(base, cfg->cache_redis, cfg->cache_redis_timeout_ms);
-    if (!p->admin || !p->sub ||
+    if (!p->replay_ev || !p->admin || !p->sub ||
         store_redis_subscribe(p->sub, PURGE_CHANNEL, purge_on_message, purge_on_link, p) == -1) {
         purge_free(p);
         return NULL;
     }
+    store_redis_set_on_up(p->admin, purge_on_admin_up, p);
     return p;
 }
 
@@ -212,8 +497,20 @@ void purge_free(struct purge *p)
 {
     if (!p)
         return;
+    p->freeing = true; /* the links' last answers free what they carry, nothing more */
     store_redis_free(p->admin);
+    p->admin = NULL;
     store_redis_free(p->sub);
+    p->sub = NULL;
+    if (p->replay_ev)
+        event_free(p->replay_ev);
+    p->replay_ev = NULL;
+    if (p->queued || p->lost)
+        log_warnx("purge: %u purge(s) kept for Redis are dropped at exit%s", p->queued,
+                  p->lost ? ", and a purge of everything" : "");
+    while (p->queued > 0)
+        free(p->queue[--p->queued]);
+    pthread_mutex_destroy(&p->lock);
     free(p);
 }
 
@@ -225,9 +522,12 @@ static void op_answer(struct purge_op *op)
     if (op->answered)
         return;
     op->answered = true;
-    long long n = op->redis >= 0 ? op->redis : op->l1_count;
+    enum purge_outcome outcome = op->failed        ? PURGE_NOT_IN_REDIS
+                                 : op->pending > 0 ? PURGE_REDIS_LATE
+                                                   : PURGE_DONE;
+    long long n = outcome == PURGE_DONE && op->redis >= 0 ? op->redis : op->l1_count;
     PURGE_ADD(op->p->stats.entries, (uint64_t)(n > 0 ? n : 0));
-    op->done(op->done_arg, n);
+    op->done(op->done_arg, n, outcome);
 }
 
 /* Redis did not answer in time: the caller hears this L1's count now; the
@@ -237,7 +537,7 @@ static void purge_on_wait_timeout(evutil_socket_t fd, short what, void *arg)
     struct purge_op *op = arg;
     (void)fd;
     (void)what;
-    log_warnx("purge: Redis did not answer within %d ms; answered with this L1's count (%lld)",
+    log_warnx("purge: Redis did not answer within %d ms; answered 504 with this L1's count (%lld)",
               PURGE_WAIT_MS, op->l1_count);
     op_answer(op);
 }
@@ -246,7 +546,7 @@ static void op_finish(struct purge_op *op)
 {
     /* again once Redis is done: an instance that refilled its L1 from
      * Redis while a multi-step purge ran drops what it took */
-    if (op->rs && op->redis >= 0)
+    if (op->rs && op->redis >= 0 && !op->failed)
         announce(op->rs, kind_chars[op->kind], op->soft, op->arg, op->len);
     op_answer(op);
     if (op->timer)
@@ -258,8 +558,13 @@ static void op_finish(struct purge_op *op)
 static void purge_on_redis(void *arg, long long count)
 {
     struct purge_op *op = arg;
-    if (count >= 0)
+    if (count >= 0) {
         op->redis = (op->redis < 0 ? 0 : op->redis) + count;
+    } else if (!op->failed && !op->p->freeing) {
+        /* it may or may not have run: purges can run twice */
+        op->failed = true;
+        queue_add(op->p, op->kind, op->soft, op->arg, op->len, true);
+    }
     if (--op->pending == 0)
         op_finish(op);
 }
@@ -274,24 +579,25 @@ void purge_run(struct purge *p, struct event_base *base, struct cache *cache,
     PURGE_BUMP(p->stats.by_kind[kind]);
     if (soft)
         PURGE_BUMP(p->stats.soft);
-    log_info("purge %s%s: %.*s (%u in this L1)",
-             kind == CACHE_PURGE_URL      ? "url"
-             : kind == CACHE_PURGE_PREFIX ? "prefix"
-             : kind == CACHE_PURGE_TAG    ? "tag"
-                                          : "all",
-             soft ? " (soft)" : "", (int)(len > 512 ? 512 : len), arg ? arg : "", l1);
-    if (!op) {
-        done(done_arg, l1);
+    log_info("purge %s%s: %.*s (%u in this L1)", kind_name(kind), soft ? " (soft)" : "",
+             (int)(len > 512 ? 512 : len), arg ? arg : "", l1);
+    char *copy = op ? malloc(len ? len : 1) : NULL; /* freed by op_finish() */
+    if (!copy) {
+        /* no memory to follow it in Redis: kept (or lost) for the replay */
+        free(op);
+        if (rs)
+            queue_add(p, kind, soft, arg, len, true);
+        done(done_arg, l1, rs ? PURGE_NOT_IN_REDIS : PURGE_DONE);
         return;
     }
+    if (len)
+        memcpy(copy, arg, len);
     op->p = p;
     op->kind = kind;
     op->soft = soft;
     op->len = len;
-    op->arg = malloc(len ? len : 1); /* freed by op_finish() */
-    if (op->arg && len)
-        memcpy(op->arg, arg, len);
-    op->rs = op->arg ? rs : NULL;
+    op->arg = copy;
+    op->rs = rs;
     op->done = done;
     op->done_arg = done_arg;
     op->l1_count = l1;
@@ -299,41 +605,44 @@ void purge_run(struct purge *p, struct event_base *base, struct cache *cache,
     op->pending = 1; /* held until every Redis call is made */
     if (rs) {
         announce(rs, kind_chars[kind], soft, arg, len);
-        char key[CACHE_REDIS_KEY_LEN + 8], index[CACHE_REDIS_KEY_LEN + 8];
-        size_t kl, il;
-        int r = -1;
-        switch (kind) {
-        case CACHE_PURGE_URL:
-            kl = cache_redis_key("", arg, len, key);
-            il = cache_redis_key("vs:", arg, len, index);
-            r = store_redis_purge_key(rs, key, kl, index, il, soft, purge_on_redis, op);
-            break;
-        case CACHE_PURGE_TAG: {
-            char tkey[PURGE_TAG_KEY_MAX];
-            size_t tl = purge_tag_key(arg, len, tkey);
-            if (tl)
-                r = store_redis_purge_index(rs, tkey, tl, soft, purge_on_redis, op);
-            break;
-        }
-        case CACHE_PURGE_PREFIX:
-            r = store_redis_purge_prefix(rs, arg, len, soft, purge_on_redis, op);
-            break;
-        case CACHE_PURGE_ALL:
-            r = store_redis_purge_prefix(rs, "", 0, soft, purge_on_redis, op);
-            break;
-        }
-        if (r == 0)
+        int r = redis_send(rs, kind, soft, arg, len, purge_on_redis, op);
+        if (r == 0) {
             op->pending++;
+        } else if (r == -1) {
+            op->failed = true;
+            queue_add(p, kind, soft, arg, len, true);
+        }
     }
     if (op->pending > 1 && base) {
         /* the answer waits on Redis, but not for ever */
         op->timer = evtimer_new(base, purge_on_wait_timeout, op);
         struct timeval tv = {PURGE_WAIT_MS / 1000, (PURGE_WAIT_MS % 1000) * 1000};
-        if (op->timer)
-            evtimer_add(op->timer, &tv);
+        if (op->timer && evtimer_add(op->timer, &tv) == -1)
+            log_warnx("purge: cannot arm its answer's timer; the answer waits on Redis");
     }
     if (--op->pending == 0)
         op_finish(op);
+}
+
+/* An invalidation Redis answered: a failed one is kept as a purge. */
+static void purge_on_invalidated(void *arg, long long count)
+{
+    struct purge_item *it = arg;
+    if (count < 0 && !it->p->freeing)
+        queue_add(it->p, it->kind, it->soft, it->arg, it->len, true);
+    free(it);
+}
+
+void purge_invalidate(struct purge *p, struct store_redis *rs, const char *url, size_t len)
+{
+    /* freed by purge_on_invalidated(), or below when nothing was sent */
+    struct purge_item *it = item_new(p, CACHE_PURGE_URL, false, url, len);
+    int r = it ? redis_send(rs, CACHE_PURGE_URL, false, url, len, purge_on_invalidated, it) : -1;
+    if (r != 0) {
+        free(it);
+        queue_add(p, CACHE_PURGE_URL, false, url, len, true);
+    }
+    announce(rs, 's', false, url, len); /* other instances drop it too */
 }
 
 /* ------------------------------------------------------------ admin endpoint */
@@ -343,7 +652,32 @@ struct admin_purge {
     struct evhttp_request *req; /* borrowed from evhttp until answered */
     unsigned pending;           /* purges still running */
     long long total;            /* entries purged so far */
+    bool not_in_redis;          /* one of them did not reach Redis (queued) */
+    bool late;                  /* one of them got no answer from Redis in time */
 };
+
+int purge_answer(long long count, enum purge_outcome outcome, char *body, size_t room)
+{
+    long long n = count > 0 ? count : 0;
+    switch (outcome) {
+    case PURGE_NOT_IN_REDIS:
+        snprintf(body, room,
+                 "{\"purged\":%lld,\"error\":\"redis unreachable: purged in this instance "
+                 "only; kept and applied to redis once it is back\"}\n",
+                 n);
+        return 503;
+    case PURGE_REDIS_LATE:
+        snprintf(body, room,
+                 "{\"purged\":%lld,\"error\":\"redis did not answer in time: purged in this "
+                 "instance; the purge goes on in redis\"}\n",
+                 n);
+        return 504;
+    case PURGE_DONE:
+        break;
+    }
+    snprintf(body, room, "{\"purged\":%lld}\n", n);
+    return 200;
+}
 
 static void admin_reply(struct evhttp_request *req, int code, const char *reason, const char *body)
 {
@@ -357,16 +691,22 @@ static void admin_reply(struct evhttp_request *req, int code, const char *reason
         evbuffer_free(out);
 }
 
-static void admin_on_done(void *arg, long long count)
+static void admin_on_done(void *arg, long long count, enum purge_outcome outcome)
 {
     struct admin_purge *ap = arg;
     if (count > 0)
         ap->total += count;
+    ap->not_in_redis |= outcome == PURGE_NOT_IN_REDIS;
+    ap->late |= outcome == PURGE_REDIS_LATE;
     if (--ap->pending > 0)
         return;
-    char body[64];
-    snprintf(body, sizeof(body), "{\"purged\":%lld}\n", ap->total);
-    admin_reply(ap->req, 200, "OK", body);
+    char body[PURGE_ANSWER_MAX];
+    int status = purge_answer(ap->total,
+                              ap->not_in_redis ? PURGE_NOT_IN_REDIS
+                              : ap->late       ? PURGE_REDIS_LATE
+                                               : PURGE_DONE,
+                              body, sizeof(body));
+    admin_reply(ap->req, status, http_reason((unsigned)status), body);
     free(ap);
 }
 
@@ -453,5 +793,5 @@ void purge_admin_request(struct purge *p, struct evhttp_request *req)
         purge_run(p, p->base, p->cache, p->admin, items[i].kind, items[i].arg, items[i].len, soft,
                   admin_on_done, ap);
     free(items);
-    admin_on_done(ap, 0);
+    admin_on_done(ap, 0, PURGE_DONE);
 }

@@ -413,6 +413,9 @@ static void sum_cache(struct stats_admin *a, struct cache_totals *t)
         t->purge.refused = load(&ps->refused);
         t->purge.messages = load(&ps->messages);
         t->purge.l1_drops = load(&ps->l1_drops);
+        t->purge.queued = load(&ps->queued);
+        t->purge.replayed = load(&ps->replayed);
+        t->purge.overflows = load(&ps->overflows);
     }
     pthread_mutex_lock(&a->redis_lock);
     if (a->redis_frozen)
@@ -544,12 +547,15 @@ static void render_purge(struct evbuffer *out, const struct purge_stats *p)
     evbuffer_add_printf(
         out,
         "{\"requests\":%llu,\"url\":%llu,\"prefix\":%llu,\"tag\":%llu,\"soft\":%llu,"
-        "\"entries\":%llu,\"refused\":%llu,\"messages_received\":%llu,\"l1_drops\":%llu}",
+        "\"entries\":%llu,\"refused\":%llu,\"messages_received\":%llu,\"l1_drops\":%llu,"
+        "\"queued\":%llu,\"replayed\":%llu,\"overflows\":%llu}",
         (unsigned long long)p->requests, (unsigned long long)p->by_kind[CACHE_PURGE_URL],
         (unsigned long long)p->by_kind[CACHE_PURGE_PREFIX],
         (unsigned long long)p->by_kind[CACHE_PURGE_TAG], (unsigned long long)p->soft,
         (unsigned long long)p->entries, (unsigned long long)p->refused,
-        (unsigned long long)p->messages, (unsigned long long)p->l1_drops);
+        (unsigned long long)p->messages, (unsigned long long)p->l1_drops,
+        (unsigned long long)p->queued, (unsigned long long)p->replayed,
+        (unsigned long long)p->overflows);
 }
 
 static void render_cache(const struct stats_admin *a, struct evbuffer *out,
@@ -861,6 +867,14 @@ static void cache_metrics(const struct stats_admin *a, struct evbuffer *out,
     metric_one(out, "clonegate_cache_purge_l1_drops_total", "counter",
                "Times this L1 was emptied because the invalidation channel dropped or came back.",
                p->l1_drops);
+    metric_one(out, "clonegate_cache_purge_queued", "gauge",
+               "Purges and invalidations Redis could not take, waiting to be replayed there.",
+               p->queued);
+    metric_one(out, "clonegate_cache_purge_replayed_total", "counter",
+               "Purges and invalidations applied to Redis once it was back.", p->replayed);
+    metric_one(out, "clonegate_cache_purge_overflows_total", "counter",
+               "Purges not kept for Redis (queue full): a purge of everything replaced them.",
+               p->overflows);
 
     metric_one(out, "clonegate_redis_configured", "gauge", "1 when cache.redis names a Redis.",
                a->cache && a->redis_addr[0] != '\0');

@@ -692,6 +692,42 @@ def test_requests_are_answered_while_redis_is_down_and_storing_resumes(
     helpers.wait_for(stored_again, timeout=12, interval=0.2, what="entries stored in Redis again")
 
 
+@pytest.mark.hard_timeout(60)
+def test_an_invalidation_redis_cannot_take_is_applied_there_once_it_is_back(
+        origins, clonegate, tmp_path, world):
+    # a Redis that keeps its data across a stop and a start, as a production one does
+    kept = world.add(helpers.start_redis(tmp_path / "redis-aof", args=(
+        "--appendonly", "yes", "--appendfsync", "always")))
+    cg, o = start(clonegate, origins, redis=kept)
+    t = url("inv-down", cc="max-age=600")
+    helpers.wait_for(lambda: cg.stats()["cache"]["purge"]["l1_drops"] >= 1, timeout=5,
+                     what="the invalidation channel subscribed")
+    assert cache_status(cg.get(t)).get("stored") is True
+    helpers.wait_for(lambda: redis_key(t) in redis_keys(kept), timeout=5, what="the Redis write")
+    s0 = cg.stats()["cache"]
+    kept.proc.stop()  # by PID; it keeps the entry on disk
+    helpers.wait_for(lambda: cg.stats()["cache"]["redis"]["state"] != "up", timeout=5,
+                     what="Redis seen down")
+    r = cg.request("POST", t, body=b"change")
+    assert r.status == 200 and r.body == body_of(o, t, 2), r
+    s = cg.stats()["cache"]
+    assert s["invalidations"] - s0["invalidations"] == 1, s
+    waiting = s["purge"].get("queued")
+
+    kept.restart()  # the same port and data: the entry is back in Redis
+    helpers.wait_for(lambda: (lambda c: c["redis"]["state"] == "up"
+                              and c["purge"].get("queued", 0) == 0
+                              and c["purge"]["l1_drops"] >= s0["purge"]["l1_drops"] + 2)(
+                                  cg.stats()["cache"]),
+                     timeout=15, what="Redis back, L1 emptied, nothing left to replay")
+    # the entry the POST changed is not served again, from Redis or elsewhere
+    r = cg.get(t)
+    assert not is_hit(r) and r.body == body_of(o, t, 3), r
+    assert o.count(path_of(t)) == 3
+    s = cg.stats()["cache"]["purge"]
+    assert waiting == 1 and s["replayed"] - s0["purge"]["replayed"] == 1, (waiting, s)
+
+
 def test_a_slow_redis_is_waited_for_at_most_redis_timeout(origins, clonegate, tmp_path, world):
     slow = world.add(helpers.start_redis(tmp_path / "redis-debug",
                                          args=("--enable-debug-command", "local")))

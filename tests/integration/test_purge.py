@@ -15,6 +15,7 @@ answers. The coherence test prints its timing figures (run with -s) and
 writes them to a file under the test's tmp_path.
 """
 
+import hashlib
 import json
 import statistics
 import time
@@ -159,6 +160,37 @@ def gone_everywhere(o, t, *cgs):
     r = cgs[0].get(t)
     assert is_miss(r), (cgs[0].proc.name, t, r)
     assert o.count(path) == n + 1
+
+
+def entry_key(t):
+    """The Redis key of the plain entry of target <t>."""
+    return "cg:" + hashlib.sha256(abs_url(t).encode()).hexdigest()
+
+
+def persistent_redis(tmp_path, world):
+    """A redis-server that keeps its data across a stop and a start (an
+    append-only file, synced on every write), as a production one does."""
+    return world.add(helpers.start_redis(tmp_path / "redis-aof", args=(
+        "--appendonly", "yes", "--appendfsync", "always")))
+
+
+def redis_gone(cg, redis):
+    """Stops <redis> (by PID) and waits until <cg> has seen its links drop."""
+    redis.proc.stop()
+    settled(cg, lambda s: s["cache"]["redis"]["state"] != "up", f"{cg.proc.name}: Redis seen down")
+
+
+def redis_back(cg, redis, replayed):
+    """Starts <redis> again on its port and data, and waits until <cg> is
+    connected and subscribed again, with nothing left to replay and
+    <replayed> purges replayed in all."""
+    drops = purge_figures(cg)["l1_drops"]
+    redis.restart()
+    return settled(cg, lambda s: s["cache"]["redis"]["state"] == "up"
+                   and s["cache"]["purge"]["queued"] == 0
+                   and s["cache"]["purge"]["replayed"] >= replayed
+                   and s["cache"]["purge"]["l1_drops"] >= drops + 1,
+                   f"{cg.proc.name}: Redis back, the kept purges replayed", timeout=15)
 
 
 def purge_method(cg, t, headers=None):
@@ -400,6 +432,7 @@ def test_the_tag_header_reaches_clients_only_when_exposed(origins, clonegate, re
                      what="the entry in the tag index")
 
 
+
 # ---------------------------------------------------------------------------
 # 4. Coherence: how soon B stops serving what A purged
 
@@ -564,3 +597,108 @@ def test_a_purge_with_a_body_ends_the_connection_so_the_body_is_never_a_request(
         assert r.status in (200, 404), r
         assert c.closed_by_peer(timeout=3.0), "connection left open after a PURGE with a body"
     assert o.count("/c/smuggled") == 0
+
+
+# ---------------------------------------------------------------------------
+# 7. Purges made while Redis cannot be reached
+
+
+@pytest.mark.hard_timeout(60)
+def test_a_purge_redis_cannot_take_is_answered_503_and_applied_once_redis_is_back(
+        origins, clonegate, tmp_path, world):
+    redis = persistent_redis(tmp_path, world)
+    (o,) = origins(1)
+    cg = start(clonegate, o, redis)
+    subscribed(cg)
+    t, tagged = target("/c/pd"), target("/c/pd-tag", tags="pdtag")
+    for x in (t, tagged):
+        assert "stored" in cache_status(cg.get(x)), x
+        helpers.wait_for(lambda x=x: redis.command("EXISTS", entry_key(x)) == 1,
+                         timeout=SETTLE_S, what="the entry in Redis")
+    p0 = purge_figures(cg)
+
+    redis_gone(cg, redis)  # it keeps both entries on disk
+    r = purge_method(cg, t)
+    assert r.status == 503, r
+    body = json.loads(r.body)
+    assert body["purged"] == 0 and "redis unreachable" in body["error"], body
+    r = cg.admin("/purge?tag=pdtag", method="POST")
+    assert r.status == 503 and "redis unreachable" in json.loads(r.body)["error"], r
+    p = purge_figures(cg)
+    assert p["queued"] == 2 and p["requests"] - p0["requests"] == 2, p
+    # meanwhile the origin's newer answer fills L1
+    r = cg.get(t)
+    assert is_miss(r) and r.body == f"{o.name} /c/pd #2\n".encode(), r
+
+    s = redis_back(cg, redis, p0["replayed"] + 2)
+    assert s["cache"]["purge"]["overflows"] == 0, s["cache"]["purge"]
+    for x in (t, tagged):
+        assert redis.command("EXISTS", entry_key(x)) == 0, x
+    assert redis.command("EXISTS", "cg:tag:pdtag") == 0
+    # the purged answers never come back
+    for x, n in ((t, 3), (tagged, 2)):
+        r = cg.get(x)
+        path = urllib.parse.urlsplit(x).path
+        assert is_miss(r) and r.body == f"{o.name} {path} #{n}\n".encode(), (x, r)
+    assert "kept until it is back" in cg.stderr_text()
+
+
+@pytest.mark.hard_timeout(90)
+def test_purges_past_the_queue_while_redis_is_away_purge_everything_once_it_is_back(
+        origins, clonegate, tmp_path, world):
+    redis = persistent_redis(tmp_path, world)
+    (o,) = origins(1)
+    cg = start(clonegate, o, redis)
+    subscribed(cg)
+    kept = [target(f"/c/ovf/{i}") for i in range(3)]
+    for x in kept:
+        assert "stored" in cache_status(cg.get(x)), x
+        helpers.wait_for(lambda x=x: redis.command("EXISTS", entry_key(x)) == 1,
+                         timeout=SETTLE_S, what="the entry in Redis")
+
+    redis_gone(cg, redis)
+    queue_max, per_request = 1024, 16
+    rounds = queue_max // per_request + 2  # 32 purges more than the queue holds
+    for i in range(rounds):
+        q = "&".join("url=" + urllib.parse.quote(abs_url(f"/c/never/{i}/{j}"), safe="")
+                     for j in range(per_request))
+        r = cg.admin("/purge?" + q, method="POST")
+        assert r.status == 503, (i, r)
+    p = purge_figures(cg)
+    assert p["queued"] == queue_max, p
+    assert p["overflows"] == rounds * per_request - queue_max, p
+    assert "everything in Redis will be purged (hard)" in cg.stderr_text()
+
+    redis_back(cg, redis, queue_max + 1)  # the kept purges, and one of everything
+    for x in kept:
+        assert redis.command("EXISTS", entry_key(x)) == 0, x
+        assert is_miss(cg.get(x)), x
+
+
+@pytest.mark.hard_timeout(60)
+def test_a_purge_redis_does_not_answer_in_time_is_answered_504_and_goes_on_there(
+        origins, clonegate, redis):
+    (o,) = origins(1)
+    cg = start(clonegate, o, redis)
+    subscribed(cg)
+    t = target("/c/frozen")
+    assert "stored" in cache_status(cg.get(t))
+    helpers.wait_for(lambda: redis.command("EXISTS", entry_key(t)) == 1, timeout=SETTLE_S,
+                     what="the entry in Redis")
+    redis.proc.freeze()  # connected, but answering nothing
+    try:
+        t0 = time.monotonic()
+        r = purge_method(cg, t)
+        took = time.monotonic() - t0
+    finally:
+        redis.proc.thaw()
+    assert r.status == 504, r
+    body = json.loads(r.body)
+    assert body["purged"] == 1 and "did not answer in time" in body["error"], body
+    assert 1.5 < took < 5, took
+    # the purge was sent: Redis applies it once it runs again, nothing is queued
+    helpers.wait_for(lambda: redis.command("EXISTS", entry_key(t)) == 0, timeout=SETTLE_S,
+                     what="the purge applied in Redis")
+    p = purge_figures(cg)
+    assert p["queued"] == 0 and p["replayed"] == 0, p
+    assert is_miss(cg.get(t))

@@ -50,7 +50,7 @@ REDIS_COUNTERS = ("links_up", "gets", "found", "not_found", "failed", "timeouts"
                   "sets", "errors", "purges", "published", "messages", "connects",
                   "disconnects", "reconnects")
 PURGE_KEYS = ("requests", "url", "prefix", "tag", "soft", "entries", "refused",
-              "messages_received", "l1_drops")
+              "messages_received", "l1_drops", "queued", "replayed", "overflows")
 REDIS_STATES = ("off", "down", "connecting", "up", "slow")
 TLS_KEYS = ("handshakes", "resumed", "failures", "plaintext", "timeouts")
 
@@ -970,7 +970,10 @@ def test_issue_7_metrics_carry_the_cache_series_and_pass_promtool(origins, clone
                       ("clonegate_cache_purge_entries_total", "entries"),
                       ("clonegate_cache_purge_refused_total", "refused"),
                       ("clonegate_cache_purge_messages_received_total", "messages_received"),
-                      ("clonegate_cache_purge_l1_drops_total", "l1_drops")):
+                      ("clonegate_cache_purge_l1_drops_total", "l1_drops"),
+                      ("clonegate_cache_purge_queued", "queued"),
+                      ("clonegate_cache_purge_replayed_total", "replayed"),
+                      ("clonegate_cache_purge_overflows_total", "overflows")):
         assert metric(m, name) == p[key], (name, p)
     n = metric(m, "clonegate_redis_get_duration_seconds_count")
     assert n >= 1, n
