@@ -61,6 +61,7 @@
 #define CONN_SPARE_MAX        64            /* closed connections (and exchanges) kept per thread */
 #define CONN_TLS_RELEASE_US   (1000 * 1000) /* idle this long, TLS gives back its record buffers */
 #define CONN_LINGER_MS        5000          /* a closing client still sending is read this long */
+#define CONN_TAG_LINE_MAX     (64 + 1024 + 8) /* an exposed tag header line: name, tags kept */
 
 enum conn_state {
     CONN_IDLE = 0,         /* between requests: waiting for a first byte (idle timer) */
@@ -1618,6 +1619,25 @@ static int add_stored_head(const struct cache_entry *e, bool nm, struct evbuffer
     return 0;
 }
 
+/* The tag header line of <e> into <out> (<room> bytes) when <cfg> exposes
+ * tags: "<tag_header>: <tags>\r\n". Returns its length; 0 when tags are
+ * not exposed, <e> has none, or they do not fit or hold a line break. */
+static size_t tag_line(const struct config *cfg, const struct cache_entry *e, char *out,
+                       size_t room)
+{
+    size_t name_len = strlen(cfg->cache_tag_header);
+    /* line_put() keeps 3 bytes spare after each piece */
+    if (!cfg->cache_expose_tags || e->tags_len == 0 || name_len + e->tags_len + 4 + 3 > room ||
+        memchr(e->tags, '\r', e->tags_len) || memchr(e->tags, '\n', e->tags_len))
+        return 0;
+    size_t n = 0;
+    line_put(out, room, &n, cfg->cache_tag_header, name_len);
+    LINE_LIT(out, room, &n, ": ");
+    line_put(out, room, &n, e->tags, e->tags_len);
+    LINE_LIT(out, room, &n, "\r\n");
+    return n;
+}
+
 static void cache_after_answer(struct conn *c);
 
 /*
@@ -1680,20 +1700,23 @@ static void serve_entry(struct conn *c, struct cache_entry *e, int64_t age_ms,
         LINE_LIT(tail, sizeof(tail), &n, "Connection: keep-alive\r\n");
     LINE_LIT(tail, sizeof(tail), &n, "\r\n");
     size_t tail_len = n;
+    char tags[CONN_TAG_LINE_MAX];
+    size_t tags_len = nm ? 0 : tag_line(cfg_of(c), e, tags, sizeof(tags));
     int r = 0;
     if (!nm) {
         /* straight to the socket, no copy into the output buffer; what the
          * socket does not take is queued (the body as a reference) */
         size_t body_len = body ? (size_t)e->body_len : 0;
-        struct iovec iov[5] = {
+        struct iovec iov[6] = {
             {.iov_base = top, .iov_len = top_len},
             {.iov_base = (void *)(uintptr_t)e->head, .iov_len = e->head_len},
             {.iov_base = (void *)(uintptr_t)extra, .iov_len = extra ? extra_len : 0},
+            {.iov_base = tags, .iov_len = tags_len},
             {.iov_base = tail, .iov_len = tail_len},
             {.iov_base = (void *)(uintptr_t)e->body, .iov_len = body_len},
         };
-        size_t done = stream_write_now(&c->cs, iov, body_len ? 5 : 4);
-        for (int i = 0; i < 4; i++) {
+        size_t done = stream_write_now(&c->cs, iov, body_len ? 6 : 5);
+        for (int i = 0; i < 5; i++) {
             if (done >= iov[i].iov_len) {
                 done -= iov[i].iov_len;
                 continue;
@@ -1748,6 +1771,57 @@ static void cache_after_answer(struct conn *c)
 static void cache_lookup(struct conn *c);
 static void cache_found(struct conn *c, struct cache_entry *e);
 
+/* Whether the stored header line at <line> (<len> bytes) is named <name>. */
+static bool line_named(const char *line, size_t len, const char *name, size_t name_len)
+{
+    return len > name_len && line[name_len] == ':' && strncasecmp(line, name, name_len) == 0;
+}
+
+/*
+ * <e> (a reference, consumed) read from Redis, without the lines of the
+ * tag header <tag_header> in its head: entries written by older versions
+ * kept them there, and a hit replays the head as it is. Returns <e> itself
+ * when it holds none, else a new entry (one reference); NULL when out of
+ * memory.
+ */
+static struct cache_entry *without_tag_lines(struct cache_entry *e, const char *tag_header)
+{
+    size_t name_len = strlen(tag_header);
+    const char *q = e->head, *end = e->head + e->head_len;
+    const char *first = NULL;
+    while (q < end && !first) {
+        const char *eol = memchr(q, '\n', (size_t)(end - q));
+        size_t line = eol ? (size_t)(eol - q + 1) : (size_t)(end - q);
+        if (line_named(q, line, tag_header, name_len))
+            first = q;
+        q += line;
+    }
+    if (!first)
+        return e;
+    char *head = malloc(e->head_len); /* freed below, once copied into the new entry */
+    struct cache_entry *out = NULL;
+    if (head) {
+        size_t n = (size_t)(first - e->head);
+        memcpy(head, e->head, n);
+        for (q = first; q < end;) {
+            const char *eol = memchr(q, '\n', (size_t)(end - q));
+            size_t line = eol ? (size_t)(eol - q + 1) : (size_t)(end - q);
+            if (!line_named(q, line, tag_header, name_len)) {
+                memcpy(head + n, q, line);
+                n += line;
+            }
+            q += line;
+        }
+        struct cache_entry_parts parts = cache_entry_parts_of(e);
+        parts.head = head;
+        parts.head_len = n;
+        out = cache_entry_build(&parts);
+        free(head);
+    }
+    cache_entry_unref(e);
+    return out;
+}
+
 /* A Redis lookup answered: keep what it found in L1 and look again. */
 static void conn_on_redis(void *arg, enum store_redis_result r, const char *data, size_t len)
 {
@@ -1760,6 +1834,9 @@ static void conn_on_redis(void *arg, enum store_redis_result r, const char *data
         r = STORE_REDIS_NOT_FOUND;
     if (r == STORE_REDIS_FOUND) {
         struct cache_entry *e = cache_entry_decode(data, len);
+        bool decoded = e != NULL;
+        if (e)
+            e = without_tag_lines(e, cfg_of(c)->cache_tag_header);
         /* the full key is compared: a hash collision never serves a wrong body */
         if (e && cache_entry_key_equals(e, cx->key, cx->key_len)) {
             int64_t now = wall_ms();
@@ -1774,7 +1851,7 @@ static void conn_on_redis(void *arg, enum store_redis_result r, const char *data
                 cache_found(c, e);
                 return;
             }
-        } else if (!e) {
+        } else if (!decoded) {
             log_warnx("cache: undecodable entry in Redis for %.*s", (int)cx->key_len, cx->key);
         }
         cache_entry_unref(e);
@@ -2113,13 +2190,19 @@ static uint32_t entry_flags(const struct cache_policy_response *pr)
 
 /* Appends the header lines of <h> (bytes in <buf>) that a stored response
  * replays: end-to-end ones but framing, Age, Set-Cookie and the tag header
- * (which a clone sends for the cache, not for clients). */
-static int add_store_lines(struct evbuffer *out, const struct http_head *h, const char *buf)
+ * named <tag_header>, whatever cache.expose_tags says: it is kept as the
+ * entry's tags, and serve_entry() sends it from them only to the instances
+ * that expose it. */
+static int add_store_lines(struct evbuffer *out, const struct http_head *h, const char *buf,
+                           const char *tag_header)
 {
+    size_t tag_len = strlen(tag_header);
     for (unsigned i = 0; i < h->header_count; i++) {
         const struct http_header *hd = &h->headers[i];
         if (hd->hop || hd->id == HTTP_H_CONTENT_LENGTH || hd->id == HTTP_H_TRANSFER_ENCODING ||
             hd->id == HTTP_H_AGE || hd->id == HTTP_H_SET_COOKIE)
+            continue;
+        if (hd->name.len == tag_len && strncasecmp(buf + hd->name.off, tag_header, tag_len) == 0)
             continue;
         if (evbuffer_add(out, buf + hd->name.off, hd->name.len) == -1 ||
             evbuffer_add(out, ": ", 2) == -1 ||
@@ -2220,7 +2303,8 @@ static void cache_store_begin(struct conn *c, const char *req, const char *p,
     st->head = evbuffer_new();
     st->body = evbuffer_new();
     int vlen = cache_policy_vary_names(&c->ex->resp, p, st->vary, sizeof(st->vary));
-    if (!st->head || !st->body || vlen < 0 || add_store_lines(st->head, &c->ex->resp, p) == -1)
+    if (!st->head || !st->body || vlen < 0 ||
+        add_store_lines(st->head, &c->ex->resp, p, cfg_of(c)->cache_tag_header) == -1)
         goto fail;
     st->vary_len = (size_t)vlen;
     if (tag_index >= 0)
@@ -2587,7 +2671,7 @@ static bool cache_refresh(struct conn *c, const char *p)
         struct evbuffer_ptr ptr = evbuffer_search(merged, "\r\n", 2, NULL);
         head_start = ptr.pos >= 0 ? (size_t)ptr.pos + 2 : 0;
     }
-    if (add_store_lines(merged, &c->ex->resp, p) == -1)
+    if (add_store_lines(merged, &c->ex->resp, p, cfg->cache_tag_header) == -1)
         goto serve_old;
     size_t head_end = evbuffer_get_length(merged);
     size_t alen;

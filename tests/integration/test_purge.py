@@ -18,6 +18,7 @@ writes them to a file under the test's tmp_path.
 import hashlib
 import json
 import statistics
+import struct
 import time
 import urllib.parse
 
@@ -431,6 +432,75 @@ def test_the_tag_header_reaches_clients_only_when_exposed(origins, clonegate, re
     helpers.wait_for(lambda: redis.command("ZCARD", "cg:tag:alpha") == 1, timeout=SETTLE_S,
                      what="the entry in the tag index")
 
+
+def with_expose(cg, expose):
+    """Reloads <cg> with cache.expose_tags = <expose>."""
+    sections = helpers.ini_sections(cg.ini_text)
+    sections["cache"]["expose_tags"] = "yes" if expose else "no"
+    cg.reload(helpers.render_ini(sections))
+
+
+def test_the_tag_header_of_a_shared_entry_follows_each_instances_expose_tags(
+        origins, clonegate, redis):
+    (o,) = origins(1)
+    a = start(clonegate, o, redis, **{"cache.expose_tags": "yes"})
+    b = start(clonegate, o, redis, **{"cache.expose_tags": "no"})
+    subscribed(a)
+    subscribed(b)
+    tags = "user-1234 tmpl-secret"
+    t = target("/c/tag-shared", tags=tags)
+    r = a.get(t)
+    assert "stored" in cache_status(r) and r.header("Surrogate-Key") == tags, r.headers
+    stored = helpers.wait_for(lambda: redis.command("GET", entry_key(t)), timeout=SETTLE_S,
+                              what="the entry in Redis")
+    # the tags are the entry's, not a header line of its stored head
+    assert b"surrogate-key:" not in stored.lower(), stored[:600]
+    r = b.get(t)  # from Redis: B hides the tags it never saw from a clone
+    assert is_hit(r) and r.header("Surrogate-Key") is None, r.headers
+    r = a.get(t)  # A exposes them on its hits too
+    assert is_hit(r) and r.header("Surrogate-Key") == tags, r.headers
+    # a reload turns them off, or on, for the entries already stored
+    with_expose(a, False)
+    with_expose(b, True)
+    for cg, want in ((a, None), (b, tags)):
+        box = {}
+
+        def shows(cg=cg, want=want):
+            box["r"] = cg.get(t)
+            return box["r"].header("Surrogate-Key") == want
+
+        try:
+            helpers.wait_for(shows, timeout=SETTLE_S, what=f"{cg.proc.name} reloaded")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}: {box['r'].headers}") from None
+        assert is_hit(box["r"]), box["r"]
+    assert o.count("/c/tag-shared") == 1
+
+
+def legacy_entry(key, head, tags, body, max_age_ms):
+    """A response entry as cache_entry.h encodes it (version 1), with
+    <head> as its stored header lines."""
+    now = int(time.time() * 1000)
+    fields = [key.encode(), head.encode(), b"", b"", tags.encode()]
+    fixed = struct.pack("<4sBBHI6q5IQ", b"CGE1", 1, 0, 200, 0, now, 0, max_age_ms, 0, 0, -1,
+                        *(len(f) for f in fields), len(body))
+    return fixed + b"".join(fields) + body
+
+
+def test_an_entry_stored_with_its_tag_header_by_an_older_version_is_served_without_it(
+        origins, clonegate, redis):
+    (o,) = origins(1)
+    cg = start(clonegate, o, redis, **{"cache.expose_tags": "no"})
+    subscribed(cg)
+    t = "/c/legacy-tags"
+    head = "Cache-Control: max-age=600\r\nsurrogate-key: user-1234 tmpl-secret\r\nX-Kept: 1\r\n"
+    blob = legacy_entry(abs_url(t), head, "user-1234 tmpl-secret", b"old body\n", 600_000)
+    assert redis.command("SET", entry_key(t), blob, "PX", 600_000) == "OK"
+    for _ in range(2):  # from Redis, then from L1
+        r = cg.get(t)
+        assert is_hit(r) and r.body == b"old body\n", r
+        assert r.header("Surrogate-Key") is None and r.header("X-Kept") == "1", r.headers
+    assert o.count(t) == 0
 
 
 # ---------------------------------------------------------------------------
