@@ -28,9 +28,10 @@
 #include "stream.h"
 #include "tls.h"
 
-#define HEALTH_MAX_SERVERS 256  /* states kept: configured now plus removed by reloads */
-#define HEALTH_STATUS_MAX  1024 /* the status line must come within this many bytes */
-#define HEALTH_SCALE       16   /* weight units while slow start ramps a server up */
+#define HEALTH_MAX_SERVERS        256   /* states kept: configured now plus removed by reloads */
+#define HEALTH_STATUS_MAX         1024  /* the status line must come within this many bytes */
+#define HEALTH_SCALE              16    /* weight units while slow start ramps a server up */
+#define HEALTH_LOCAL_ERROR_LOG_MS 10000 /* a skipped check is logged at most this often */
 
 struct health_check;
 
@@ -79,8 +80,9 @@ struct health {
     struct config *pending;       /* referenced: handed over by health_reload() */
     struct health_server *servers[HEALTH_MAX_SERVERS]; /* owned, only appended */
     size_t count;
-    health_fresh_fn on_fresh; /* told of each server a reload starts afresh; NULL none */
-    void *on_fresh_arg;       /* borrowed: its argument */
+    int64_t local_error_logged_ms; /* health thread: last "check skipped" warning */
+    health_fresh_fn on_fresh;      /* told of each server a reload starts afresh; NULL none */
+    void *on_fresh_arg;            /* borrowed: its argument */
 };
 
 int64_t health_now_ms(void)
@@ -437,6 +439,15 @@ static void check_start(evutil_socket_t fd, short what, void *arg)
         return; /* the last attempt is still within its timeout */
     if (stream_connect(&chk->s, chk->hl->base, (const struct sockaddr *)&addr->sa, addr->salen) ==
         -1) {
+        if (stream_error_is_local(errno)) {
+            /* out of descriptors or ports here: no verdict on the clone */
+            int64_t now_ms = health_now_ms();
+            if (now_ms - chk->hl->local_error_logged_ms >= HEALTH_LOCAL_ERROR_LOG_MS) {
+                log_warn("health check of %s skipped", addr->text);
+                chk->hl->local_error_logged_ms = now_ms;
+            }
+            return;
+        }
         chk->busy = true;
         check_done(chk, false, strerror(errno));
         return;

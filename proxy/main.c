@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -31,6 +32,8 @@
 #include "store_redis.h"
 #include "tls.h"
 #include "worker.h"
+
+#define MAIN_SPARE_FDS 256 /* descriptors beyond one per client: pools, Redis, logs, checks */
 
 struct main_state {
     struct config *cfg;      /* referenced; the one in force */
@@ -179,6 +182,32 @@ static void main_on_usr1(evutil_socket_t sig, short what, void *arg)
         log_info("SIGUSR1: access log reopened");
 }
 
+/* Raises the descriptor limit to what the system allows this process, and
+ * warns when max_connections clients alone would run out of it (each busy
+ * one holds a connection to a clone too, plus the pools, Redis and logs). */
+static void raise_nofile_limit(const struct config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
+        log_warn("getrlimit(RLIMIT_NOFILE)");
+        return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+            log_warn("setrlimit(RLIMIT_NOFILE)");
+            rl.rlim_cur = was;
+        }
+    }
+    unsigned long long need = (unsigned long long)cfg->max_connections + MAIN_SPARE_FDS;
+    if (rl.rlim_cur != RLIM_INFINITY && need > (unsigned long long)rl.rlim_cur)
+        log_warnx(
+            "max_connections = %u needs more than %llu file descriptors and the limit is %llu: "
+            "raise it (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
+            cfg->max_connections, need, (unsigned long long)rl.rlim_cur);
+}
+
 static int run(const char *path)
 {
     struct main_state m = {0};
@@ -191,6 +220,7 @@ static int run(const char *path)
     m.boot_cfg = config_ref(m.cfg);
     if (log_set_level(m.cfg->error_log_level) == -1)
         log_warnx("unknown error_log_level %s", m.cfg->error_log_level);
+    raise_nofile_limit(m.cfg);
     if (log_access_open(m.cfg->access_log, m.cfg->access_log_format == CONFIG_LOG_JSON) == -1) {
         log_warn("cannot open the access log %s", m.cfg->access_log);
         goto fail;

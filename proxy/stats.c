@@ -43,6 +43,12 @@
  * ones it does not know (libevent 2.1 gives them bit 15, outside the public
  * enum) get our 405 too rather than its HTML 501 page. */
 #define STATS_ADMIN_METHODS 0xffff
+#define STATS_ADMIN_TIMEOUT_S                                                                      \
+    10 /* an admin request must arrive, and its answer go, within this                             \
+        */
+#define STATS_ADMIN_ACCEPT_WAIT_MS                                                                 \
+    250                             /* accepting pauses this long after accept() fails (EMFILE) */
+#define STATS_ADMIN_WARN_EVERY_S 10 /* one warning per this many seconds of such failures */
 
 /* Names of the Cache-Status outcomes, as in the header and the labels. */
 static const char *const cache_status_names[STATS_CS_COUNT] = {
@@ -90,6 +96,10 @@ struct stats_admin {
     struct redis_totals redis_last;             /* the figures when they went */
     pthread_mutex_t base_lock;                  /* guards base[] */
     struct server_base base[STATS_MAX_SERVERS]; /* by health id; zero: never started afresh */
+    struct evconnlistener *listeners[CONFIG_MAX_LISTEN]; /* borrowed: owned by http */
+    unsigned listener_count;
+    struct event *accept_retry; /* owned: re-enables accepting after a failed accept() */
+    time_t accept_warned;       /* when a failed accept() was last logged */
 };
 
 const uint32_t stats_latency_bounds_us[STATS_LAT_BUCKETS - 1] = {
@@ -1170,6 +1180,7 @@ static void serve_server_action(struct stats_admin *a, struct evhttp_request *re
  * stats.allow (when set) and the bearer token of stats.auth (when set). */
 static bool allowed(const struct stats_admin *a, struct evhttp_request *req)
 {
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (a->allow_count > 0) {
         char *host = NULL;
         ev_uint16_t port = 0;
@@ -1194,8 +1205,9 @@ static bool allowed(const struct stats_admin *a, struct evhttp_request *req)
         const char *given = NULL;
         if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
             given = auth + 7;
-        } else {
-            /* a browser opening the dashboard passes it as ?token= */
+        } else if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) {
+            /* a browser opening the dashboard passes it as ?token= (never a
+             * POST: a link must not carry an action) */
             const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
             struct evkeyvalq args;
             if (q && evhttp_parse_query_str(q, &args) == 0) {
@@ -1217,6 +1229,26 @@ static bool allowed(const struct stats_admin *a, struct evhttp_request *req)
             return false;
     }
     return true;
+}
+
+/* Whether a POST comes from a page of another site in a browser (a form or
+ * script aimed at the operator's loopback listener): its Origin names
+ * another host than the request's Host, or Sec-Fetch-Site says so. Tools
+ * such as curl send neither. */
+static bool cross_site(struct evhttp_request *req)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *site = evhttp_find_header(h, "Sec-Fetch-Site");
+    if (site && strcmp(site, "same-origin") != 0 && strcmp(site, "none") != 0)
+        return true;
+    const char *origin = evhttp_find_header(h, "Origin");
+    if (!origin)
+        return false;
+    const char *host = evhttp_find_header(h, "Host");
+    const char *sep = strstr(origin, "://");
+    if (!host || !sep)
+        return true; /* "null" (a sandboxed page) or no Host to compare with */
+    return strcasecmp(sep + 3, host) != 0;
 }
 
 /* Reads the bearer token from <path> into a->token (first line, trimmed).
@@ -1275,6 +1307,11 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
         reply_error(req, 405, "Method Not Allowed");
         return;
     }
+    if (cmd == EVHTTP_REQ_POST && cross_site(req)) {
+        log_warnx("admin listener: POST %s refused: sent by a page of another site", path);
+        reply_error(req, 403, "Forbidden");
+        return;
+    }
     if (strcmp(path, "/purge") == 0) {
         purge_admin_request(a->purge, req);
         return;
@@ -1301,6 +1338,40 @@ static void stats_on_request(struct evhttp_request *req, void *arg)
               "text/plain");
     }
     evbuffer_free(out);
+}
+
+/* accept() failed (out of file descriptors, most likely): libevent would
+ * try again at once, for ever, and log each time. Accepting pauses a moment
+ * instead, with a warning now and then. */
+static struct stats_admin *accepting_admin; /* the one admin listener set; its thread only */
+
+static void stats_on_accept_error(struct evconnlistener *l, void *arg)
+{
+    /* <arg> is the evhttp, whose callbacks own the listener's argument */
+    struct stats_admin *a = accepting_admin;
+    int err = EVUTIL_SOCKET_ERROR();
+    (void)l;
+    if (!a || a->http != arg)
+        return;
+    time_t now = time(NULL);
+    if (now - a->accept_warned >= STATS_ADMIN_WARN_EVERY_S) {
+        log_warnx("admin listener: accept: %s; pausing %d ms", evutil_socket_error_to_string(err),
+                  STATS_ADMIN_ACCEPT_WAIT_MS);
+        a->accept_warned = now;
+    }
+    for (unsigned i = 0; i < a->listener_count; i++)
+        evconnlistener_disable(a->listeners[i]);
+    struct timeval wait = {0, STATS_ADMIN_ACCEPT_WAIT_MS * 1000};
+    evtimer_add(a->accept_retry, &wait);
+}
+
+static void stats_on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct stats_admin *a = arg;
+    (void)fd;
+    (void)what;
+    for (unsigned i = 0; i < a->listener_count; i++)
+        evconnlistener_enable(a->listeners[i]);
 }
 
 struct stats_admin *stats_admin_start(struct event_base *base, const struct config *cfg,
@@ -1330,6 +1401,12 @@ struct stats_admin *stats_admin_start(struct event_base *base, const struct conf
     /* every method reaches stats_on_request(), which answers a wrong one
      * with 405 and Allow (evhttp's own 501 page would carry no no-store) */
     evhttp_set_allowed_methods(a->http, STATS_ADMIN_METHODS);
+    /* a client that sends half a request, or stops reading, lets go of its
+     * connection after this */
+    evhttp_set_timeout(a->http, STATS_ADMIN_TIMEOUT_S);
+    a->accept_retry = evtimer_new(base, stats_on_accept_retry, a);
+    if (!a->accept_retry)
+        goto fail;
     for (unsigned i = 0; i < cfg->stats_listen_count; i++) {
         const struct config_addr *addr = &cfg->stats_listen[i];
         struct evconnlistener *l = evconnlistener_new_bind(
@@ -1343,6 +1420,9 @@ struct stats_admin *stats_admin_start(struct event_base *base, const struct conf
             evconnlistener_free(l);
             goto fail;
         }
+        evconnlistener_set_error_cb(l, stats_on_accept_error);
+        a->listeners[a->listener_count++] = l;
+        accepting_admin = a;
         log_info("admin listener on %s", addr->text);
     }
     return a;
@@ -1355,6 +1435,10 @@ void stats_admin_free(struct stats_admin *a)
 {
     if (!a)
         return;
+    if (accepting_admin == a)
+        accepting_admin = NULL;
+    if (a->accept_retry)
+        event_free(a->accept_retry);
     if (a->http)
         evhttp_free(a->http);
     pthread_mutex_destroy(&a->redis_lock);

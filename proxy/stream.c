@@ -127,6 +127,12 @@ void stream_read_enable(struct stream *s, bool on)
         event_del(&s->read_ev);
 }
 
+bool stream_error_is_local(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM ||
+           err == EADDRNOTAVAIL;
+}
+
 void stream_ack_now(struct stream *s)
 {
     int one = 1;

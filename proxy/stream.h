@@ -91,6 +91,11 @@ void stream_set_callbacks(struct stream *s, stream_data_fn on_read, stream_data_
 int stream_connect(struct stream *s, struct event_base *base, const struct sockaddr *sa,
                    socklen_t salen);
 
+/* Whether a stream_connect() failure with <err> is this machine's (out of
+ * descriptors, memory or local ports), not the peer's: nothing to hold
+ * against the peer. */
+bool stream_error_is_local(int err);
+
 /* Starts or stops reading. Reading also stops by itself while <in> holds
  * read_high bytes or more, and resumes with stream_read_resume(). */
 void stream_read_enable(struct stream *s, bool on);

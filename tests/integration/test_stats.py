@@ -666,6 +666,46 @@ def test_issue_7_auth_token_by_header_or_query_else_403(origins, clonegate, tmp_
     check_schema(s)
 
 
+def test_a_post_from_a_page_of_another_site_is_refused(origins, clonegate):
+    """A web page open in the operator's browser can send a form POST to a
+    loopback admin listener: with an Origin of another host, or
+    Sec-Fetch-Site cross-site, it is refused and does nothing."""
+    o1, _ = origins(2)
+    cg = start(clonegate, **{"cache.enabled": "yes"})  # for /purge
+    here = f"{cg.stats_host}:{cg.stats_port}"
+    drain = f"/servers/{o1.addr}/drain"
+    for h in ({"Host": here, "Origin": "http://evil.example"},
+              {"Origin": "null"},
+              {"Origin": f"http://{here}", "Sec-Fetch-Site": "cross-site"},
+              {"Sec-Fetch-Site": "same-site"}):
+        r = cg.admin(drain, "POST", headers=dict(h, **{
+            "Content-Type": "application/x-www-form-urlencoded"}))
+        assert r.status == 403, (h, r)
+        r = cg.admin("/purge?url=http://test/x", "POST", headers=h)
+        assert r.status == 403, (h, r)
+    assert not any(s["draining"] for s in cg.stats()["servers"])
+    # the dashboard's own page, or a tool without Origin, may
+    r = cg.admin(drain, "POST", headers={"Host": here, "Origin": f"http://{here}",
+                                         "Sec-Fetch-Site": "same-origin"})
+    assert r.status == 200, r
+    assert [s["draining"] for s in cg.stats()["servers"] if s["address"] == o1.addr] == [True]
+    assert cg.admin(f"/servers/{o1.addr}/ready", "POST").status == 200
+
+
+def test_the_query_token_opens_pages_but_does_not_authorize_a_post(origins, clonegate,
+                                                                   tmp_path):
+    o1, _ = origins(2)
+    token = "tok-post-" + "x9" * 8
+    tok = tmp_path / "stats.token"
+    tok.write_text(token + "\n")
+    cg = start(clonegate, **{"stats.auth": str(tok)})
+    assert cg.admin("/stats?token=" + token).status == 200
+    drain = f"/servers/{o1.addr}/drain"
+    assert cg.admin(drain + "?token=" + token, "POST").status == 403
+    r = cg.admin(drain, "POST", headers={"Authorization": "Bearer " + token})
+    assert r.status == 200, r
+
+
 def test_issue_7_allow_and_auth_both_apply(origins, clonegate, tmp_path):
     origins(2)
     tok = tmp_path / "stats.token"
