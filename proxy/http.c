@@ -11,6 +11,7 @@
  */
 #include "http.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -318,38 +319,45 @@ static bool last_coding_chunked(const struct http_head *h)
     return false;
 }
 
+/* Whether <ch> may stand in a reg-name or IPv4address (RFC 3986 3.2.2):
+ * unreserved, pct-encoded, sub-delims. */
+static bool host_char(unsigned char ch)
+{
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+        return true;
+    return ch != '\0' && strchr("-._~%!$&'()*+,;=", ch) != NULL;
+}
+
 /* Whether <v> is a valid Host value: uri-host [ ":" port ] (RFC 9112 3.2),
- * empty allowed. */
+ * where uri-host is an IP-literal in brackets or a reg-name, and port is
+ * digits up to 65535; empty allowed. */
 static bool host_valid(const char *v, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)v[i];
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-            continue;
-        switch (ch) {
-        case '-':
-        case '.':
-        case '_':
-        case '~':
-        case '%':
-        case '!':
-        case '$':
-        case '&':
-        case '\'':
-        case '(':
-        case ')':
-        case '*':
-        case '+':
-        case ',':
-        case ';':
-        case '=':
-        case ':':
-        case '[':
-        case ']':
-            continue;
-        default:
-            return false;
+    size_t i = 0;
+    if (len > 0 && v[0] == '[') {
+        for (i = 1; i < len && v[i] != ']'; i++) {
+            unsigned char ch = (unsigned char)v[i];
+            if (!(isxdigit(ch) || ch == ':' || ch == '.'))
+                return false;
         }
+        if (i == len || i == 1)
+            return false; /* no closing bracket, or nothing inside */
+        i++;
+    } else {
+        while (i < len && host_char((unsigned char)v[i]))
+            i++;
+    }
+    if (i == len)
+        return true;
+    if (v[i] != ':')
+        return false;
+    unsigned long port = 0;
+    for (i++; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return false;
+        port = port * 10 + (unsigned long)(v[i] - '0');
+        if (port > 65535)
+            return false;
     }
     return true;
 }
@@ -449,7 +457,12 @@ static int on_headers_complete(llhttp_t *p)
         /* a fragment is never part of a request target (RFC 9112 3.2) */
         if (memchr(t, '#', h->target.len))
             return fail(p, HTTP_ERR_BAD_REQUEST, "fragment in the request target");
-        if (h->target.len > 0 && t[0] != '/' && !(h->target.len == 1 && t[0] == '*')) {
+        bool asterisk = h->target.len == 1 && t[0] == '*';
+        /* asterisk-form is for a server-wide OPTIONS only (RFC 9112 3.2.4) */
+        if (asterisk && llhttp_get_method(p) != HTTP_OPTIONS)
+            return fail(p, HTTP_ERR_BAD_REQUEST,
+                        "asterisk-form target with a method other than OPTIONS");
+        if (h->target.len > 0 && t[0] != '/' && !asterisk) {
             int rc = absolute_form(p, h);
             if (rc != 0)
                 return rc;
