@@ -482,8 +482,10 @@ struct purge *purge_new(struct event_base *base, struct cache *cache, const stru
     if (!cache || !cfg->cache_redis[0])
         return p;
     p->replay_ev = evtimer_new(base, purge_on_replay, p);
-    p->admin = store_redis_new(base, cfg->cache_redis, cfg->cache_redis_timeout_ms);
-    p->sub = store_redis_new(base, cfg->cache_redis, cfg->cache_redis_timeout_ms);
+    p->admin = store_redis_new(base, cfg->cache_redis, cfg->cache_redis_timeout_ms,
+                               cfg->cache_max_object_size);
+    p->sub = store_redis_new(base, cfg->cache_redis, cfg->cache_redis_timeout_ms,
+                             cfg->cache_max_object_size);
     if (!p->replay_ev || !p->admin || !p->sub ||
         store_redis_subscribe(p->sub, PURGE_CHANNEL, purge_on_message, purge_on_link, p) == -1) {
         purge_free(p);

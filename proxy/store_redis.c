@@ -45,6 +45,15 @@
  * else once subscribed; hiredis calls the subscription's callback for the
  * confirmation, for every message and (NULL) when the link goes.
  *
+ * A Redis that stops answering without closing the link (stopped, or cut
+ * off without a reset) is found by the stall timer: while replies are owed,
+ * it drops the link once nothing was heard for stall_ms, a reply or
+ * hiredis's unsent output shrinking being what counts as heard. It runs
+ * from the event loop, never inside a hiredis callback, so it may free the
+ * context. Until then, what waits for such a Redis is bounded: writes carry
+ * their size in queued_bytes until answered and a write that would take it
+ * past STORE_REDIS_QUEUE_VALUES largest values is refused.
+ *
  * Only the owning worker thread touches a store; the counters are written
  * with relaxed atomic stores for the admin thread to read. Callbacks may
  * call any store_redis function but store_redis_free(): it must
@@ -64,6 +73,7 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/sds.h>
 #include <openssl/evp.h>
 
 #include "clock.h"
@@ -198,6 +208,7 @@ enum op_kind {
     OP_PURGE = 2,  /* one script; answers through cb.count (may be NULL) */
     OP_PREFIX = 3, /* a chain of batches; answers through cb.count (may be NULL) */
     OP_SET = 4,    /* a write whose outcome is wanted; answers through cb.set */
+    OP_WRITE = 5,  /* a SET or PUBLISH: answers no one, its bytes are owed a reply */
 };
 
 struct store_redis_op {
@@ -220,6 +231,7 @@ struct store_redis_op {
     size_t prefix_len;                   /* OP_PREFIX */
     bool soft;                           /* OP_PREFIX: soften rather than delete */
     long long total;                     /* OP_PREFIX: entries purged by the batches so far */
+    size_t bytes;                        /* OP_WRITE: its share of s->queued_bytes */
     struct store_redis_op *batch_next;   /* OP_GET: the next get of its MGET */
     size_t key_len;                      /* OP_GET waiting in s->batch */
     char key[STORE_REDIS_BATCH_KEY_MAX]; /* OP_GET waiting in s->batch */
@@ -243,6 +255,13 @@ struct store_redis {
     bool reported_down;           /* the loss was logged; retries log at debug */
     bool freeing;                 /* store_redis_free() is running */
     unsigned inflight;            /* commands awaiting a reply (all kinds) */
+    size_t max_value;             /* bytes: the largest value the caller stores */
+    size_t queued_bytes;          /* bytes of the writes (OP_WRITE) awaiting a reply */
+    bool link_answered;           /* Redis answered something on this link */
+    uint64_t heard_us;            /* monotonic: last reply, output taken, or first owed */
+    size_t unsent_seen;           /* bytes hiredis had not written at the last stall check */
+    struct event *stall_ev;       /* owned: the stall check, armed while replies are owed */
+    const char *drop_why;         /* borrowed: why link_drop() is freeing the link */
     char put_sha[STORE_REDIS_SHA1_HEX + 1]; /* SHA-1 hex of put_script, for EVALSHA */
     bool loading_script;                    /* a SCRIPT LOAD is in flight */
     bool subscriber;                        /* store_redis_subscribe() made this a subscriber */
@@ -263,6 +282,7 @@ struct store_redis {
 };
 
 static void store_redis_on_state_timer(evutil_socket_t fd, short what, void *arg);
+static void store_redis_on_stall_check(evutil_socket_t fd, short what, void *arg);
 static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg);
 static void store_redis_on_batch(evutil_socket_t fd, short what, void *arg);
 static void batch_fail(struct store_redis *s);
@@ -334,6 +354,64 @@ static void arm_state_timer(struct store_redis *s, unsigned ms)
     struct timeval tv = ms_tv(ms);
 
     event_add(s->state_ev, &tv);
+}
+
+/* How long a link that owes replies may hear nothing from Redis, in us. */
+static uint64_t stall_us(const struct store_redis *s)
+{
+    uint64_t ms = (uint64_t)s->timeout_ms * STORE_REDIS_STALL_TIMEOUTS;
+
+    if (ms < STORE_REDIS_STALL_MIN_MS)
+        ms = STORE_REDIS_STALL_MIN_MS;
+    return ms * 1000u;
+}
+
+/* Bytes of commands hiredis holds and has not written to the socket yet. */
+static size_t unsent(const struct store_redis *s)
+{
+    if (s->ac == NULL || s->ac->c.obuf == NULL)
+        return 0;
+    return sdslen(s->ac->c.obuf);
+}
+
+/* Writes owed a reply may hold this many bytes. */
+static size_t queue_budget(const struct store_redis *s)
+{
+    return s->max_value * STORE_REDIS_QUEUE_VALUES;
+}
+
+static void arm_stall(struct store_redis *s, uint64_t us)
+{
+    struct timeval tv = {.tv_sec = (time_t)(us / 1000000u),
+                         .tv_usec = (suseconds_t)(us % 1000000u)};
+
+    event_add(s->stall_ev, &tv);
+}
+
+/* A command was queued: one more reply owed. The first one owed starts the
+ * stall check, silence counting from now. */
+static void owe_reply(struct store_redis *s)
+{
+    if (s->inflight++ > 0)
+        return;
+    s->heard_us = now_us();
+    s->unsent_seen = unsent(s);
+    if (!event_pending(s->stall_ev, EV_TIMEOUT, NULL))
+        arm_stall(s, stall_us(s));
+}
+
+/* A command's reply came (<reply> not NULL, at <now>), or the link went
+ * (NULL). The first reply on a link ends the reconnect back-off. */
+static void got_reply(struct store_redis *s, const void *reply, uint64_t now)
+{
+    s->inflight--;
+    if (reply == NULL)
+        return;
+    s->heard_us = now;
+    if (!s->link_answered) {
+        s->link_answered = true;
+        s->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+    }
 }
 
 /* An op for a command about to be sent; from the spare list when it can.
@@ -424,6 +502,7 @@ static void link_down(struct store_redis *s, const char *why)
     s->ac = NULL;
     s->timeouts_in_row = 0;
     s->loading_script = false;
+    event_del(s->stall_ev); /* nothing is owed on a link that is gone */
     set_state(s, STORE_REDIS_DOWN);
     sub_lost(s);
     if (s->freeing)
@@ -451,10 +530,17 @@ static void store_redis_on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     event_del(s->state_ev); /* the connect timeout */
-    s->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+    /* the back-off ends with the first reply: a Redis that is stopped still
+     * has its connections accepted by the kernel */
     s->timeouts_in_row = 0;
+    s->heard_us = now_us(); /* silence on this link counts from now */
+    s->unsent_seen = unsent(s);
     SR_INC(s->stats.connects);
     set_state(s, STORE_REDIS_UP);
+    /* probes find a peer that went away while nothing is owed (the stall
+     * check only runs while replies are owed); unix sockets have none */
+    if (s->unix_path == NULL && redisEnableKeepAlive(&s->ac->c) != REDIS_OK)
+        log_warnx("redis %s: cannot enable TCP keepalive: %s", s->addr, s->ac->c.errstr);
     if (s->reported_down)
         log_info("redis %s: connected again", s->addr);
     else
@@ -477,9 +563,54 @@ static void store_redis_on_disconnect(const redisAsyncContext *ac, int status)
     }
     SR_INC(s->stats.disconnects);
     event_del(s->state_ev); /* a slow pause ends with the link */
-    /* a link that was up retries quickly first */
-    s->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
-    link_down(s, ac->c.errstr[0] ? ac->c.errstr : "connection closed");
+    /* a link Redis answered on retries quickly first (got_reply() reset the
+     * back-off); one it stayed silent on waits longer each time */
+    if (s->drop_why != NULL)
+        link_down(s, s->drop_why);
+    else
+        link_down(s, ac->c.errstr[0] ? ac->c.errstr : "connection closed");
+}
+
+/* Frees the link Redis stopped answering on, from the event loop (never
+ * inside a hiredis callback): every command owed a reply gets NULL, then
+ * store_redis_on_disconnect() counts the loss and schedules the reconnect. */
+static void link_drop(struct store_redis *s, const char *why)
+{
+    redisAsyncContext *ac = s->ac;
+
+    assert(ac != NULL && !s->freeing);
+    s->ac = NULL; /* callbacks run from here send nothing on it */
+    s->drop_why = why;
+    redisAsyncFree(ac);
+    s->drop_why = NULL;
+}
+
+/* While replies are owed: drops the link when nothing was heard from Redis
+ * for stall_us(), else checks again when that would be. */
+static void store_redis_on_stall_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct store_redis *s = arg;
+    uint64_t now = now_us(), limit = stall_us(s);
+    char why[96];
+
+    (void)fd;
+    (void)what;
+    if (s->ac == NULL || s->inflight == 0)
+        return; /* armed again by the next command owed a reply */
+    size_t left = unsent(s);
+    /* Redis taking our output is alive, only busy reading (a large value);
+     * a link still connecting has its own timeout */
+    if (left < s->unsent_seen || s->state == STORE_REDIS_CONNECTING)
+        s->heard_us = now;
+    s->unsent_seen = left;
+    uint64_t quiet = now - s->heard_us;
+    if (quiet >= limit) {
+        snprintf(why, sizeof(why), "no reply for %llu ms with %u commands and %zu bytes owed",
+                 (unsigned long long)(quiet / 1000u), s->inflight, s->queued_bytes);
+        link_drop(s, why);
+        return;
+    }
+    arm_stall(s, limit - quiet);
 }
 
 /* Starts a connect; on immediate failure, schedules the next one. */
@@ -489,6 +620,7 @@ static void link_start(struct store_redis *s)
     char why[128];
 
     set_state(s, STORE_REDIS_CONNECTING);
+    s->link_answered = false;
     if (s->unix_path != NULL)
         ac = redisAsyncConnectUnix(s->unix_path);
     else
@@ -578,7 +710,8 @@ static int parse_addr(struct store_redis *s, const char *addr)
     return s->host != NULL ? 0 : -1;
 }
 
-struct store_redis *store_redis_new(struct event_base *base, const char *addr, unsigned timeout_ms)
+struct store_redis *store_redis_new(struct event_base *base, const char *addr, unsigned timeout_ms,
+                                    size_t max_value)
 {
     struct store_redis *s = calloc(1, sizeof(*s)); /* freed in store_redis_free() */
 
@@ -586,6 +719,7 @@ struct store_redis *store_redis_new(struct event_base *base, const char *addr, u
         return NULL;
     s->base = base;
     s->timeout_ms = timeout_ms;
+    s->max_value = max_value;
     s->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
     s->state = STORE_REDIS_DOWN;
     TAILQ_INIT(&s->waiting);
@@ -602,7 +736,8 @@ struct store_redis *store_redis_new(struct event_base *base, const char *addr, u
     s->state_ev = event_new(base, -1, 0, store_redis_on_state_timer, s);
     s->timeout_ev = event_new(base, -1, 0, store_redis_on_timeout, s);
     s->batch_ev = event_new(base, -1, 0, store_redis_on_batch, s);
-    if (s->state_ev == NULL || s->timeout_ev == NULL || s->batch_ev == NULL)
+    s->stall_ev = event_new(base, -1, 0, store_redis_on_stall_check, s);
+    if (s->state_ev == NULL || s->timeout_ev == NULL || s->batch_ev == NULL || s->stall_ev == NULL)
         goto fail;
     link_start(s);
     return s;
@@ -634,6 +769,9 @@ void store_redis_free(struct store_redis *s)
     if (s->timeout_ev != NULL)
         event_free(s->timeout_ev);
     s->timeout_ev = NULL;
+    if (s->stall_ev != NULL)
+        event_free(s->stall_ev);
+    s->stall_ev = NULL;
     while (!TAILQ_EMPTY(&s->spare)) {
         struct store_redis_op *op = TAILQ_FIRST(&s->spare);
         TAILQ_REMOVE(&s->spare, op, entry);
@@ -650,6 +788,11 @@ void store_redis_set_on_up(struct store_redis *s, store_redis_up_fn on_up, void 
 {
     s->on_up = on_up;
     s->up_arg = arg;
+}
+
+void store_redis_max_value(struct store_redis *s, size_t max_value)
+{
+    s->max_value = max_value;
 }
 
 enum store_redis_state store_redis_state(const struct store_redis *s)
@@ -727,7 +870,7 @@ static void get_replied(struct store_redis *s, struct store_redis_op *op, const 
                         uint64_t now)
 {
     assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_GET);
-    s->inflight--;
+    got_reply(s, reply, now);
     if (reply == NULL) {
         answer_get(s, op, STORE_REDIS_FAILED, NULL, 0);
     } else if (!op->answered && !op->cancelled) {
@@ -930,7 +1073,7 @@ struct store_redis_op *store_redis_get(struct store_redis *s, const char *key, s
         SR_INC(s->stats.skipped);
         return NULL;
     }
-    s->inflight++;
+    owe_reply(s);
     fifo_add(s, op);
     return op;
 }
@@ -954,7 +1097,7 @@ static void store_redis_on_load_reply(redisAsyncContext *ac, void *r, void *priv
     const redisReply *reply = r;
 
     (void)ac;
-    s->inflight--;
+    got_reply(s, reply, reply != NULL ? now_us() : 0);
     s->loading_script = false;
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         SR_INC(s->stats.errors);
@@ -970,19 +1113,19 @@ static void send_script_load(struct store_redis *s)
     if (s->loading_script || s->ac == NULL)
         return;
     if (redisAsyncCommandArgv(s->ac, store_redis_on_load_reply, s, 3, argv, argvlen) == REDIS_OK) {
-        s->inflight++;
+        owe_reply(s);
         s->loading_script = true;
     }
 }
 
-/* Replies to puts and publishes: only errors matter. */
-static void store_redis_on_write_reply(redisAsyncContext *ac, void *r, void *privdata)
+/* The reply to a put or publish <op> came (<reply> NULL: the link went): its
+ * bytes are no longer owed, and errors matter. <op> stays the caller's. */
+static void write_replied(struct store_redis *s, const struct store_redis_op *op,
+                          const redisReply *reply)
 {
-    struct store_redis *s = privdata;
-    const redisReply *reply = r;
-
-    (void)ac;
-    s->inflight--;
+    assert(s->queued_bytes >= op->bytes);
+    s->queued_bytes -= op->bytes;
+    got_reply(s, reply, reply != NULL ? now_us() : 0);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         SR_INC(s->stats.errors);
         log_debug("%s: redis %s: write: %s", __func__, s->addr, reply->str);
@@ -993,6 +1136,18 @@ static void store_redis_on_write_reply(redisAsyncContext *ac, void *r, void *pri
     }
 }
 
+/* The reply to a write no one waits on. */
+static void store_redis_on_write_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis_op *op = privdata;
+    struct store_redis *s = op->s;
+
+    (void)ac;
+    assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_WRITE);
+    write_replied(s, op, r);
+    op_release(s, op);
+}
+
 /* The reply to a write whose outcome is wanted. */
 static void store_redis_on_set_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
@@ -1000,8 +1155,9 @@ static void store_redis_on_set_reply(redisAsyncContext *ac, void *r, void *privd
     struct store_redis *s = op->s;
     const redisReply *reply = r;
 
+    (void)ac;
     assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_SET);
-    store_redis_on_write_reply(ac, r, s);
+    write_replied(s, op, reply);
     answer_set(s, op, reply != NULL && reply->type != REDIS_REPLY_ERROR);
     op_release(s, op);
 }
@@ -1016,27 +1172,39 @@ static int put(struct store_redis *s, const char *key, size_t key_len, const voi
     char ttl[STORE_REDIS_NUM_MAX], nkeys[STORE_REDIS_NUM_MAX];
     const char *stack_argv[STORE_REDIS_STACK_INDEXES + 8];
     size_t stack_lens[STORE_REDIS_STACK_INDEXES + 8];
+    size_t bytes = key_len + value_len;
     int rc;
 
     /* PX 0 is an error to Redis: an entry that expires now is not stored */
-    if (!usable(s, false) || ttl_ms == 0)
+    if (ttl_ms == 0)
         return -1;
-    struct store_redis_op *op = NULL;
+    if (!usable(s, false)) {
+        SR_INC(s->stats.sets_skipped);
+        return -1;
+    }
+    /* one write may always go; more only while Redis takes what it was sent */
+    if (s->queued_bytes > 0 && s->queued_bytes + bytes > queue_budget(s)) {
+        SR_INC(s->stats.sets_skipped);
+        return -1;
+    }
+    /* released by store_redis_on_write_reply() or store_redis_on_set_reply() */
+    struct store_redis_op *op =
+        op_acquire(s, cb != NULL ? OP_SET : OP_WRITE, cb != NULL ? arg : NULL);
+    if (op == NULL) {
+        SR_INC(s->stats.sets_skipped);
+        return -1;
+    }
+    op->bytes = bytes;
     redisCallbackFn *on_reply = store_redis_on_write_reply;
-    void *privdata = s;
     if (cb != NULL) {
-        op = op_acquire(s, OP_SET, arg); /* released by store_redis_on_set_reply() */
-        if (op == NULL)
-            return -1;
         op->cb.set = cb;
         on_reply = store_redis_on_set_reply;
-        privdata = op;
     }
     int ttl_len = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ttl_ms);
     if (index_count == 0 && !longest) {
         const char *argv[5] = {"SET", key, value, "PX", ttl};
         const size_t argvlen[5] = {3, key_len, value_len, 2, (size_t)ttl_len};
-        rc = redisAsyncCommandArgv(s->ac, on_reply, privdata, 5, argv, argvlen);
+        rc = redisAsyncCommandArgv(s->ac, on_reply, op, 5, argv, argvlen);
     } else {
         /* EVALSHA sha numkeys key index... value ttl longest */
         unsigned argc = 4 + index_count + 3;
@@ -1048,8 +1216,7 @@ static int put(struct store_redis *s, const char *key, size_t key_len, const voi
             if (argv == NULL || argvlen == NULL) {
                 free(argv);
                 free(argvlen);
-                if (op != NULL)
-                    op_release(s, op);
+                op_release(s, op);
                 return -1;
             }
         }
@@ -1073,20 +1240,20 @@ static int put(struct store_redis *s, const char *key, size_t key_len, const voi
         argv[n] = longest ? "1" : "0";
         argvlen[n++] = 1;
         assert(n == argc);
-        rc = redisAsyncCommandArgv(s->ac, on_reply, privdata, (int)argc, argv, argvlen);
+        rc = redisAsyncCommandArgv(s->ac, on_reply, op, (int)argc, argv, argvlen);
         if (argv != stack_argv) {
             free(argv);
             free(argvlen);
         }
     }
     if (rc != REDIS_OK) {
-        if (op != NULL)
-            op_release(s, op);
+        op_release(s, op);
         return -1;
     }
-    s->inflight++;
+    s->queued_bytes += bytes;
+    owe_reply(s);
     SR_INC(s->stats.sets);
-    if (op != NULL)
+    if (op->kind == OP_SET)
         fifo_add(s, op);
     return 0;
 }
@@ -1131,7 +1298,7 @@ static void store_redis_on_purge_reply(redisAsyncContext *ac, void *r, void *pri
 
     (void)ac;
     assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_PURGE);
-    s->inflight--;
+    got_reply(s, r, r != NULL ? now_us() : 0);
     long long n = reply_count(s, r);
     if (op->cb.count != NULL)
         op->cb.count(op->arg, n);
@@ -1175,7 +1342,7 @@ static int send_purge(struct store_redis *s, const char *const *keys, const size
         op_release(s, op);
         return -1;
     }
-    s->inflight++;
+    owe_reply(s);
     op->sent_us = now_us();
     return 0;
 }
@@ -1225,7 +1392,7 @@ static int send_prefix_batch(struct store_redis *s, struct store_redis_op *op, c
         return -1;
     if (redisAsyncCommandArgv(s->ac, store_redis_on_prefix_reply, op, 8, argv, argvlen) != REDIS_OK)
         return -1;
-    s->inflight++;
+    owe_reply(s);
     return 0;
 }
 
@@ -1238,7 +1405,7 @@ static void store_redis_on_prefix_reply(redisAsyncContext *ac, void *r, void *pr
 
     (void)ac;
     assert(op->magic == STORE_REDIS_OP_MAGIC && op->kind == OP_PREFIX);
-    s->inflight--;
+    got_reply(s, reply, reply != NULL ? now_us() : 0);
     if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
         reply->element[0]->type == REDIS_REPLY_STRING &&
         reply->element[1]->type == REDIS_REPLY_INTEGER) {
@@ -1294,12 +1461,21 @@ int store_redis_publish(struct store_redis *s, const char *channel, const void *
     const char *argv[3] = {"PUBLISH", channel, msg};
     const size_t argvlen[3] = {7, strlen(channel), len};
 
-    /* an invalidation, like a purge: a slow Redis gets it too */
-    if (!usable(s, true))
+    /* an invalidation, like a purge: a slow Redis gets it too, but not one
+     * that has left more than the budget of writes unanswered */
+    if (!usable(s, true) || s->queued_bytes > queue_budget(s))
         return -1;
-    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, s, 3, argv, argvlen) != REDIS_OK)
+    struct store_redis_op *op = op_acquire(s, OP_WRITE, NULL);
+    if (op == NULL)
         return -1;
-    s->inflight++;
+    op->bytes = argvlen[1] + len;
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_write_reply, op, 3, argv, argvlen) !=
+        REDIS_OK) {
+        op_release(s, op);
+        return -1;
+    }
+    s->queued_bytes += op->bytes;
+    owe_reply(s);
     SR_INC(s->stats.published);
     return 0;
 }

@@ -10,6 +10,12 @@
  * While Redis is down, slow (several timeouts in a row) or reconnecting,
  * gets return NULL at once, so a request never waits on a Redis that is
  * not answering. Reconnects with back-off (100 ms doubling to 5 s).
+ * A link that owes replies but hears nothing from Redis (no reply, none of
+ * its pending output taken) for STORE_REDIS_STALL_TIMEOUTS get timeouts (at
+ * least STORE_REDIS_STALL_MIN_MS) is dropped and made again, as for a Redis
+ * stopped or cut off without a reset. Memory is bounded while Redis does
+ * not answer: writes owed a reply hold at most STORE_REDIS_QUEUE_VALUES
+ * largest values.
  * Decides nothing about caching: keys and values are opaque bytes, except
  * that purges read the fixed header of cache_entry.h values (magic, kind,
  * freshness_ms, key text) to soften entries and match key prefixes, and
@@ -39,6 +45,9 @@ struct store_redis_op;
 #define STORE_REDIS_SLOW_PAUSE_MS      1000  /* ... and gets are skipped for this long */
 #define STORE_REDIS_MAX_PENDING        10000 /* operations in flight; more fail at once */
 #define STORE_REDIS_SCAN_COUNT         500   /* keys a prefix purge looks at per round trip */
+#define STORE_REDIS_STALL_TIMEOUTS     4     /* timeouts of silence before the link is dropped, */
+#define STORE_REDIS_STALL_MIN_MS       2000  /* ... but never less than this (ms) */
+#define STORE_REDIS_QUEUE_VALUES       2     /* bytes of writes owed a reply: this many values */
 
 enum store_redis_state {
     STORE_REDIS_DOWN = 0,       /* not connected; a reconnect is scheduled */
@@ -64,9 +73,10 @@ struct store_redis_stats {
     uint64_t skipped;                /* gets refused at once (down, slow, too many pending) */
     uint64_t sets, dels, errors;     /* writes sent; dels: always 0 (purges replaced them);
                                         error replies to anything */
+    uint64_t sets_skipped;           /* writes refused: down, slow, too many bytes owed */
     uint64_t purges;                 /* store_redis_purge_* sent (batches not counted) */
     uint64_t published, messages;    /* invalidations published; received by a subscriber */
-    uint64_t connects, disconnects;  /* links made and lost */
+    uint64_t connects, disconnects;  /* links made and lost (silent ones dropped included) */
     uint64_t rtt_us_sum, rtt_count;  /* round trips of answered gets */
     uint64_t state;                  /* enum store_redis_state, as a gauge */
 };
@@ -95,11 +105,16 @@ typedef void (*store_redis_up_fn)(void *arg);
 
 /*
  * Starts a store on <base> for <addr> ("host:port" or "unix:/path"), with
- * <timeout_ms> the longest a get may wait. Connecting starts at once, in
- * the background. Returns NULL when out of memory. Owning worker thread.
+ * <timeout_ms> the longest a get may wait and <max_value> the largest value
+ * the caller means to store, in bytes (writes owed a reply may hold
+ * STORE_REDIS_QUEUE_VALUES times it). Connecting starts at once, in the
+ * background. Returns NULL when out of memory. Owning worker thread.
  */
-struct store_redis *store_redis_new(struct event_base *base, const char *addr, unsigned timeout_ms)
-    __attribute__((warn_unused_result));
+struct store_redis *store_redis_new(struct event_base *base, const char *addr, unsigned timeout_ms,
+                                    size_t max_value) __attribute__((warn_unused_result));
+
+/* A new <max_value> for <s> (a reload changed it), for the writes that follow. */
+void store_redis_max_value(struct store_redis *s, size_t max_value);
 
 /* Closes the link; pending gets are answered FAILED first. NULL ignored. */
 void store_redis_free(struct store_redis *s);
@@ -118,8 +133,10 @@ void store_redis_cancel(struct store_redis_op *op);
  * may be NULL when the count is 0) scored by its expiry (epoch ms, Redis's
  * clock), drops members already expired, and extends each set's expiry to
  * at least the entry's. Without indexes a plain SET PX, else one command (a
- * script, loaded on every link). 0 when sent, -1 when Redis is not usable,
- * <ttl_ms> is 0 or memory ran out (nothing sent). Everything is copied.
+ * script, loaded on every link). 0 when sent, -1 when nothing was sent:
+ * <ttl_ms> is 0, Redis is not usable (down, slow), memory ran out, or the
+ * writes owed a reply would pass STORE_REDIS_QUEUE_VALUES times max_value
+ * bytes (counted in sets_skipped). Everything is copied.
  * <cb> NULL: fire and forget. Else <cb> is called exactly once when 0 is
  * returned, never from within this call, at the latest at the get timeout,
  * with the outcome: once it said stored, a get sent on any link finds the
@@ -170,7 +187,9 @@ int store_redis_purge_prefix(struct store_redis *s, const char *prefix, size_t p
                              bool soft, store_redis_count_fn cb, void *arg);
 
 /* PUBLISH <channel> <msg>: fire and forget, 0 when sent, -1 when Redis is not
- * usable (nothing sent). Sent even while Redis is slow. Not on a subscriber. */
+ * usable or the writes owed a reply already pass STORE_REDIS_QUEUE_VALUES
+ * times max_value bytes (nothing sent). Sent even while Redis is slow. Not on
+ * a subscriber. */
 int store_redis_publish(struct store_redis *s, const char *channel, const void *msg, size_t len);
 
 /*

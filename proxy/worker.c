@@ -254,6 +254,8 @@ static void apply_reload(struct worker *w)
     upstream_pool_retire(w->pool);
     w->pool = pool;
     set_timeouts(w, cfg);
+    if (w->redis)
+        store_redis_max_value(w->redis, cfg->cache_max_object_size); /* its write budget */
     config_unref(w->cfg);
     w->cfg = cfg;
     log_debug("%s: worker %u now serves %s", __func__, w->id, cfg->path);
@@ -377,7 +379,8 @@ struct worker *worker_new(unsigned id, struct config *cfg, struct worker_shared 
             goto fail;
         /* the Redis link stays as started: a reload that changes it warns */
         if (cfg->cache_redis[0]) {
-            w->redis = store_redis_new(w->base, cfg->cache_redis, cfg->cache_redis_timeout_ms);
+            w->redis = store_redis_new(w->base, cfg->cache_redis, cfg->cache_redis_timeout_ms,
+                                       cfg->cache_max_object_size);
             if (!w->redis)
                 goto fail;
         }
