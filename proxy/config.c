@@ -189,7 +189,8 @@ static const struct key_def keys[] = {
     {"cache", "enabled", T_BOOL, 0, 0, "yes", FIELD(cache_enabled)},
     {"cache", "redis", T_STRING, 0, 0, "", FIELD(cache_redis), .check = check_redis},
     {"cache", "memory", T_SIZE, 0, 1024 * GIB, "64m", FIELD(cache_memory)},
-    {"cache", "max_object_size", T_SIZE, 1 * KIB, 1 * GIB, "8m", FIELD(cache_max_object_size)},
+    /* at most Redis's default proto-max-bulk-len: a larger value is no bulk it takes */
+    {"cache", "max_object_size", T_SIZE, 1 * KIB, 512 * MIB, "8m", FIELD(cache_max_object_size)},
     {"cache", "default_ttl", T_DURATION, 0, 720 * MS_PER_H, "0s", FIELD(cache_default_ttl_ms)},
     {"cache", "tag_header", T_STRING, 1, 0, "Surrogate-Key", FIELD(cache_tag_header),
      .check = check_header_name},

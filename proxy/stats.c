@@ -59,7 +59,7 @@ static const char *const cache_status_names[STATS_CS_COUNT] = {
 struct redis_totals {
     uint64_t gets, found, not_found, failed, timeouts, skipped; /* gets, by result */
     uint64_t sets, errors;                                      /* writes; error replies */
-    uint64_t sets_skipped;                                      /* writes refused */
+    uint64_t sets_skipped, sets_too_large;                      /* writes refused */
     uint64_t purges, published, messages;       /* purges sent; invalidations published, received */
     uint64_t connects, disconnects, reconnects; /* reconnects: connects beyond each first */
     uint64_t rtt_us_sum, rtt_count;             /* round trips of answered gets */
@@ -364,6 +364,7 @@ static void sum_redis_locked(const struct stats_admin *a, struct redis_totals *t
         t->skipped += load(&r->skipped);
         t->sets += load(&r->sets);
         t->sets_skipped += load(&r->sets_skipped);
+        t->sets_too_large += load(&r->sets_too_large);
         t->purges += load(&r->purges);
         t->published += load(&r->published);
         t->messages += load(&r->messages);
@@ -543,16 +544,17 @@ static void render_redis(const struct stats_admin *a, struct evbuffer *out,
         out,
         "],\"gets\":%llu,\"found\":%llu,\"not_found\":%llu,\"failed\":%llu,"
         "\"timeouts\":%llu,\"skipped\":%llu,\"sets\":%llu,\"sets_skipped\":%llu,"
-        "\"errors\":%llu,"
+        "\"sets_too_large\":%llu,\"errors\":%llu,"
         "\"purges\":%llu,\"published\":%llu,\"messages\":%llu,"
         "\"connects\":%llu,\"disconnects\":%llu,\"reconnects\":%llu,\"rtt_ms\":%.3f}",
         (unsigned long long)r->gets, (unsigned long long)r->found, (unsigned long long)r->not_found,
         (unsigned long long)r->failed, (unsigned long long)r->timeouts,
         (unsigned long long)r->skipped, (unsigned long long)r->sets,
-        (unsigned long long)r->sets_skipped, (unsigned long long)r->errors,
-        (unsigned long long)r->purges, (unsigned long long)r->published,
-        (unsigned long long)r->messages, (unsigned long long)r->connects,
-        (unsigned long long)r->disconnects, (unsigned long long)r->reconnects,
+        (unsigned long long)r->sets_skipped, (unsigned long long)r->sets_too_large,
+        (unsigned long long)r->errors, (unsigned long long)r->purges,
+        (unsigned long long)r->published, (unsigned long long)r->messages,
+        (unsigned long long)r->connects, (unsigned long long)r->disconnects,
+        (unsigned long long)r->reconnects,
         r->rtt_count ? (double)r->rtt_us_sum / (double)r->rtt_count / 1000.0 : 0.0);
 }
 
@@ -913,6 +915,9 @@ static void cache_metrics(const struct stats_admin *a, struct evbuffer *out,
     metric_one(out, "clonegate_redis_sets_skipped_total", "counter",
                "Entries not written to Redis: down, slow, or too many bytes awaiting its replies.",
                r->sets_skipped);
+    metric_one(out, "clonegate_redis_sets_too_large_total", "counter",
+               "Entries not written to Redis: larger than its proto-max-bulk-len.",
+               r->sets_too_large);
     metric_one(out, "clonegate_redis_purges_total", "counter",
                "Purges sent to Redis by the workers (PURGE requests, unsafe methods).", r->purges);
     metric_one(out, "clonegate_redis_published_total", "counter",

@@ -52,7 +52,11 @@
  * from the event loop, never inside a hiredis callback, so it may free the
  * context. Until then, what waits for such a Redis is bounded: writes carry
  * their size in queued_bytes until answered and a write that would take it
- * past STORE_REDIS_QUEUE_VALUES largest values is refused.
+ * past STORE_REDIS_QUEUE_VALUES largest values is refused. Each link that
+ * loads the write script then asks the server's proto-max-bulk-len (CONFIG
+ * GET) and refuses values over it, which Redis would answer by closing the
+ * link; until the answer, values over STORE_REDIS_BULK_MIN wait for no one
+ * and are refused too.
  *
  * Only the owning worker thread touches a store; the counters are written
  * with relaxed atomic stores for the admin thread to read. Callbacks may
@@ -93,7 +97,8 @@
 #define STORE_REDIS_SHA1_HEX      40
 #define STORE_REDIS_ENTRY_PATTERN                                                                  \
     "cg:????????????????????????????????????????????????????????????????"
-#define STORE_REDIS_NOSCRIPT "NOSCRIPT"
+#define STORE_REDIS_NOSCRIPT   "NOSCRIPT"
+#define STORE_REDIS_BULK_PARAM "proto-max-bulk-len"
 
 /*
  * The value header the purges read (cache_entry.h, version 1): magic and
@@ -257,6 +262,9 @@ struct store_redis {
     unsigned inflight;            /* commands awaiting a reply (all kinds) */
     size_t max_value;             /* bytes: the largest value the caller stores */
     size_t queued_bytes;          /* bytes of the writes (OP_WRITE) awaiting a reply */
+    size_t bulk_max;              /* bytes: the largest value this link's Redis takes */
+    bool bulk_known;              /* Redis told bulk_max on this link (or refused to) */
+    bool bulk_refusal_logged;     /* a refused CONFIG GET was logged at info */
     bool link_answered;           /* Redis answered something on this link */
     uint64_t heard_us;            /* monotonic: last reply, output taken, or first owed */
     size_t unsent_seen;           /* bytes hiredis had not written at the last stall check */
@@ -287,6 +295,7 @@ static void store_redis_on_timeout(evutil_socket_t fd, short what, void *arg);
 static void store_redis_on_batch(evutil_socket_t fd, short what, void *arg);
 static void batch_fail(struct store_redis *s);
 static void send_script_load(struct store_redis *s);
+static void send_bulk_query(struct store_redis *s);
 static void send_subscribe(struct store_redis *s);
 static void sub_lost(struct store_redis *s);
 
@@ -621,6 +630,8 @@ static void link_start(struct store_redis *s)
 
     set_state(s, STORE_REDIS_CONNECTING);
     s->link_answered = false;
+    s->bulk_known = false;
+    s->bulk_max = STORE_REDIS_BULK_MIN; /* until this link's Redis says */
     if (s->unix_path != NULL)
         ac = redisAsyncConnectUnix(s->unix_path);
     else
@@ -647,10 +658,12 @@ static void link_start(struct store_redis *s)
     s->ac = ac;
     arm_state_timer(s, STORE_REDIS_CONNECT_TIMEOUT_MS);
     /* queued now, so it goes before anything else on this link */
-    if (s->subscriber)
+    if (s->subscriber) {
         send_subscribe(s);
-    else
+    } else {
         send_script_load(s);
+        send_bulk_query(s);
+    }
 }
 
 static void store_redis_on_state_timer(evutil_socket_t fd, short what, void *arg)
@@ -1118,6 +1131,54 @@ static void send_script_load(struct store_redis *s)
     }
 }
 
+/* The server's proto-max-bulk-len: what a value may be on this link. */
+static void store_redis_on_bulk_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store_redis *s = privdata;
+    const redisReply *reply = r;
+
+    (void)ac;
+    got_reply(s, reply, reply != NULL ? now_us() : 0);
+    if (reply == NULL)
+        return; /* the link went; the next one asks again */
+    unsigned long long v = 0;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[1]->type == REDIS_REPLY_STRING) {
+        char *end;
+        errno = 0;
+        v = strtoull(reply->element[1]->str, &end, 10);
+        if (errno != 0 || end == reply->element[1]->str || *end != '\0')
+            v = 0;
+    }
+    if (v == 0) {
+        /* refused (ACL, a renamed CONFIG) or not understood: Redis's
+         * default; said once, as every link of the store is told the same */
+        const char *why = reply->type == REDIS_REPLY_ERROR ? reply->str : "no value";
+        if (!s->bulk_refusal_logged)
+            log_info("redis %s: %s unknown (%s); taking %u bytes", s->addr, STORE_REDIS_BULK_PARAM,
+                     why, STORE_REDIS_BULK_DEFAULT);
+        else
+            log_debug("%s: redis %s: %s unknown (%s)", __func__, s->addr, STORE_REDIS_BULK_PARAM,
+                      why);
+        s->bulk_refusal_logged = true;
+        v = STORE_REDIS_BULK_DEFAULT;
+    }
+    s->bulk_max = v > SIZE_MAX ? SIZE_MAX : (size_t)v;
+    s->bulk_known = true;
+    log_debug("%s: redis %s: values up to %zu bytes", __func__, s->addr, s->bulk_max);
+}
+
+static void send_bulk_query(struct store_redis *s)
+{
+    const char *argv[3] = {"CONFIG", "GET", STORE_REDIS_BULK_PARAM};
+    const size_t argvlen[3] = {6, 3, sizeof(STORE_REDIS_BULK_PARAM) - 1};
+
+    if (s->ac == NULL)
+        return;
+    if (redisAsyncCommandArgv(s->ac, store_redis_on_bulk_reply, s, 3, argv, argvlen) == REDIS_OK)
+        owe_reply(s);
+}
+
 /* The reply to a put or publish <op> came (<reply> NULL: the link went): its
  * bytes are no longer owed, and errors matter. <op> stays the caller's. */
 static void write_replied(struct store_redis *s, const struct store_redis_op *op,
@@ -1180,6 +1241,17 @@ static int put(struct store_redis *s, const char *key, size_t key_len, const voi
         return -1;
     if (!usable(s, false)) {
         SR_INC(s->stats.sets_skipped);
+        return -1;
+    }
+    if (value_len > s->bulk_max) {
+        /* Redis would close the link on it, and every command on the link
+         * would fail; before it said its limit, the value waits for no one */
+        if (s->bulk_known)
+            SR_INC(s->stats.sets_too_large);
+        else
+            SR_INC(s->stats.sets_skipped);
+        log_debug("%s: redis %s: a value of %zu bytes is over %zu%s", __func__, s->addr, value_len,
+                  s->bulk_max, s->bulk_known ? "" : " (not known yet)");
         return -1;
     }
     /* one write may always go; more only while Redis takes what it was sent */

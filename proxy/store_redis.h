@@ -15,7 +15,8 @@
  * least STORE_REDIS_STALL_MIN_MS) is dropped and made again, as for a Redis
  * stopped or cut off without a reset. Memory is bounded while Redis does
  * not answer: writes owed a reply hold at most STORE_REDIS_QUEUE_VALUES
- * largest values.
+ * largest values, and a value over the server's proto-max-bulk-len (asked
+ * on every link) is never sent, as Redis would drop the link for it.
  * Decides nothing about caching: keys and values are opaque bytes, except
  * that purges read the fixed header of cache_entry.h values (magic, kind,
  * freshness_ms, key text) to soften entries and match key prefixes, and
@@ -48,6 +49,8 @@ struct store_redis_op;
 #define STORE_REDIS_STALL_TIMEOUTS     4     /* timeouts of silence before the link is dropped, */
 #define STORE_REDIS_STALL_MIN_MS       2000  /* ... but never less than this (ms) */
 #define STORE_REDIS_QUEUE_VALUES       2     /* bytes of writes owed a reply: this many values */
+#define STORE_REDIS_BULK_DEFAULT       (512u * 1024 * 1024) /* proto-max-bulk-len, Redis's default */
+#define STORE_REDIS_BULK_MIN           (1024u * 1024)       /* the least any Redis takes */
 
 enum store_redis_state {
     STORE_REDIS_DOWN = 0,       /* not connected; a reconnect is scheduled */
@@ -74,6 +77,7 @@ struct store_redis_stats {
     uint64_t sets, dels, errors;     /* writes sent; dels: always 0 (purges replaced them);
                                         error replies to anything */
     uint64_t sets_skipped;           /* writes refused: down, slow, too many bytes owed */
+    uint64_t sets_too_large;         /* writes refused: value over proto-max-bulk-len */
     uint64_t purges;                 /* store_redis_purge_* sent (batches not counted) */
     uint64_t published, messages;    /* invalidations published; received by a subscriber */
     uint64_t connects, disconnects;  /* links made and lost (silent ones dropped included) */
@@ -134,9 +138,10 @@ void store_redis_cancel(struct store_redis_op *op);
  * clock), drops members already expired, and extends each set's expiry to
  * at least the entry's. Without indexes a plain SET PX, else one command (a
  * script, loaded on every link). 0 when sent, -1 when nothing was sent:
- * <ttl_ms> is 0, Redis is not usable (down, slow), memory ran out, or the
+ * <ttl_ms> is 0, Redis is not usable (down, slow), memory ran out, the
  * writes owed a reply would pass STORE_REDIS_QUEUE_VALUES times max_value
- * bytes (counted in sets_skipped). Everything is copied.
+ * bytes, or <value_len> is over the server's proto-max-bulk-len (counted in
+ * sets_skipped or sets_too_large). Everything is copied.
  * <cb> NULL: fire and forget. Else <cb> is called exactly once when 0 is
  * returned, never from within this call, at the latest at the get timeout,
  * with the outcome: once it said stored, a get sent on any link finds the

@@ -1,9 +1,11 @@
-"""A Redis that fails without closing the link: README "When Redis is down
-or slow".
+"""A Redis that fails without closing the link, or that refuses what it is
+sent: README "When Redis is down or slow".
 
 A Redis that is connected but answers nothing (stopped with SIGSTOP, as a
 network partition without a reset looks) must not make clonegate pile writes
-up in memory, and its link must be dropped and made again.
+up in memory, and its link must be dropped and made again; a value larger
+than the server's proto-max-bulk-len must not be sent at all, since Redis
+answers it by closing the link under every lookup in flight.
 
 Each test starts one origin.py, one clonegate with one worker and its own
 redis-server, and stops them by PID (conftest.py).
@@ -77,3 +79,59 @@ def test_a_silent_redis_is_dropped_and_memory_stays_bounded(origins, clonegate, 
     t = store_until_in_redis(cg, redis, "silent-after", timeout=15)
     helpers.wait_for(lambda: is_hit(cg.get(t)), timeout=5, what="a hit after Redis came back")
     assert redis_stats(cg)["state"] == "up"
+
+
+@pytest.mark.hard_timeout(60)
+def test_a_value_over_redis_bulk_limit_is_not_sent_and_the_link_stays(
+        origins, clonegate, tmp_path, world):
+    r = world.add(helpers.start_redis(tmp_path / "r", args=("--proto-max-bulk-len", "1mb")))
+    # no L1: every hit comes from Redis; a lookup of a large entry may take
+    # a while on a busy machine
+    cg, o = start(clonegate, origins, redis=r, **{"cache.max_object_size": "4m",
+                                                  "cache.memory": "0", "cache.redis_timeout": "1s"})
+    small = store_until_in_redis(cg, r, "bulk-warm")
+    before = redis_stats(cg)
+    big = [url(f"bulk-{i}", cc="max-age=60", size=str(1500 * 1000)) for i in range(3)]
+    for t in big:
+        x = cg.get(t)
+        assert x.status == 200 and len(x.body) == 1500 * 1000, (t, x)
+        # a lookup right behind the write: on a link Redis dropped it fails
+        assert is_hit(cg.get(small)), "a Redis lookup failed after a large write"
+    after = redis_stats(cg)
+    assert after.get("sets_too_large", 0) - before.get("sets_too_large", 0) == 3, after
+    assert after["disconnects"] == before["disconnects"], after
+    assert after["failed"] == before["failed"], after
+    assert after["state"] == "up", after
+    assert not {redis_key(t) for t in big} & redis_keys(r)
+    # entries that fit are still written, and served from Redis
+    fits = url("bulk-fits", cc="max-age=60", size=str(900 * 1000))
+    cg.get(fits)
+    helpers.wait_for(lambda: redis_key(fits) in redis_keys(r), timeout=5, what="a write that fits")
+    x = cg.get(fits)
+    assert is_hit(x) and helpers.sha256(x.body) == helpers.pattern_sha256(900 * 1000), x
+
+
+@pytest.mark.hard_timeout(60)
+def test_a_redis_that_refuses_config_get_takes_values_up_to_its_default(
+        origins, clonegate, tmp_path, world):
+    r = world.add(helpers.start_redis(tmp_path / "r", args=("--rename-command", "CONFIG", "")))
+    # no L1: every hit comes from Redis; a lookup of a large entry may take
+    # a while on a busy machine
+    cg, o = start(clonegate, origins, redis=r, **{"cache.max_object_size": "4m",
+                                                  "cache.memory": "0", "cache.redis_timeout": "1s"})
+    store_until_in_redis(cg, r, "noconfig-warm")
+    t = url("noconfig-big", cc="max-age=60", size=str(3 * MIB))
+    assert cg.get(t).status == 200
+    helpers.wait_for(lambda: redis_key(t) in redis_keys(r), timeout=5, what="a 3 MiB write")
+    x = cg.get(t)
+    assert is_hit(x) and helpers.sha256(x.body) == helpers.pattern_sha256(3 * MIB), x
+    st = redis_stats(cg)
+    assert st.get("sets_too_large", 0) == 0 and st["disconnects"] == 0, st
+
+
+def test_max_object_size_is_at_most_a_redis_bulk(tmp_path):
+    base = "[upstream]\nservers = 127.0.0.1:9001\n[cache]\n"
+    code, out = helpers.clonegate_check(base + "max_object_size = 1g\n", tmp_path)
+    assert code == 1 and "[cache] max_object_size: '1g' out of range (1k..512m)" in out, out
+    code, out = helpers.clonegate_check(base + "max_object_size = 512m\n", tmp_path)
+    assert code == 0 and "configuration ok" in out, out

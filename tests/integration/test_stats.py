@@ -47,7 +47,7 @@ CACHE_COUNTERS = ("hits", "misses", "stale", "l2_hits", "stale_served", "revalid
                   "lock_timeouts", "invalidations", "background_refreshes", "waiting")
 L1_KEYS = ("entries", "bytes", "capacity", "evictions", "expired")
 REDIS_COUNTERS = ("links_up", "gets", "found", "not_found", "failed", "timeouts", "skipped",
-                  "sets", "sets_skipped", "errors", "purges", "published",
+                  "sets", "sets_skipped", "sets_too_large", "errors", "purges", "published",
                   "messages", "connects", "disconnects", "reconnects")
 PURGE_KEYS = ("requests", "url", "prefix", "tag", "soft", "entries", "refused",
               "messages_received", "l1_drops", "queued", "replayed", "overflows")
@@ -991,6 +991,7 @@ def test_issue_7_metrics_carry_the_cache_series_and_pass_promtool(origins, clone
                       ("clonegate_redis_gets_skipped_total", "skipped"),
                       ("clonegate_redis_sets_total", "sets"),
                       ("clonegate_redis_sets_skipped_total", "sets_skipped"),
+                      ("clonegate_redis_sets_too_large_total", "sets_too_large"),
                       ("clonegate_redis_purges_total", "purges"),
                       ("clonegate_redis_published_total", "published"),
                       ("clonegate_redis_messages_total", "messages"),

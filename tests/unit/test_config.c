@@ -818,6 +818,8 @@ static struct bad_case bad_cases[] = {
      0, "test.ini:2: [upstream] response_timeout: '5000000s' out of range (10ms..24h)\n"},
     {"out of range, size", "[server]\nmax_header_size = 2m\n" MINIMAL, 0,
      "test.ini:2: [server] max_header_size: '2m' out of range (1k..1m)\n"},
+    {"out of range, object size over a Redis bulk", "[cache]\nmax_object_size = 1g\n" MINIMAL, 0,
+     "test.ini:2: [cache] max_object_size: '1g' out of range (1k..512m)\n"},
     {"out of range, retries", MINIMAL "retries = 65\n", 0,
      "test.ini:3: [upstream] retries: '65' out of range (0..64)\n"},
     {"bad server address, name", "[upstream]\nservers = example.com:80\n", 0,
