@@ -436,6 +436,13 @@ static int on_headers_complete(llhttp_t *p)
         /* responses that never have a body, whatever their headers say */
         if (h->skip_body || h->status < 200 || h->status == 204 || h->status == 304)
             p->flags |= F_SKIPBODY;
+        /* framing fields a 1xx or 204 must not carry (RFC 9110 8.6, 9112
+         * 6.1): not passed on, so no client can read a body into one */
+        if (h->status < 200 || h->status == 204)
+            for (unsigned i = 0; i < h->header_count; i++)
+                if (h->headers[i].id == HTTP_H_CONTENT_LENGTH ||
+                    h->headers[i].id == HTTP_H_TRANSFER_ENCODING)
+                    h->headers[i].hop = 1;
         if (h->status == 101)
             h->upgrade = 1;
         /* a coding list we read as ending in chunked while the parser did

@@ -148,9 +148,16 @@ static void check_forward(const struct http_head *h, const char *buf,
         CHECK(back->head_len == len);
         CHECK(back->status == h->status);
         CHECK(back->version_minor == 1);
+        /* a 1xx or 204 loses its framing fields (it has no body) */
+        bool framed = h->status >= 200 && h->status != 204;
         if (!mode->drop_framing) {
-            CHECK(back->chunked == h->chunked);
-            CHECK(back->content_length == h->content_length);
+            if (framed) {
+                CHECK(back->chunked == h->chunked);
+                CHECK(back->content_length == h->content_length);
+            } else {
+                CHECK(!has_field(text, len, "Content-Length", 14));
+                CHECK(!has_field(text, len, "Transfer-Encoding", 17));
+            }
             CHECK(back->has_body == h->has_body);
             CHECK(http_body_until_close(back) == http_body_until_close(h));
         }
