@@ -85,11 +85,16 @@ static void warn_unreloadable(const struct config *old, const struct config *cfg
     if (!same_stats || strcmp(old->stats_auth, cfg->stats_auth) != 0 ||
         old->stats_allow_count != cfg->stats_allow_count)
         log_warnx("reload: [stats] changed; it takes a restart to apply");
-    if (old->cache_enabled != cfg->cache_enabled || old->cache_memory != cfg->cache_memory ||
-        strcmp(old->cache_redis, cfg->cache_redis) != 0 ||
-        old->cache_redis_timeout_ms != cfg->cache_redis_timeout_ms)
-        log_warnx("reload: cache.enabled, cache.memory, cache.redis or cache.redis_timeout "
-                  "changed; it takes a restart to apply");
+    /* turning the cache off applies at once; on, only if it was on at start */
+    if (!old->cache_enabled && cfg->cache_enabled)
+        log_warnx("reload: cache.enabled changed to yes; the cache was off at start and it "
+                  "takes a restart to turn it on");
+    if (old->cache_memory != cfg->cache_memory)
+        log_warnx("reload: cache.memory changed; it takes a restart to apply");
+    if (strcmp(old->cache_redis, cfg->cache_redis) != 0)
+        log_warnx("reload: cache.redis changed; it takes a restart to apply");
+    if (old->cache_redis_timeout_ms != cfg->cache_redis_timeout_ms)
+        log_warnx("reload: cache.redis_timeout changed; it takes a restart to apply");
     bool same_tls = old->tls_listen_count == cfg->tls_listen_count;
     for (unsigned i = 0; same_tls && i < cfg->tls_listen_count; i++)
         same_tls = strcmp(old->tls_listen[i].text, cfg->tls_listen[i].text) == 0;

@@ -127,6 +127,28 @@ def test_sighup_switches_servers_and_keeps_connections(origins, clonegate):
         keep.close()
 
 
+def test_sighup_turning_the_cache_off_applies_at_once_and_says_so_truly(origins, clonegate):
+    """enabled = no applies to the next request without a "takes a restart"
+    warning; a changed memory is named alone as the key that takes one."""
+    (o,) = origins(1)
+    cg = clonegate({"cache.memory": "8m"}, servers=[o])
+    target = "/c/reload-off?cc=max-age=60"
+    assert cg.get(target).status == 200
+    assert "; hit" in cg.get(target).header("Cache-Status")
+    keep = {"server.listen": f"127.0.0.1:{cg.port}", "stats.listen": cg.sections["stats"]["listen"]}
+    cg.reload(clonegate.ini([o], overrides=dict(keep, **{"cache.enabled": "no"})))
+    helpers.wait_for(lambda: "fwd=bypass" in (cg.get(target).header("Cache-Status") or "")
+                     or cg.get(target).header("Cache-Status") is None,
+                     timeout=RELOAD_WAIT, what="the cache to be off")
+    log = cg.stderr_text()
+    assert "cache.enabled" not in log, log[-2000:]
+    cg.reload(clonegate.ini([o], overrides=dict(keep, **{"cache.memory": "16m"})))
+    helpers.wait_for(lambda: "reload: cache.memory changed" in cg.stderr_text(),
+                     timeout=RELOAD_WAIT, what="the warning about memory")
+    log = cg.stderr_text()
+    assert "cache.enabled" not in log and "cache.redis" not in log, log[-2000:]
+
+
 def test_sighup_with_broken_file_keeps_old_config(origins, clonegate):
     o1, o2 = origins(2)
     cg = clonegate({"cache.enabled": "no"}, servers=[o1])
