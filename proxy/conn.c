@@ -2936,6 +2936,11 @@ static void conn_on_event(struct stream *st, enum stream_event what, void *arg)
 
     if (what == STREAM_EV_READ_TIMEOUT || what == STREAM_EV_WRITE_TIMEOUT) {
         if (what == STREAM_EV_READ_TIMEOUT && c->state == CONN_FORWARDING && !c->req_done) {
+            /* no answer begun yet: the client hears why, and the log has it */
+            if (!c->resp_started) {
+                send_error(c, 408, false, "request body stalled");
+                return;
+            }
             conn_close(c, "request body stalled");
             return;
         }

@@ -422,6 +422,21 @@ def test_slowloris_drip_gets_408_at_header_timeout(origins, clonegate):
     assert forwarded(o) == {"/ok": 1}
 
 
+def test_a_request_body_that_stalls_gets_408_and_an_access_log_line(origins, clonegate):
+    """A body that stops coming for idle_timeout, before any answer: the
+    client gets 408 (then the close) and the access log records it."""
+    origins(1)
+    cg = start(clonegate, **{"server.idle_timeout": "500ms", "server.access_log": "stderr"})
+    with HttpConn(cg.port, timeout=5) as c:
+        c.send(build_request("POST", "/sink-stall", {"Content-Length": "10"}) + b"abc")
+        r = c.read_response("POST")
+        assert r.status == 408, r.raw[:200]
+        assert c.closed_by_peer(timeout=3.0)
+    helpers.wait_for(lambda: "/sink-stall" in cg.stderr_text() and " 408 " in cg.stderr_text(),
+                     timeout=5, what="the access log line of the stalled request")
+    still_serves(cg)
+
+
 def test_idle_keep_alive_connection_closed_after_idle_timeout(origins, clonegate):
     origins(1)
     cg = start(clonegate, **{"server.idle_timeout": "500ms"})
