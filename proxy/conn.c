@@ -1299,7 +1299,10 @@ static void conn_on_up_event(struct stream *st, enum stream_event what, void *ar
         upstream_failed(c, 502, "clone closed without answering", true);
         return;
     }
-    upstream_failed(c, 502, c->up->connected ? "connection error" : "connect failed", true);
+    char why[200];
+    snprintf(why, sizeof(why), "%s: %s", c->up->connected ? "connection error" : "connect failed",
+             stream_error_text(&c->up->s));
+    upstream_failed(c, 502, why, true);
 }
 
 /* Notes (or forgets) that the clone with stable <id> was tried. */

@@ -411,7 +411,7 @@ static void health_on_check_event(struct stream *s, enum stream_event what, void
         check_done(chk, false, "closed without answering");
         return;
     case STREAM_EV_ERROR:
-        check_done(chk, false, strerror(s->error));
+        check_done(chk, false, stream_error_text(s));
         return;
     case STREAM_EV_READ_TIMEOUT:
     case STREAM_EV_WRITE_TIMEOUT:

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -20,6 +21,8 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "log.h"
 #include "tls.h"
@@ -125,6 +128,21 @@ void stream_read_enable(struct stream *s, bool on)
         arm_read(s);
     else if (s->fd != -1)
         event_del(&s->read_ev);
+}
+
+const char *stream_error_text(const struct stream *s)
+{
+    static _Thread_local char text[160];
+    if (s->ssl && s->error == EPROTO && !SSL_is_server(s->ssl)) {
+        long v = SSL_get_verify_result(s->ssl);
+        if (v != X509_V_OK) {
+            snprintf(text, sizeof(text), "TLS certificate check failed: %s",
+                     X509_verify_cert_error_string(v));
+            return text;
+        }
+        return "TLS handshake failed";
+    }
+    return strerror(s->error);
 }
 
 bool stream_error_is_local(int err)

@@ -91,6 +91,11 @@ void stream_set_callbacks(struct stream *s, stream_data_fn on_read, stream_data_
 int stream_connect(struct stream *s, struct event_base *base, const struct sockaddr *sa,
                    socklen_t salen);
 
+/* What went wrong on <s> after STREAM_EV_ERROR, for logs: a failed TLS
+ * certificate check by name, else the error's text. Static or owned by the
+ * stream; valid until the next call. */
+const char *stream_error_text(const struct stream *s);
+
 /* Whether a stream_connect() failure with <err> is this machine's (out of
  * descriptors, memory or local ports), not the peer's: nothing to hold
  * against the peer. */

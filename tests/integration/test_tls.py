@@ -642,6 +642,8 @@ def test_upstream_tls_with_the_wrong_ca_gets_502_and_the_clone_goes_down(clonega
                      what="the clone to be marked down")
     srv = by_addr(cg.stats())[o.addr]
     assert srv["checks_passed"] == 0 and srv["checks_failed"] >= 1, srv
+    # the operator is told it is the certificate, not the network
+    assert srv["last_error"].startswith("TLS certificate check failed"), srv["last_error"]
     assert o.count() == 0  # nothing got past the handshake
     assert cg.get("/y").status == 503
 
