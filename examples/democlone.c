@@ -284,6 +284,21 @@ static int query_number(struct evhttp_request *req, const char *key, uint64_t ma
     return rc;
 }
 
+/* evhttp_send_reply(), except that a HEAD gets the headers alone, with the
+ * Content-Length the GET would have (libevent 2.1 would send the body). */
+static void send_reply(struct evhttp_request *req, int code, const char *reason,
+                       struct evbuffer *body)
+{
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        char len[32];
+        snprintf(len, sizeof(len), "%zu", body ? evbuffer_get_length(body) : (size_t)0);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", len);
+        evhttp_send_reply(req, code, reason, NULL);
+        return;
+    }
+    evhttp_send_reply(req, code, reason, body);
+}
+
 static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *text)
 {
     struct evbuffer *body = evbuffer_new();
@@ -291,7 +306,7 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
     if (body != NULL)
         evbuffer_add(body, text, strlen(text));
-    evhttp_send_reply(req, code, reason, body);
+    send_reply(req, code, reason, body);
     if (body != NULL)
         evbuffer_free(body);
 }
@@ -313,7 +328,7 @@ static void route_index(struct evhttp_request *req)
                         "democlone %s\n"
                         "routes: /health /cacheable /nostore /slow?ms=N /echo /bytes?n=N\n",
                         demo.name);
-    evhttp_send_reply(req, HTTP_OK, "OK", body);
+    send_reply(req, HTTP_OK, "OK", body);
     evbuffer_free(body);
 }
 
@@ -343,7 +358,7 @@ static void route_nostore(struct evhttp_request *req)
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
     evbuffer_add_printf(body, "not to be stored, from %s\n", demo.name);
-    evhttp_send_reply(req, HTTP_OK, "OK", body);
+    send_reply(req, HTTP_OK, "OK", body);
     evbuffer_free(body);
 }
 
@@ -419,7 +434,7 @@ static void route_echo(struct evhttp_request *req)
     evbuffer_add_printf(body, "\nbody-length: %zu\n",
                         evbuffer_get_length(evhttp_request_get_input_buffer(req)));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
-    evhttp_send_reply(req, HTTP_OK, "OK", body);
+    send_reply(req, HTTP_OK, "OK", body);
     evbuffer_free(body);
 }
 

@@ -146,6 +146,18 @@ def test_democlone_health_and_cacheable(democlones):
     assert c1.get("/nostore").header("Cache-Control") == "no-store"
 
 
+def test_democlone_answers_head_with_the_get_length_and_no_body(democlones):
+    (c,) = democlones(1)
+    with HttpConn(c.port) as conn:
+        for path in ("/", "/cacheable", "/nostore", "/health"):
+            length = len(conn.get(path).body)
+            r = conn.request("HEAD", path)
+            assert r.status == 200 and r.body == b"", (path, r.raw[:300])
+            assert r.header("Content-Length") == str(length), (path, r.raw[:300])
+        # the connection is still in step: the next answer is the right one
+        assert conn.get("/health").body == b"ok\n"
+
+
 def test_democlone_keepalive_echo_bytes_slow(democlones):
     (c,) = democlones(1)
     with HttpConn(c.port) as conn:
