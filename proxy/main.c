@@ -213,6 +213,37 @@ static void raise_nofile_limit(const struct config *cfg)
             cfg->max_connections, need, (unsigned long long)rl.rlim_cur);
 }
 
+/* For -t: whether the access log file can be opened for appending, as the
+ * start will: its directory exists and takes writes (and the file, if it
+ * exists). 0, or -1 with the reason on stderr. */
+static int check_access_log(const struct config *cfg, const char *ini)
+{
+    const char *path = cfg->access_log;
+    if (strcmp(path, "off") == 0 || strcmp(path, "stderr") == 0)
+        return 0;
+    if (access(path, F_OK) == 0) {
+        if (access(path, W_OK) == 0)
+            return 0;
+        fprintf(stderr, "%s: [server] access_log: cannot write %s: %s\n", ini, path,
+                strerror(errno));
+        return -1;
+    }
+    char dir[CONFIG_PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0'; /* a file in / */
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof(dir), "."); /* relative to the working directory */
+    if (access(dir, W_OK | X_OK) == 0)
+        return 0;
+    fprintf(stderr, "%s: [server] access_log: cannot create %s: %s: %s\n", ini, path, dir,
+            strerror(errno));
+    return -1;
+}
+
 static int run(const char *path)
 {
     struct main_state m = {0};
@@ -424,8 +455,9 @@ int main(int argc, char **argv)
         if (!cfg)
             return 1;
         int tls_rc = tls_check(cfg, stdout); /* a line per certificate, or why not */
+        int log_rc = check_access_log(cfg, path);
         config_unref(cfg);
-        if (tls_rc == -1)
+        if (tls_rc == -1 || log_rc == -1)
             return 1;
         printf("configuration ok\n");
         return 0;

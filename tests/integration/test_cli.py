@@ -43,6 +43,23 @@ def test_check_shipped_ini_is_ok(ini):
     assert "configuration ok" in out + err, (out, err)
 
 
+def test_check_refuses_an_access_log_the_start_could_not_open(tmp_path):
+    """-t says what the start would fail on: an access log in a directory
+    that is not there. A writable one passes, and -t creates no file."""
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[server]\naccess_log = " + str(tmp_path / "missing" / "a.log") +
+                   "\n[upstream]\nservers = 127.0.0.1:9001\n")
+    code, out, err = run("-t", "-c", bad)
+    assert code == 1, (out, err)
+    assert "access_log" in err and "missing" in err and "configuration ok" not in out, (out, err)
+    good = tmp_path / "good.ini"
+    good.write_text("[server]\naccess_log = " + str(tmp_path / "a.log") +
+                    "\n[upstream]\nservers = 127.0.0.1:9001\n")
+    code, out, err = run("-t", "-c", good)
+    assert code == 0 and "configuration ok" in out, (out, err)
+    assert not (tmp_path / "a.log").exists()
+
+
 def test_check_prints_every_error_with_file_and_line(tmp_path):
     ini = tmp_path / "broken.ini"
     # One error on each marked line; the good lines between them must not
