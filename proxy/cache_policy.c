@@ -476,8 +476,13 @@ static enum cache_policy_verdict verdict(const struct http_head *req, const char
     if (!status_default_cacheable(status) && cc->max_age < 0 && cc->s_maxage < 0 &&
         resp->index[HTTP_H_EXPIRES] < 0 && !(cc->flags & CACHE_CC_PUBLIC))
         return CACHE_NOT_STATUS;
-    /* stale at once with nothing to revalidate with: useless */
-    if (out->freshness_ms == 0 && resp->index[HTTP_H_ETAG] < 0 && out->last_modified_ms < 0)
+    /* stale at once with nothing to revalidate with: useless; so is one
+     * whose Age already passed its lifetime and every stale window */
+    bool validators = resp->index[HTTP_H_ETAG] >= 0 || out->last_modified_ms >= 0;
+    if (out->freshness_ms == 0 && !validators)
+        return CACHE_NOT_NO_LIFETIME;
+    int64_t window = out->swr_ms > out->sie_ms ? out->swr_ms : out->sie_ms;
+    if (!validators && out->initial_age_ms >= sat_add(out->freshness_ms, window > 0 ? window : 0))
         return CACHE_NOT_NO_LIFETIME;
     return CACHE_STORE;
 }

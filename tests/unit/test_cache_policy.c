@@ -317,6 +317,12 @@ static const struct verdict_row {
     {REQ(""), RESP(ETAG), OPTS_RFC, CACHE_STORE, false},
     {REQ(""), RESP(DATE0 LM5), OPTS_RFC, CACHE_STORE, false},
     {REQ(""), RESP("Cache-Control: max-age=0\r\n" ETAG), OPTS_RFC, CACHE_STORE, false},
+    /* older on arrival than its lifetime and stale windows: useless too */
+    {REQ(""), RESP("Age: 100\r\n" MA60), OPTS_RFC, CACHE_NOT_NO_LIFETIME, false},
+    {REQ(""), RESP("Age: 100\r\n" MA60 ETAG), OPTS_RFC, CACHE_STORE, false},
+    {REQ(""), RESP("Age: 100\r\nCache-Control: max-age=60, stale-while-revalidate=60\r\n"),
+     OPTS_RFC, CACHE_STORE, false},
+    {REQ(""), RESP("Age: 59\r\n" MA60), OPTS_RFC, CACHE_STORE, false},
     /* no-cache with a validator: stored, validated before each use */
     {REQ(""), RESP("Cache-Control: no-cache\r\n" ETAG), OPTS_RFC, CACHE_STORE, true},
     {REQ(""), RESP("Cache-Control: no-cache=\"x\"\r\n" DATE0 LM5), OPTS_RFC, CACHE_STORE, true},
