@@ -447,6 +447,10 @@ int main(int argc, char **argv)
         }
     }
     if (!path || optind != argc) {
+        if (!path)
+            fprintf(stderr, "clonegate: no configuration file: give it with -c FILE\n");
+        else
+            fprintf(stderr, "clonegate: unexpected argument: %s\n", argv[optind]);
         usage(stderr);
         return 2;
     }

@@ -133,6 +133,15 @@ def test_no_arguments_is_a_usage_error():
     assert "usage" in (out + err).lower()
 
 
+def test_a_usage_error_says_what_is_wrong(tmp_path):
+    code, out, err = run("-t")
+    assert code == 2 and "no configuration file" in err, (out, err)
+    ini = tmp_path / "a.ini"
+    ini.write_text("[upstream]\nservers = 127.0.0.1:9001\n")
+    code, out, err = run("-t", "-c", ini, "extra")
+    assert code == 2 and "unexpected argument: extra" in err, (out, err)
+
+
 def test_unknown_option_is_a_usage_error():
     code, out, err = run("-Z")
     assert code == 2, (out, err)
