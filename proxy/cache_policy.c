@@ -317,6 +317,12 @@ const char *cache_policy_verdict_text(enum cache_policy_verdict v)
         return "vary-too-long";
     case CACHE_NOT_VARY_FORWARDED:
         return "vary-forwarded";
+    case CACHE_NOT_TOO_LARGE:
+        return "too-large";
+    case CACHE_NOT_CLOSE_DELIMITED:
+        return "close-delimited";
+    case CACHE_NOT_DECODED:
+        return "dechunked";
     }
     return "unknown";
 }

@@ -78,6 +78,10 @@ enum cache_policy_verdict {
     CACHE_NOT_NO_LIFETIME = 8,   /* no freshness at all and no validator to revalidate with */
     CACHE_NOT_VARY_TOO_LONG = 9, /* Vary names or values longer than CACHE_POLICY_VARY_MAX */
     CACHE_NOT_VARY_FORWARDED = 10, /* Vary names a field the proxy rewrites (X-Forwarded-For...) */
+    /* storable by the rules, but not by this proxy; set by the caller */
+    CACHE_NOT_TOO_LARGE = 11,       /* Content-Length over what the cache takes */
+    CACHE_NOT_CLOSE_DELIMITED = 12, /* the body ends with the connection: no known end */
+    CACHE_NOT_DECODED = 13,         /* de-chunked for an HTTP/1.0 client on its way */
 };
 
 /* Short text of a verdict for Cache-Status detail= ("no-store", "private"...). */

@@ -2401,11 +2401,16 @@ static bool cache_response_head(struct conn *c, const char *p, char *line, size_
         limit = cache_l1_max_entry(cache_of(c));
     bool too_large =
         !c->ex->resp.chunked && c->ex->resp.has_body && c->ex->resp.content_length > limit;
-    if (pr.verdict == CACHE_STORE && !too_large && !c->decode_body &&
-        !http_body_until_close(&c->ex->resp))
+    if (pr.verdict == CACHE_STORE && too_large)
+        cx->verdict = CACHE_NOT_TOO_LARGE;
+    else if (pr.verdict == CACHE_STORE && http_body_until_close(&c->ex->resp))
+        cx->verdict = CACHE_NOT_CLOSE_DELIMITED;
+    else if (pr.verdict == CACHE_STORE && c->decode_body)
+        cx->verdict = CACHE_NOT_DECODED;
+    else if (pr.verdict == CACHE_STORE)
         cache_store_begin(c, req, p, &pr, tag_index);
     if (!cx->store) {
-        if (pr.verdict != CACHE_STORE)
+        if (cx->verdict != CACHE_STORE)
             STATS_INC(c->w->stats->cache.not_stored);
         switch (pr.verdict) {
         case CACHE_NOT_NO_STORE:

@@ -168,6 +168,24 @@ NOT_STORABLE = [
 ]
 
 
+def test_responses_the_proxy_cannot_store_say_why(origins, clonegate):
+    """Storable by the rules but not here: the Cache-Status detail names
+    the reason (too large by Content-Length, de-chunked for an HTTP/1.0
+    client), and each request reaches the origin."""
+    cg, o = start(clonegate, origins, **{"cache.max_object_size": "2k"})
+    big = url("too-large", cc="max-age=60", size=5000)
+    for i in (1, 2):
+        r = cg.get(big)
+        assert r.status == 200 and len(r.body) == 5000, r
+        assert cache_status(r).get("detail") == "too-large", r.header("Cache-Status")
+    assert o.count(path_of(big)) == 2
+    chunked = url("dechunked", cc="max-age=60", size=100, chunked=1)
+    raw = f"GET {chunked} HTTP/1.0\r\nHost: test\r\n\r\n".encode()
+    (r,) = helpers.parse_responses(helpers.http_request(cg.port, raw))
+    assert r.status == 200 and len(r.body) == 100, r
+    assert cache_status(r).get("detail") == "dechunked", r.header("Cache-Status")
+
+
 @pytest.mark.parametrize("params,headers,detail", [c[1:] for c in NOT_STORABLE],
                          ids=[c[0] for c in NOT_STORABLE])
 def test_responses_that_may_not_be_stored_reach_the_origin_every_time(
