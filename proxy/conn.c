@@ -1372,15 +1372,14 @@ static void dispatch(struct conn *c)
                 STATS_INC(w->stats->server[c->server_id].active);
             break;
         }
-        if (stream_error_is_local(errno)) {
+        bool local = stream_error_is_local(errno);
+        log_warn("upstream %s: cannot connect", upstream_server_name(w->pool, (unsigned)server));
+        if (local) {
             /* our shortage, not the clone's fault, and no other clone would do better */
-            log_warn("upstream %s: cannot connect",
-                     upstream_server_name(w->pool, (unsigned)server));
             send_error(c, 503, request_consumed(c), "the proxy is out of resources");
             return;
         }
         count_failure(c);
-        log_warn("upstream %s: cannot connect", upstream_server_name(w->pool, (unsigned)server));
         if (c->attempts > cfg->retries + c->free_tries || !may_retry(c, false)) {
             send_error(c, 502, request_consumed(c), "cannot connect to a clone");
             return;
